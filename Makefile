@@ -1,0 +1,53 @@
+# facelib — the two commands of the README:
+#   make reproduce   runs the study (notebooks via papermill → reports/)
+#   make test        runs the tests (pytest + nbval on the committed notebooks)
+# Both create and fill .venv first when it is missing or stale (keyed on the dependency files).
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+PARAMS ?= notebooks/params/paper.yaml
+RUN    ?=
+DEPS_HASH := $(shell cat pyproject.toml requirements.lock requirements-nodeps.txt | sha256sum | cut -c1-16)
+STAMP  := $(VENV)/.deps-$(DEPS_HASH)
+PY     := $(VENV)/bin/python
+
+.PHONY: reproduce test test-fast lab env check-data notebooks-refresh clean-venv help
+
+help:
+	@echo "make reproduce [PARAMS=notebooks/params/paper.yaml]  run the study, write reports/"
+	@echo "make test                                            run the tests (pytest + nbval)"
+	@echo "make lab                                             JupyterLab with the study's kernel"
+	@echo "make notebooks-refresh                               re-execute the committed notebooks (CI parameters)"
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock requirements-nodeps.txt
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m ipykernel install --sys-prefix --name facelib --display-name "facelib (.venv)" >/dev/null
+	rm -f $(VENV)/.deps-*
+	touch $@
+
+reproduce: $(STAMP)
+	$(PY) -m facelib study --params $(PARAMS) $(if $(RUN),--run $(RUN),)
+
+test: $(STAMP)
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m facelib nbval
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --notebook-dir=. $(if $(CI),--no-browser,)
+
+check-data: $(STAMP)
+	$(PY) -m facelib data check --dataset kdef
+	$(PY) -m facelib data check --dataset fei
+
+notebooks-refresh: $(STAMP)
+	$(PY) -m facelib study --params notebooks/params/ci.yaml --refresh-committed
+
+clean-venv:
+	rm -rf $(VENV)

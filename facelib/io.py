@@ -1,0 +1,50 @@
+"""Atomic file writes: a crash never leaves a half-written table under its final name."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+
+@contextmanager
+def atomic_path(dest: str | os.PathLike):
+    """Yield a temporary path beside ``dest``; on success it is renamed onto ``dest`` in one step."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_table(df: pd.DataFrame, dest: str | os.PathLike) -> Path:
+    """Write a DataFrame as parquet or CSV (by suffix). List columns become JSON text in CSV."""
+    dest = Path(dest)
+    with atomic_path(dest) as tmp:
+        if dest.suffix == ".parquet":
+            df.to_parquet(tmp, index=False)
+        elif dest.suffix == ".csv":
+            out = df.copy()
+            for col in out.columns:
+                if out[col].map(lambda v: isinstance(v, (list, tuple)) or hasattr(v, "tolist")).any():
+                    out[col] = out[col].map(lambda v: json.dumps(list(map(float, v))) if v is not None and
+                                            hasattr(v, "__len__") else v)
+            out.to_csv(tmp, index=False)
+        else:
+            raise ValueError(f"unsupported table format: {dest.suffix}")
+    return dest
+
+
+def atomic_write_json(obj, dest: str | os.PathLike) -> Path:
+    dest = Path(dest)
+    with atomic_path(dest) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    return dest
