@@ -1,0 +1,68 @@
+"""k-subset aggregation of coefficient vectors (the paper's identity protocol).
+
+The paper builds identity training samples by aggregating every 3-subset of a person's 20 training α's
+(C(20,3) = 1140) with its C-Net, and says the plain mean is only slightly worse. Here a *set* is a row of
+indices into the coefficient table; an *aggregator* maps ``X_sets`` of shape ``(n_sets, k, d)`` to ``(n_sets, d)``.
+:func:`aggregate_mean` is the default; a C-Net aggregator (confidence-weighted mean) has the same signature.
+"""
+from __future__ import annotations
+
+from itertools import combinations
+from math import comb
+from typing import Callable
+
+import numpy as np
+
+Aggregator = Callable[[np.ndarray], np.ndarray]
+
+
+def k_subsets(indices, k: int, max_sets: int | None = None, seed: int = 0) -> np.ndarray:
+    """Every k-subset of ``indices`` as an ``(n_sets, k)`` int array, in lexicographic order of positions.
+
+    With ``max_sets`` smaller than C(n, k), a seeded random sample of ``max_sets`` distinct subsets (sorted) is
+    returned instead. ``k=1`` gives the indices themselves as ``(n, 1)``.
+    """
+    idx = np.asarray(indices, dtype=np.int64).ravel()
+    n = len(idx)
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in 1..{n} (the number of indices), got {k}")
+    total = comb(n, k)
+    if max_sets is None or max_sets >= total:
+        pos = np.fromiter((p for c in combinations(range(n), k) for p in c), dtype=np.int64, count=total * k)
+        return idx[pos.reshape(total, k)]
+    if max_sets < 1:
+        raise ValueError("max_sets must be >= 1")
+    rng = np.random.default_rng(seed)
+    if total <= 200_000:  # enumerate and sample without replacement
+        chosen = np.sort(rng.choice(total, size=max_sets, replace=False))
+        all_pos = np.array(list(combinations(range(n), k)), dtype=np.int64)
+        return idx[all_pos[chosen]]
+    seen: set[tuple[int, ...]] = set()
+    while len(seen) < max_sets:  # huge C(n, k): rejection sampling of distinct sorted subsets
+        seen.add(tuple(sorted(rng.choice(n, size=k, replace=False).tolist())))
+    return idx[np.array(sorted(seen), dtype=np.int64)]
+
+
+def aggregate_mean(X_sets: np.ndarray) -> np.ndarray:
+    """Element-wise mean over the set axis: ``(n_sets, k, d) → (n_sets, d)``."""
+    X_sets = np.asarray(X_sets)
+    if X_sets.ndim != 3:
+        raise ValueError(f"expected (n_sets, k, d), got shape {X_sets.shape}")
+    return X_sets.mean(axis=1)
+
+
+def aggregate_weighted(X_sets: np.ndarray, confidences: np.ndarray, eps: float = 1e-8) -> np.ndarray:
+    """C-Net's rule: Σ c_i ⊙ α_i ⊘ Σ c_i with element-wise confidences of the same shape as ``X_sets``."""
+    X_sets, c = np.asarray(X_sets), np.asarray(confidences)
+    if c.shape != X_sets.shape:
+        raise ValueError(f"confidences {c.shape} must match X_sets {X_sets.shape}")
+    return (c * X_sets).sum(axis=1) / (c.sum(axis=1) + eps)
+
+
+def aggregate_sets(X: np.ndarray, sets: np.ndarray, aggregator: Aggregator | None = None) -> np.ndarray:
+    """Aggregate rows of ``X`` (n, d) over index ``sets`` (n_sets, k) → (n_sets, d). 1-D ``sets`` = single rows."""
+    X = np.asarray(X)
+    sets = np.asarray(sets, dtype=np.int64)
+    if sets.ndim == 1:
+        return X[sets]
+    return (aggregator or aggregate_mean)(X[sets])

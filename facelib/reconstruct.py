@@ -1,0 +1,269 @@
+"""Manifest → coefficient table: detect the face, crop/align it, regress 3DMM coefficients; batched and cached.
+
+The cache lives in ``<cache>/reconstruct/<backend>-<key>/`` as parquet shards, one per finished batch, keyed by
+the image's sha256. The key covers the backend, its settings and the checksums of every asset it uses, so a new
+weight file never reuses stale coefficients. An interrupted run keeps its finished shards and resumes; a rerun
+with nothing new only reads the shards.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from . import assets, config
+from .io import atomic_write_table
+
+BACKENDS = ("tddfa", "deep3d")
+RESULT_COLUMNS = ["status", "backend", "box", "box_source", "landmarks", "alpha", "beta", "pose", "texture",
+                  "angles", "gamma", "translation"]
+VECTOR_COLUMNS = ["box", "landmarks", "alpha", "beta", "pose", "texture", "angles", "gamma", "translation"]
+CACHE_VERSION = 1  # bump when the extraction changes in a way the asset checksums do not capture
+
+
+def coeff_matrix(df: pd.DataFrame, column: str) -> np.ndarray:
+    """Stack a list column (``alpha``, ``beta``, ``landmarks``…) into an (n, d) float32 array."""
+    return np.stack([np.asarray(v, dtype=np.float32) for v in df[column]]) if len(df) else np.zeros((0, 0))
+
+
+def read_image(path: str) -> np.ndarray | None:
+    """BGR uint8; grayscale files come back as 3 identical channels. None when it cannot be decoded."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    return img
+
+
+# ------------------------------------------------------------------------------------------------- backends
+class TDDFABackend:
+    """FaceBoxes → 3DDFA_V2 crop rule → MobileNetV1×0.5 (mb05): pose 12, α 40, β 10, 68 landmarks."""
+
+    name = "tddfa"
+    asset_names = ("faceboxes", "mb05", "param_mean_std", "bfm_u_shp", "bfm_u_exp", "bfm_w_shp", "bfm_w_exp",
+                   "bfm_keypoints")
+
+    def __init__(self, device: str = "cpu", assets_folder=None, landmarks: str = "model", fallback: bool = True):
+        from .detect import FaceBoxesDetector
+        from .landmarks import make_landmarker
+        from .tddfa import TDDFARegressor
+
+        self.detector = FaceBoxesDetector(device=device, assets_folder=assets_folder)
+        self.regressor = TDDFARegressor(device=device, assets_folder=assets_folder)
+        self.landmarker = make_landmarker(landmarks, device)
+        self.settings = {"landmarks": landmarks, "fallback": fallback}
+        self.fallback = fallback
+
+    def detect(self, images: list[np.ndarray]) -> list[tuple[np.ndarray | None, str]]:
+        from .detect import pick_face
+
+        return [pick_face(b, img.shape, fallback=self.fallback) for b, img in zip(self.detector(images), images)]
+
+    def regress(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> dict[str, np.ndarray]:
+        out = self.regressor(images, boxes)
+        if self.landmarker is not None:
+            lm = self.landmarker(images, boxes)
+            out["landmarks"] = np.concatenate([lm[:, :, 0], lm[:, :, 1]], axis=1)
+        return {k: out[k] for k in ("alpha", "beta", "pose", "landmarks")}
+
+
+class Deep3DBackend(TDDFABackend):
+    """The paper's pipeline: FaceBoxes → 68 landmarks (3DDFA's, dlib or FAN) → 5-point alignment → R-Net
+    (ResNet-50, ``epoch_20.pth``): α 80, β 64, texture 80, angles 3, γ 27, translation 3."""
+
+    name = "deep3d"
+    asset_names = TDDFABackend.asset_names + ("deep3d_epoch20", "lm3d_std")
+
+    def __init__(self, device: str = "cpu", assets_folder=None, landmarks: str = "model", fallback: bool = True):
+        from .deep3d import Deep3DRegressor
+
+        self.rnet = Deep3DRegressor(device=device, assets_folder=assets_folder)  # clear error if gated file absent
+        super().__init__(device, assets_folder, landmarks, fallback)
+
+    def regress(self, images, boxes):
+        lm = super().regress(images, boxes)["landmarks"]
+        lm68 = [np.stack([row[:68], row[68:]], axis=1) for row in lm]
+        out = self.rnet(images, lm68)
+        out["landmarks"] = lm
+        out["pose"] = np.concatenate([out["angles"], out["translation"]], axis=1)
+        return out
+
+
+def make_backend(name: str, device: str = "cpu", assets_folder=None, landmarks: str = "model",
+                 fallback: bool = True):
+    if name == "tddfa":
+        return TDDFABackend(device, assets_folder, landmarks, fallback)
+    if name == "deep3d":
+        return Deep3DBackend(device, assets_folder, landmarks, fallback)
+    raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+
+
+# ---------------------------------------------------------------------------------------------------- cache
+def cache_key(backend, assets_folder=None) -> tuple[str, dict]:
+    sums = assets.checksums(list(backend.asset_names), assets_folder)
+    payload = {"backend": backend.name, "settings": backend.settings, "assets": sums, "version": CACHE_VERSION}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16], sums
+
+
+def _load_shards(folder: Path) -> pd.DataFrame:
+    shards = sorted(folder.glob("shard-*.parquet"))
+    if not shards:
+        return pd.DataFrame(columns=["sha256"] + RESULT_COLUMNS)
+    return pd.concat([pd.read_parquet(s) for s in shards], ignore_index=True).drop_duplicates("sha256")
+
+
+def _process_batch(backend, items: list[tuple[str, str]], pool) -> list[dict]:
+    """items: (sha256, path). Returns one result dict per item; never raises for a bad image."""
+    images = list(pool.map(read_image, [p for _, p in items]))
+    results = [{"sha256": sha, "status": "ok", "backend": backend.name} for sha, _ in items]
+    good = [i for i, img in enumerate(images) if img is not None]
+    for i in set(range(len(items))) - set(good):
+        results[i]["status"] = "decode_error"
+    picks = backend.detect([images[i] for i in good]) if good else []
+    faces = []
+    for i, (box, source) in zip(good, picks):
+        if box is None:
+            results[i]["status"] = "no_face"
+        else:
+            results[i].update(box=np.asarray(box, np.float32).tolist(), box_source=source)
+            faces.append(i)
+    if faces:
+        out = backend.regress([images[i] for i in faces], [np.asarray(results[i]["box"]) for i in faces])
+        for j, i in enumerate(faces):
+            for key, arr in out.items():
+                results[i][key] = np.asarray(arr[j], np.float32).tolist()
+    return results
+
+
+def reconstruct_manifest(manifest: pd.DataFrame, backend: str | object = "tddfa", out: str | Path | None = None,
+                         cache_dir: str | Path | None = None, batch_size: int = 32, device: str | None = None,
+                         assets_folder=None, landmarks: str = "model", fallback: bool = True,
+                         progress: bool = True, limit: int | None = None) -> pd.DataFrame:
+    """Coefficient table for every decodable image of a manifest (see docs/ARCHITECTURE.md for columns).
+
+    Images the manifest could not decode keep the manifest's reason as ``status``. ``limit`` processes at most that
+    many new images (used by tests to simulate an interrupted run).
+    """
+    import torch
+
+    if isinstance(backend, str):
+        backend = make_backend(backend, config.resolve_device(device), assets_folder, landmarks, fallback)
+    key, sums = cache_key(backend, assets_folder)
+    folder = Path(cache_dir or config.cache_dir() / "reconstruct") / f"{backend.name}-{key}"
+    folder.mkdir(parents=True, exist_ok=True)
+    done = _load_shards(folder)
+    known = set(done["sha256"])
+
+    decodable = manifest[manifest["width"].notna() & manifest["sha256"].notna()]
+    todo = decodable.drop_duplicates("sha256")
+    todo = todo[~todo["sha256"].isin(known)]
+    if limit is not None:
+        todo = todo.iloc[:limit]
+    items = list(zip(todo["sha256"], todo["path"]))
+    n_shards = len(list(folder.glob("shard-*.parquet")))
+    with ThreadPoolExecutor(max_workers=2) as pool, torch.inference_mode():
+        bar = tqdm(total=len(items), desc=f"reconstruct ({backend.name})", disable=not progress, unit="img")
+        for start in range(0, len(items), batch_size):
+            batch = items[start:start + batch_size]
+            rows = _process_batch(backend, batch, pool)
+            shard = pd.DataFrame(rows)
+            atomic_write_table(shard, folder / f"shard-{n_shards:05d}-{int(time.time() * 1e3)}.parquet")
+            n_shards += 1
+            done = pd.concat([done, shard], ignore_index=True)
+            bar.update(len(batch))
+        bar.close()
+
+    table = manifest.merge(done.drop_duplicates("sha256"), on="sha256", how="left", suffixes=("", "_recon"))
+    undecodable = table["status"].isna()
+    table.loc[undecodable, "status"] = table.loc[undecodable, "reason"].where(
+        table.loc[undecodable, "reason"].astype(bool), "not_processed")
+    table["backend"] = backend.name
+    table["assets"] = json.dumps(sums, sort_keys=True)
+    for col in RESULT_COLUMNS:
+        if col not in table.columns:
+            table[col] = None
+    if out is not None:
+        atomic_write_table(table, Path(out))
+    return table
+
+
+def summarize(table: pd.DataFrame) -> dict:
+    return {"images": int(len(table)), "ok": int((table["status"] == "ok").sum()),
+            "by_status": {str(k): int(v) for k, v in table["status"].value_counts().items()},
+            "whole_frame_boxes": int((table["box_source"] == "whole_frame").sum())}
+
+
+# ------------------------------------------------------------------------------------------------ QA figure
+def qa_figure(table: pd.DataFrame, per_group: int = 4, group: str = "angle", out: str | Path | None = None,
+              seed: int = 0):
+    """A grid: one row per angle (or other group), a few images each, detector box and 68 landmarks drawn."""
+    import matplotlib.pyplot as plt
+
+    ok = table[table["status"] == "ok"]
+    groups = [g for g in ["FL", "HL", "S", "HR", "FR"] if g in set(ok[group])] or sorted(ok[group].dropna().unique())
+    fig, axes = plt.subplots(len(groups), per_group, figsize=(2.2 * per_group, 2.6 * len(groups)), squeeze=False)
+    for r, g in enumerate(groups):
+        rows = ok[ok[group] == g]
+        rows = rows.sample(min(per_group, len(rows)), random_state=seed) if len(rows) else rows
+        for c in range(per_group):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c >= len(rows):
+                continue
+            row = rows.iloc[c]
+            img = read_image(row["path"])[:, :, ::-1]
+            x0, y0, x1, y1 = np.asarray(row["box"])[:4]
+            pad = 0.25 * max(x1 - x0, y1 - y0)
+            h, w = img.shape[:2]
+            cx0, cy0 = int(max(0, x0 - pad)), int(max(0, y0 - pad))
+            cx1, cy1 = int(min(w, x1 + pad)), int(min(h, y1 + pad))
+            ax.imshow(img[cy0:cy1, cx0:cx1])
+            lm = np.asarray(row["landmarks"])
+            ax.scatter(lm[:68] - cx0, lm[68:] - cy0, s=3, c="lime")
+            ax.add_patch(plt.Rectangle((x0 - cx0, y0 - cy0), x1 - x0, y1 - y0, fill=False, ec="red", lw=0.8))
+            ax.set_title(f"{row['image_id']} ({row['box_source']})", fontsize=7)
+        axes[r, 0].text(-0.1, 0.5, str(g), transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=11)
+    fig.tight_layout()
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=110)
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+def cmd_reconstruct(args) -> int:
+    from . import datasets
+
+    if args.manifest:
+        manifest = pd.read_parquet(args.manifest)
+    else:
+        kwargs = {"csv": args.csv} if args.dataset == "folder" and args.csv else {}
+        manifest = datasets.load(args.dataset, args.root, progress=True, **kwargs)
+    table = reconstruct_manifest(manifest, args.backend, out=args.out, batch_size=args.batch_size,
+                                 device=args.device, assets_folder=args.assets, landmarks=args.landmarks,
+                                 fallback=not args.no_fallback)
+    print(json.dumps(summarize(table), indent=2))
+    if args.qa:
+        qa_figure(table, out=args.qa)
+    return 0
+
+
+def add_cli(sub) -> None:
+    r = sub.add_parser("reconstruct", help="3DMM coefficients for every image of a dataset (cached)")
+    r.add_argument("--dataset", choices=["kdef", "fei", "folder"], default="kdef")
+    r.add_argument("--root", default=None, help="dataset folder (default: $FACELIB_KDEF / $FACELIB_FEI)")
+    r.add_argument("--csv", default=None, help="folder dataset: CSV of path,<label columns>")
+    r.add_argument("--manifest", default=None, help="use a saved manifest (.parquet) instead of --dataset/--root")
+    r.add_argument("--backend", choices=BACKENDS, default="tddfa")
+    r.add_argument("--landmarks", choices=["model", "dlib", "fan"], default="model")
+    r.add_argument("--out", required=True, help="coefficient table (.parquet)")
+    r.add_argument("--qa", default=None, help="also write the QA figure (PNG)")
+    r.add_argument("--device", default=None, help="cpu, cuda, mps or auto (default: $FACELIB_DEVICE or auto)")
+    r.add_argument("--assets", default=None, help="asset folder (default: $FACELIB_ASSETS)")
+    r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--no-fallback", action="store_true", help="no whole-frame box for tight crops without a face")
+    r.set_defaults(func=cmd_reconstruct)

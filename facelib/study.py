@@ -1,0 +1,177 @@
+"""Run the notebook study: papermill executes the numbered notebooks in order into one run folder, nbconvert
+renders each to HTML, and an index page shows Tables 1–3 first and links every notebook.
+
+``python -m facelib study --params notebooks/params/paper.yaml`` is what ``make reproduce`` calls.
+"""
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+
+from . import assets, config
+
+NOTEBOOK_DIR = config.PROJECT_ROOT / "notebooks"
+PARAMS_DIR = NOTEBOOK_DIR / "params"
+
+
+def notebooks() -> list[Path]:
+    return sorted(p for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
+def load_params(path: str | Path) -> dict:
+    params = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(params, dict):
+        raise ValueError(f"{path}: expected a mapping of notebook parameters")
+    return params
+
+
+def project_path(value: str | Path) -> Path:
+    """Relative paths in parameters are relative to the project root, wherever the kernel runs."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else config.PROJECT_ROOT / p
+
+
+def run_dir(params: dict) -> Path:
+    return project_path(params.get("out_dir") or f"reports/runs/{params.get('run_name', 'study')}")
+
+
+def missing_inputs(params: dict) -> list[str]:
+    """Everything the study needs that is not there, each with where to get it and where to put it."""
+
+    problems = []
+    if not params.get("synthetic"):
+        for key, env, what in (("kdef_root", "FACELIB_KDEF", "KDEF images (https://kdef.se, non-commercial)"),
+                               ("fei_root", "FACELIB_FEI", "FEI frontal images + fei_gender.csv "
+                                                           "(https://fei.edu.br/~cet/facedatabase.html)")):
+            value = params.get(key) or os.environ.get(env)
+            if not value:
+                problems.append(f"{what}: not configured — set {env}=<folder> (see data/README.md)")
+            elif not Path(value).expanduser().is_dir():
+                problems.append(f"{what}: {value} does not exist — set {env} to the folder holding it")
+    backend = params.get("backend", "tddfa")
+    needed = ["faceboxes", "mb05", "param_mean_std", "tri", "bfm_u_shp", "bfm_u_exp", "bfm_w_shp", "bfm_w_exp",
+              "bfm_keypoints"]
+    if backend == "deep3d":
+        needed += ["deep3d_epoch20", "lm3d_std"]
+    for name in needed:
+        try:
+            assets.resolve(name, params.get("assets"))
+        except assets.AssetError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def _execute(nb: Path, out: Path, params: dict) -> None:
+    import papermill as pm
+
+    try:
+        pm.execute_notebook(str(nb), str(out), parameters=params, cwd=str(NOTEBOOK_DIR), kernel_name="python3",
+                            progress_bar=False, log_output=False)
+    except pm.PapermillExecutionError as exc:
+        raise SystemExit(f"\nnotebook {nb.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
+                         f"executed notebook (with the traceback): {out}") from None
+
+
+def _to_html(nb: Path, dest_dir: Path) -> Path:
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.read(str(nb), as_version=4))
+    dest = dest_dir / (nb.stem + ".html")
+    dest.write_text(body, encoding="utf-8")
+    return dest
+
+
+def write_index(run: Path, html_pages: list[Path], dest: Path) -> Path:
+    """Tables 1–3 first (from the run's CSVs), then the figures, then links to every rendered notebook."""
+    import pandas as pd
+
+    tables = run / "tables"
+    prov = json.loads((tables / "provenance.json").read_text()) if (tables / "provenance.json").exists() else {}
+    synthetic = bool(prov.get("synthetic"))
+    title = ("SYNTHETIC DATA — " if synthetic else "") + "facelib: 3DMM coefficients vs images"
+    parts = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+             "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px}"
+             "th{background:#f3f3f3}img{max-width:100%}.warn{background:#fee;padding:.5em}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>"]
+    if synthetic:
+        parts.append("<p class='warn'>These numbers come from the synthetic KDEF-like set, not real faces.</p>")
+    for name, caption in (("table1", "Table 1 — accuracy (mean ± std over folds)"),
+                          ("table2", "Table 2 — training time per input"),
+                          ("table3", "Table 3 — expression confusion matrix (%; rows true, columns predicted)")):
+        csv = tables / f"{name}.csv"
+        if csv.exists():
+            frame = pd.read_csv(csv, index_col=0 if name == "table3" else None)
+            parts.append(f"<h2>{caption}</h2>" + frame.to_html(float_format=lambda v: f"{v:.3f}", border=0))
+            parts.append(f"<p><a href='{os.path.relpath(csv, dest.parent)}'>{name}.csv</a></p>")
+    for png in sorted(tables.glob("*.png")):
+        parts.append(f"<h3>{html.escape(png.stem)}</h3><img src='{os.path.relpath(png, dest.parent)}'>")
+    parts.append("<h2>Notebooks</h2><ol>")
+    parts += [f"<li><a href='{os.path.relpath(p, dest.parent)}'>{html.escape(p.stem)}</a></li>" for p in html_pages]
+    parts.append("</ol>")
+    if prov:
+        parts.append("<h2>Provenance</h2><pre>" + html.escape(json.dumps(prov, indent=2, default=str)) + "</pre>")
+    parts.append("</body></html>")
+    dest.write_text("\n".join(parts), encoding="utf-8")
+    return dest
+
+
+def run_study(params_file: str | Path, run_name: str | None = None, refresh_committed: bool = False,
+              only: list[str] | None = None) -> Path:
+    params = load_params(params_file)
+    if run_name:
+        params["run_name"] = run_name
+        params.pop("out_dir", None)
+    if os.environ.get("FACELIB_DEVICE") and not params.get("device"):
+        params["device"] = os.environ["FACELIB_DEVICE"]
+    problems = missing_inputs(params)
+    if problems:
+        raise SystemExit("The study cannot start; missing:\n\n" + "\n\n".join(f"- {p}" for p in problems) +
+                         "\n\nSee data/README.md, then run `make reproduce` again.")
+    run = run_dir(params)
+    run.mkdir(parents=True, exist_ok=True)
+    params["out_dir"] = str(run)
+    (run / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=True))
+    pages = []
+    for nb in notebooks():
+        if only and not any(nb.name.startswith(o) for o in only):
+            continue
+        out = run / nb.name
+        print(f"[study] {nb.name} → {out.relative_to(config.PROJECT_ROOT) if out.is_relative_to(config.PROJECT_ROOT) else out}", flush=True)
+        _execute(nb, out, params)
+        (run / "html").mkdir(exist_ok=True)
+        pages.append(_to_html(out, run / "html"))
+        if refresh_committed:
+            shutil.copy(out, nb)
+    report_tables = config.REPORTS_DIR / "tables"
+    if (run / "tables").is_dir():
+        report_tables.mkdir(parents=True, exist_ok=True)
+        for f in (run / "tables").iterdir():
+            if f.is_file():
+                shutil.copy(f, report_tables / f.name)
+    index = write_index(run, pages, run / "index.html")
+    top = write_index(run, pages, config.REPORTS_DIR / "index.html")
+    print(f"[study] done: {index}\n[study] overview: {top}")
+    return run
+
+
+def cmd_study(args) -> int:
+    run_study(args.params, args.run, args.refresh_committed, args.only)
+    return 0
+
+
+def add_cli(sub) -> None:
+    s = sub.add_parser("study", help="run the notebooks with papermill, render HTML, write the index page")
+    s.add_argument("--params", default=str(PARAMS_DIR / "paper.yaml"), help="parameter set (YAML)")
+    s.add_argument("--run", default=None, help="run name (folder under reports/runs/)")
+    s.add_argument("--only", nargs="*", default=None, help="notebook prefixes to run, e.g. 01 02")
+    s.add_argument("--refresh-committed", action="store_true",
+                   help="copy the executed notebooks back into notebooks/ (their outputs are what nbval checks)")
+    s.set_defaults(func=cmd_study)
