@@ -35,9 +35,13 @@ $(STAMP): pyproject.toml requirements.lock requirements-nodeps.txt
 reproduce: $(STAMP)
 	$(PY) -m facelib study --params $(PARAMS) $(if $(RUN),--run $(RUN),)
 
+# One pytest run: the unit tests, then nbval re-executes the committed notebooks and compares their outputs.
 test: $(STAMP)
-	$(PY) -m pytest tests $(PYTEST_ARGS)
-	$(PY) -m facelib nbval
+	$(PY) -m pytest tests notebooks --nbval --nbval-current-env --nbval-cell-timeout=900 \
+	  --nbval-sanitize-with notebooks/nbval_sanitize.cfg -p no:cacheprovider $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest tests -x -q $(PYTEST_ARGS)
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=. $(if $(CI),--no-browser,)

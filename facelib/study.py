@@ -175,3 +175,49 @@ def add_cli(sub) -> None:
     s.add_argument("--refresh-committed", action="store_true",
                    help="copy the executed notebooks back into notebooks/ (their outputs are what nbval checks)")
     s.set_defaults(func=cmd_study)
+
+
+# --------------------------------------------------------------------------------------- notebook run context
+PARAMETER_NAMES = ("run_name", "out_dir", "kdef_root", "fei_root", "assets", "backend", "landmarks", "device",
+                   "seed", "n_folds", "epochs", "image_epochs", "image_size", "batch_size", "identity_session",
+                   "models", "image_baseline", "synthetic")
+
+
+class Run:
+    """Where a run's files live. Every notebook builds one from its parameters; each reads what the previous
+    notebooks wrote here, so any notebook can be rerun alone."""
+
+    def __init__(self, params: dict):
+        self.params = {k: params.get(k) for k in PARAMETER_NAMES}
+        self.dir = run_dir(params)
+        for sub in ("manifests", "coeffs", "results", "tables"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def from_namespace(cls, namespace: dict) -> "Run":
+        return cls({k: namespace.get(k) for k in PARAMETER_NAMES})
+
+    def __repr__(self) -> str:
+        shown = self.dir.relative_to(config.PROJECT_ROOT) if self.dir.is_relative_to(config.PROJECT_ROOT) else self.dir
+        return f"Run({shown}, backend={self.params['backend']}, seed={self.params['seed']})"
+
+    def manifest(self, dataset: str) -> Path:
+        return self.dir / "manifests" / f"{dataset}.parquet"
+
+    def coeffs(self, dataset: str) -> Path:
+        return self.dir / "coeffs" / f"{dataset}_{self.params['backend']}.parquet"
+
+    @property
+    def tables(self) -> Path:
+        return self.dir / "tables"
+
+    @property
+    def figures(self) -> Path:
+        return self.dir / "tables"  # figures sit beside the tables so the index page shows them together
+
+    @property
+    def results(self) -> Path:
+        return self.dir / "results"
+
+    def device(self) -> str:
+        return config.resolve_device(self.params.get("device"))

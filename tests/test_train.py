@@ -1,0 +1,136 @@
+"""Training loop, run_task, CLI — on synthetic data (small epochs)."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from facelib import protocols as P
+from facelib import train as T
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on a shared 2-core machine two threads contend and run ~10× slower."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _blobs(n_per=100, d=10, n_classes=3, sep=3.0, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = sep * rng.normal(size=(n_classes, d))
+    y = np.repeat(np.arange(n_classes), n_per)
+    X = centres[y] + rng.normal(size=(len(y), d))
+    X = X * np.logspace(0, 3, d)  # very different scales per coefficient, as real α/β: standardisation matters
+    perm = rng.permutation(len(y))
+    return X[perm].astype(np.float32), y[perm]
+
+
+def test_vector_resnet_learns_easy_problem():
+    X, y = _blobs(n_per=60)
+    r = T.train_vector_model(X[:120], y[:120], X[120:], y[120:], epochs=10, batch_size=32, seed=0)
+    assert r["accuracy"] > 0.9, r["history"]
+    assert 1 <= r["best_epoch"] <= 10 and r["n_val"] == 12 and r["n_fit"] == 108
+    assert r["seconds_per_input"] == pytest.approx(r["seconds_per_epoch"] / 108)
+
+
+def test_vector_resnet_shuffled_labels_near_chance():
+    X, y = _blobs(n_per=60)
+    y_shuf = np.random.default_rng(1).permutation(y)
+    r = T.train_vector_model(X[:120], y_shuf[:120], X[120:], y_shuf[120:], epochs=10, batch_size=32, seed=0)
+    assert r["accuracy"] < 0.6  # chance is 1/3; 60 test samples (sd ≈ 0.06)
+
+
+def test_determinism_and_standardisation_on_training_only():
+    X, y = _blobs(n_per=30)
+    a = T.train_vector_model(X[:60], y[:60], X[60:], y[60:], model="mlp", epochs=3, seed=5)
+    b = T.train_vector_model(X[:60], y[:60], X[60:], y[60:], model="mlp", epochs=3, seed=5)
+    assert (a["predictions"] == b["predictions"]).all()
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+    # the scaler saw the fit split only (not the validation carve-out, not the test set)
+    fit, _ = T._carve_validation(y[:60], 0.1, 5)
+    assert np.allclose(a["standardize_mean"], X[:60][fit].mean(0), rtol=1e-5)
+
+
+def test_baselines_and_early_stopping():
+    X, y = _blobs()
+    for m in ("logreg", "svm"):
+        assert T.train_vector_model(X[:200], y[:200], X[200:], y[200:], model=m)["accuracy"] > 0.9
+    y_shuf = np.random.default_rng(1).permutation(y)  # nothing to learn: validation stops improving
+    r = T.train_vector_model(X[:200], y_shuf[:200], X[200:], y_shuf[200:], model="mlp", epochs=50, patience=2)
+    assert r["epochs_run"] < 50 and r["best_epoch"] == r["epochs_run"] - 2
+
+
+@pytest.fixture(scope="module")
+def synth():
+    return T.synthetic_coeff_table(5, fei_per_gender=10, separation=1.0, seed=0)
+
+
+def test_run_task_identity_paper(synth):
+    r = T.run_task(synth, "identity", "paper", model="logreg", n_folds=2,
+                   protocol_kwargs={"max_sets": 100})
+    assert r["n_folds"] == 2 and r["n_train"] == 1000 and r["n_test"] == 1000
+    assert r["accuracy_mean"] > 0.9 and len(r["fold_accuracies"]) == 2
+    assert r["per_angle_accuracy"] == {} and "+" in r["predictions"][0]["image_id"]
+    assert np.asarray(r["confusion"]).sum() == 2000
+    json.dumps(r)  # JSON-able
+
+
+def test_run_task_expression_keys(synth):
+    r = T.run_task(synth, "expression", "subject_independent", model="mlp", n_folds=2, epochs=5)
+    for key in ("task", "protocol", "input", "model", "backend", "device", "fold_accuracies", "accuracy_mean",
+                "accuracy_std", "n_train", "n_test", "seconds_per_input", "seconds_per_epoch", "confusion",
+                "per_angle_accuracy", "predictions", "classes", "leak_free"):
+        assert key in r
+    assert r["classes"] == list(P.EXPRESSIONS) and r["input"] == "beta" and r["leak_free"]
+    assert set(r["per_angle_accuracy"]) == set(P.ANGLES)
+    assert np.asarray(r["confusion"]).shape == (7, 7) and np.asarray(r["confusion"]).sum() == 350
+    r2 = T.run_task(synth, "gender", "paper", input="alpha+beta", model="logreg", n_folds=2)
+    assert r2["classes"] == ["F", "M"] and r2["n_train"] == 20  # FEI rows only
+
+
+def test_run_task_unavailable(synth):
+    with pytest.raises(P.ProtocolUnavailable):
+        T.run_task(synth, "identity", "cross_session", model="logreg")
+
+
+def test_image_model_and_cache(tmp_path, synth):
+    rows = []
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        label = i % 2
+        img = rng.integers(0, 60, (48, 40), dtype=np.uint8)
+        if label:
+            img[10:30, 10:30] = 230  # a bright square: an easy visual class
+        p = tmp_path / f"img{i}.png"
+        cv2.imwrite(str(p), img)
+        rows.append(str(p))
+    y = np.arange(24) % 2
+    r = T.train_image_model(rows[:16], y[:16], rows[16:], y[16:], image_size=32, epochs=2, batch_size=8,
+                            boxes_train=[[0, 0, 40, 48, 1.0]] * 16, boxes_test=[[0, 0, 40, 48, 1.0]] * 8)
+    assert r["image_size"] == 32 and len(r["predictions"]) == 8 and 0 <= r["accuracy"] <= 1
+    assert T.load_image(rows[0], 32).shape == (32, 32)
+    df = synth[synth["dataset"] == "fei"].copy().reset_index(drop=True).iloc[:24]
+    df["path"] = rows
+    res = T.run_task(df, "gender", "paper", input="image", n_folds=1, epochs=1, image_size=32)
+    assert res["image_size"] == 32 and res["input"] == "image"
+
+
+def test_cli(tmp_path, synth):
+    coeffs = tmp_path / "coeffs.parquet"
+    synth.to_parquet(coeffs)
+    rc = T.classify_main(["--coeffs", str(coeffs), "--task", "gender", "--protocol", "subject_independent",
+                          "--model", "logreg", "--n-folds", "3", "--out", str(tmp_path / "res"), "--quiet"])
+    assert rc == 0
+    (f,) = (tmp_path / "res").glob("*.json")
+    d = json.loads(f.read_text())
+    assert d["task"] == "gender" and d["n_folds"] == 3 and (tmp_path / "res" / d["predictions_file"]).exists()
+    rc = T.classify_main(["--coeffs", str(coeffs), "--task", "identity", "--protocol", "cross_session",
+                          "--model", "logreg", "--out", str(tmp_path / "res2"), "--quiet"])
+    assert rc == 3
