@@ -131,10 +131,26 @@ def run_study(params_file: str | Path, run_name: str | None = None, refresh_comm
         params.pop("out_dir", None)
     if os.environ.get("FACELIB_DEVICE") and not params.get("device"):
         params["device"] = os.environ["FACELIB_DEVICE"]
+    configured = [params.get(k) or os.environ.get(env) for k, env in (("kdef_root", "FACELIB_KDEF"),
+                                                                       ("fei_root", "FACELIB_FEI"))]
+    if not params.get("synthetic") and not any(configured):
+        print("[study] no dataset configured (FACELIB_KDEF, FACELIB_FEI): running the whole study on the "
+              "SYNTHETIC set rendered from the morphable model. Every table says so. See data/README.md to use "
+              "KDEF and FEI.", flush=True)
+        params["synthetic"] = True
+        if not run_name:
+            params["run_name"] = "synthetic"
+            params.pop("out_dir", None)
     problems = missing_inputs(params)
     if problems:
         raise SystemExit("The study cannot start; missing:\n\n" + "\n\n".join(f"- {p}" for p in problems) +
                          "\n\nSee data/README.md, then run `make reproduce` again.")
+    if params.get("synthetic"):
+        from .synthetic import generate_synthetic
+
+        made = generate_synthetic(project_path("data/interim/synthetic"), seed=int(params.get("seed") or 0),
+                                  assets_folder=params.get("assets"))
+        params["kdef_root"], params["fei_root"] = str(made["kdef_root"]), str(made["fei_root"])
     run = run_dir(params)
     run.mkdir(parents=True, exist_ok=True)
     params["out_dir"] = str(run)
@@ -180,7 +196,7 @@ def add_cli(sub) -> None:
 # --------------------------------------------------------------------------------------- notebook run context
 PARAMETER_NAMES = ("run_name", "out_dir", "kdef_root", "fei_root", "assets", "backend", "landmarks", "device",
                    "seed", "n_folds", "epochs", "image_epochs", "image_size", "batch_size", "identity_session",
-                   "models", "image_baseline", "synthetic")
+                   "identity_max_sets", "models", "image_baseline", "synthetic")
 
 
 class Run:
@@ -221,3 +237,39 @@ class Run:
 
     def device(self) -> str:
         return config.resolve_device(self.params.get("device"))
+
+
+def provenance(run: Run, coeffs: dict) -> dict:
+    """What a reader needs to trust (or redo) a table: data, backend, asset checksums, device, parameters."""
+    import platform
+    import subprocess
+
+    import torch
+
+    from . import __version__
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=config.PROJECT_ROOT, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    data = {}
+    for name, table in coeffs.items():
+        data[name] = {"images": int(len(table)), "usable": int(table["usable"].sum()),
+                      "ok": int((table["status"] == "ok").sum()),
+                      "subjects": int(table.loc[table["status"] == "ok", "subject"].nunique()),
+                      "root": str(Path(table["path"].iloc[0]).parent.parent) if len(table) else None}
+    first = next(iter(coeffs.values()))
+    return {
+        "synthetic": bool(run.params.get("synthetic")),
+        "backend": str(first["backend"].iloc[0]),
+        "asset_sha256": json.loads(first["assets"].iloc[0]),
+        "data": data,
+        "device": run.device(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "facelib": __version__,
+        "git_commit": commit,
+        "parameters": run.params,
+    }

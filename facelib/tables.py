@@ -191,9 +191,8 @@ def table3_markdown(percent: pd.DataFrame, counts: pd.DataFrame, provenance: dic
 
 # ---------------------------------------------------------------------------------------------------- figures
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
+    # No backend forcing: matplotlib picks Agg by itself on a headless machine, and forcing it would stop
+    # figures from showing inline in the notebooks.
     import matplotlib.pyplot as plt
 
     return plt

@@ -23,6 +23,11 @@ import sys
 import time
 from pathlib import Path
 
+# Passive OpenMP waiting: spinning threads make 2-thread torch up to 10× slower when the 2 cores are shared.
+# Only effective if torch's OpenMP runtime is not loaded yet (set it in the environment to be sure).
+if "torch" not in sys.modules:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 import pandas as pd
 
@@ -38,11 +43,20 @@ EXPRESSION_ORDER = P.EXPRESSIONS
 
 # Default epochs, chosen so the whole classification stage on full KDEF + FEI fits 30 min on 2 CPU cores
 # (see benchmarks/bench_classify.py). Identity has 11 400 (redundant) aggregated training vectors per fold.
-DEFAULT_EPOCHS = {("vector", "identity"): 4, ("vector", "expression"): 30, ("vector", "gender"): 60,
-                  ("image", "identity"): 15, ("image", "expression"): 6, ("image", "gender"): 20}
+DEFAULT_EPOCHS = {("vector", "identity"): 3, ("vector", "expression"): 12, ("vector", "gender"): 30,
+                  ("image", "identity"): 15, ("image", "expression"): 4, ("image", "gender"): 15}
 DEFAULT_N_FOLDS = {"paper": 3, "subject_independent": 5, "cross_session": 1, "cross_angle": 5,
                    "leave_expression_out": 7}
 DEFAULT_BATCH = {"vector": 128, "image": 32}
+SMALL_VECTOR_BATCH, SMALL_VECTOR_SET = 32, 2000
+
+
+def default_batch_size(kind: str, n_train: int) -> int:
+    """Vectors: 128 (cheapest per input on CPU) from 2000 training samples, else 32 so a small set (KDEF dev,
+    FEI) still gets enough optimiser steps per epoch; images: 32."""
+    if kind == "vector" and n_train < SMALL_VECTOR_SET:
+        return SMALL_VECTOR_BATCH
+    return DEFAULT_BATCH[kind]
 
 
 # ----------------------------------------------------------------------------------------------- utilities
@@ -383,8 +397,9 @@ def run_task(coeffs_df: pd.DataFrame, task: str, protocol: str = "paper", input:
     per process can be an order of magnitude faster than two contending ones.
     Raises :class:`facelib.protocols.ProtocolUnavailable` when the protocol cannot run on this data.
 
-    Returns a JSON-able dict with keys: ``task, protocol, input, model, backend, device, seed, epochs, n_folds,
-    batch_size, lr, image_size, classes, fold_accuracies, accuracy_mean, accuracy_std, n_train, n_test`` (means
+    Returns a JSON-able dict with keys: ``task, protocol, input, model, backend, device, torch_threads,
+    torch_version, seed, epochs, n_folds, batch_size, batch_sizes, lr, weight_decay, val_fraction, patience,
+    image_size, crop_to_box, classes, fold_accuracies, accuracy_mean, accuracy_std, n_train, n_test`` (means
     over folds, in samples: aggregated sets count once), ``n_train_per_fold, n_test_per_fold, n_train_images,
     seconds_per_input, seconds_per_epoch, train_seconds, wall_seconds, best_epochs, confusion`` (counts summed
     over folds, rows true / columns predicted in ``classes`` order), ``per_angle_accuracy`` (angle → accuracy
@@ -427,7 +442,7 @@ def _run_task(coeffs_df, task, protocol, input, model, backend, n_folds, epochs,
     backend = backend or (str(df["backend"].iloc[0]) if "backend" in df.columns else "unknown")
     n_folds = int(n_folds or DEFAULT_N_FOLDS.get(protocol, 3))
     epochs = int(epochs or DEFAULT_EPOCHS[(kind, task)])
-    batch_size = int(batch_size or DEFAULT_BATCH[kind])
+    fixed_batch = int(batch_size) if batch_size else None
     image_size = int(image_size or (64 if device == "cpu" else 224)) if kind == "image" else None
     kwargs = dict(protocol_kwargs or {})
     kwargs.setdefault("seed", seed)
@@ -445,11 +460,15 @@ def _run_task(coeffs_df, task, protocol, input, model, backend, n_folds, epochs,
     X_all = input_matrix(df, input) if kind == "vector" else None
     boxes = None
     if kind == "image" and crop_to_box and "box" in df.columns:
-        boxes = [None if b is None or (isinstance(b, float) and np.isnan(b)) else list(b) for b in df["box"]]
+        whole = (df["box_source"].astype(str) == "whole_frame").to_numpy() if "box_source" in df.columns \
+            else np.zeros(len(df), dtype=bool)  # a whole-frame fallback box is no face crop: keep the picture
+        boxes = [None if (b is None or (isinstance(b, float) and np.isnan(b)) or w) else list(b)
+                 for b, w in zip(df["box"], whole)]
 
     conf = np.zeros((len(classes), len(classes)), dtype=np.int64)
     angle_hits: dict[str, list[int]] = {}
     fold_acc, n_tr, n_te, n_tr_img, spi, spe, tsec, best_epochs, preds = [], [], [], [], [], [], [], [], []
+    batch_sizes = []
     threads = _n_threads()
     for fi, fold in enumerate(folds):
         fseed = seed * 1000 + fi
@@ -460,6 +479,7 @@ def _run_task(coeffs_df, task, protocol, input, model, backend, n_folds, epochs,
             yte = y_all[fold.test[:, 0]] if fold.test.ndim == 2 else y_all[fold.test]
             if fold.train.ndim == 2:  # a set must be one person's pictures
                 assert (y_all[fold.train] == ytr[:, None]).all() and (y_all[fold.test] == yte[:, None]).all()
+            batch_size = fixed_batch or default_batch_size(kind, len(Xtr))
             res = train_vector_model(Xtr, ytr, Xte, yte, model=model, n_classes=len(classes), epochs=epochs,
                                      batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                                      val_fraction=val_fraction, patience=patience, device=device, seed=fseed,
@@ -469,6 +489,7 @@ def _run_task(coeffs_df, task, protocol, input, model, backend, n_folds, epochs,
         else:
             tr, te = fold.train_images, fold.test_images
             ytr, yte = y_all[tr], y_all[te]
+            batch_size = fixed_batch or default_batch_size(kind, len(tr))
             res = train_image_model(df["path"].to_numpy()[tr], ytr, df["path"].to_numpy()[te], yte,
                                     boxes_train=None if boxes is None else [boxes[i] for i in tr],
                                     boxes_test=None if boxes is None else [boxes[i] for i in te],
@@ -487,6 +508,7 @@ def _run_task(coeffs_df, task, protocol, input, model, backend, n_folds, epochs,
         spe.append(res["seconds_per_epoch"])
         tsec.append(res["train_seconds"])
         best_epochs.append(int(res["best_epoch"]))
+        batch_sizes.append(int(batch_size))
         np.add.at(conf, (yte, pred), 1)
         single = np.asarray(test_items).ndim == 1
         for j, (t, p) in enumerate(zip(yte, pred)):
@@ -505,7 +527,8 @@ def _run_task(coeffs_df, task, protocol, input, model, backend, n_folds, epochs,
     return {
         "task": task, "protocol": protocol, "input": input, "model": model, "backend": backend,
         "device": device, "torch_threads": threads, "torch_version": torch.__version__, "seed": seed,
-        "epochs": epochs, "n_folds": len(folds), "batch_size": batch_size, "lr": lr,
+        "epochs": epochs, "n_folds": len(folds), "batch_size": batch_sizes[0] if batch_sizes else None,
+        "batch_sizes": batch_sizes, "lr": lr,
         "weight_decay": weight_decay, "val_fraction": val_fraction, "patience": patience,
         "image_size": image_size, "crop_to_box": bool(boxes is not None), "classes": classes,
         "fold_names": [f.name for f in folds], "fold_accuracies": fold_acc,
@@ -650,3 +673,59 @@ def synthetic_coeff_table(n_per_gender: int = 5, sessions=("A",), alpha_dim: int
     df["status"] = "ok"
     df["backend"] = backend
     return df
+
+
+# --------------------------------------------------------------------------------------------- the study plan
+# One row per Table-1 line: (dataset, task, protocol, coefficient input). Each runs with every model in
+# ``models`` and, with ``image_baseline``, once more as a ResNet-34 on the pictures themselves.
+STUDY_ROWS = (
+    ("kdef", "identity", "paper", "alpha"),
+    ("kdef", "identity", "cross_session", "alpha"),
+    ("kdef", "identity", "cross_angle", "alpha"),
+    ("kdef", "expression", "paper", "beta"),
+    ("kdef", "expression", "subject_independent", "beta"),
+    ("fei", "gender", "paper", "alpha"),
+    ("fei", "gender", "subject_independent", "alpha"),
+)
+
+
+def study_plan(models=("resnet34", "logreg", "svm"), image_baseline: bool = True, rows=STUDY_ROWS) -> list[dict]:
+    plan = []
+    for dataset, task, protocol, input in rows:
+        plan += [dict(dataset=dataset, task=task, protocol=protocol, input=input, model=m) for m in models]
+        if image_baseline:
+            plan.append(dict(dataset=dataset, task=task, protocol=protocol, input="image", model="resnet34"))
+    return plan
+
+
+def run_plan(coeffs: dict[str, pd.DataFrame], plan: list[dict], results_dir: str | Path, *, n_folds=None,
+             epochs=None, image_epochs=None, image_size=None, seed: int = 0, device=None, batch_size=None,
+             identity_max_sets: int | None = None, identity_session: str | None = "A",
+             progress: bool = True) -> pd.DataFrame:
+    """Run every plan entry, save each result as JSON in ``results_dir``; protocols the data cannot support
+    (e.g. cross-session on a one-session set) are logged as skipped with the reason. Returns a summary table."""
+    from tqdm.auto import tqdm
+
+    rows = []
+    for entry in tqdm(plan, desc="classification runs", disable=not progress):
+        df = coeffs[entry["dataset"]]
+        is_image = entry["input"] == "image"
+        kwargs = {}
+        if entry["task"] == "identity" and entry["protocol"] == "paper" and identity_max_sets:
+            kwargs["max_sets"] = int(identity_max_sets)
+        if entry["task"] == "identity" and entry["protocol"] in ("paper", "cross_angle", "leave_expression_out"):
+            kwargs["session"] = identity_session
+        folds = n_folds if entry["protocol"] in ("paper", "subject_independent") else None
+        try:
+            result = run_task(df, entry["task"], entry["protocol"], entry["input"], entry["model"],
+                              backend=str(df["backend"].iloc[0]), n_folds=folds,
+                              epochs=image_epochs if is_image else epochs, seed=seed, device=device,
+                              image_size=image_size, batch_size=batch_size, protocol_kwargs=kwargs or None)
+        except P.ProtocolUnavailable as exc:
+            rows.append({**entry, "status": f"skipped: {exc}"})
+            continue
+        save_result(result, results_dir)
+        rows.append({**entry, "status": "ok", "accuracy_mean": result["accuracy_mean"],
+                     "accuracy_std": result["accuracy_std"], "n_folds": result["n_folds"],
+                     "seconds_per_input": result["seconds_per_input"]})
+    return pd.DataFrame(rows)

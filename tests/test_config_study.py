@@ -38,9 +38,21 @@ def test_reproduce_without_data_stops_with_a_clear_message(tmp_path):
     out = subprocess.run([sys.executable, "-m", "facelib", "study", "--params",
                           str(ROOT / "notebooks" / "params" / "paper.yaml")], capture_output=True, text=True,
                          cwd=ROOT, env=env)
+    # no dataset → the synthetic default; without model files even that cannot render: say what is missing
     assert out.returncode != 0
-    assert "The study cannot start" in out.stderr
-    assert "FACELIB_KDEF" in out.stderr and "FACELIB_FEI" in out.stderr and "data/README.md" in out.stderr
+    assert "SYNTHETIC" in out.stdout and "FACELIB_KDEF" in out.stdout
+    assert "The study cannot start" in out.stderr and "mb05_120x120.pth" in out.stderr
+    assert "data/README.md" in out.stderr
+
+
+def test_reproduce_with_a_wrong_data_folder_names_it(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "FACELIB_CACHE": str(tmp_path / "cache"),
+           "FACELIB_OFFLINE": "1", "FACELIB_KDEF": str(tmp_path / "no_kdef_here")}
+    out = subprocess.run([sys.executable, "-m", "facelib", "study", "--params",
+                          str(ROOT / "notebooks" / "params" / "paper.yaml")], capture_output=True, text=True,
+                         cwd=ROOT, env=env)
+    assert out.returncode != 0
+    assert "no_kdef_here does not exist" in out.stderr and "FACELIB_FEI" in out.stderr
 
 
 def test_parameter_sets_share_the_notebook_parameters():
