@@ -31,6 +31,15 @@ defaults are the paper's (Deep3DFaceRecon) weights. Conventions that make those 
   those of the posed mesh p = sR·v (y up, z towards the viewer, as Deep3D's camera space), so γ means what it means
   in Deep3D.
 
+Target landmarks (:func:`fit_table`): dlib's 68-point predictor placed by dlib's own HOG detector on the backend's
+crop (:class:`DlibTargets`). Where HOG finds no face or the backend's yaw exceeds 60° (KDEF's full profiles), the
+backend's own landmarks are the target (so the landmark term starts at 0 there and only the other terms act);
+``fit_losses["_target"]`` records which. The 3DDFA landmarks are 3-D-consistent (jaw points on the hidden side)
+while dlib's contour follows the visible silhouette; on half profiles the two disagree by 15–30 px on the jaw.
+
+Speed (2 CPU cores): the z-buffer pass dominates full mode, so visibility is refreshed every ``refresh`` (4)
+iterations and reused in between with barycentrics of the current geometry (``Fitter.fit``).
+
 Skin attention: :func:`train_skin_model` fits :class:`facelib.skin.SkinModel` (RGB GMMs, 4 components per class)
 on pixels of training images labelled by the backend's landmarks: *skin* = inside the face outline (jaw 0–16 and the
 brows 17–26 lifted by 10 % of the face height) minus the eyes, brows and mouth polygons (dilated); *background* =
@@ -41,7 +50,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import pickle
 import time
 from dataclasses import dataclass, field, replace
@@ -54,8 +62,7 @@ import pandas as pd
 import torch
 
 from . import config
-from .losses import (DEFAULT_WEIGHTS, HybridLoss, coefficient_regulariser, deep3d_landmark_weights, landmark_loss,
-                     lighting_loss, photometric_loss, texture_flatten_loss)
+from .losses import DEFAULT_WEIGHTS, HybridLoss, deep3d_landmark_weights
 from .morphable import GREY, MorphableModel
 from .render import _barycentric, interpolate, rasterize, sh_shading
 
@@ -65,7 +72,7 @@ LM_SCALE = 224.0  # landmark loss measured in pixels of a 224-pixel crop (Deep3D
 DEFAULT_ITERATIONS = {"landmarks": 60, "full": 40}
 DEFAULT_LR = {"alpha": 0.05, "beta": 0.05, "ds": 0.005, "omega": 0.005, "dt": 0.2, "gamma": 0.03,
               "texture": 0.05, "gain": 0.02}
-FIT_VERSION = 1
+FIT_VERSION = 2
 
 
 # ----------------------------------------------------------------------------------------------- model pieces
@@ -537,8 +544,19 @@ class DlibTargets:
         return out
 
 
-def _target_landmarks(rows: pd.DataFrame, images: list[np.ndarray], source, landmarker, rois=None):
-    """(B, 68, 2) target landmarks in image pixels and the source used per image ("dlib" or "table")."""
+def pose_yaw(pose12) -> np.ndarray:
+    """|yaw| proxy (radians) of 3DDFA poses (B, 12): asin of the z-row's x entry of the normalised rotation."""
+    M = np.asarray(pose12, np.float64).reshape(-1, 3, 4)[:, :, :3]
+    R = M / np.linalg.norm(M, axis=2, keepdims=True)
+    return np.arcsin(np.clip(R[:, 2, 0], -1, 1))
+
+
+def _target_landmarks(rows: pd.DataFrame, images: list[np.ndarray], source, landmarker, rois=None,
+                      max_yaw: float = 60.0):
+    """(B, 68, 2) target landmarks in image pixels and the source used per image ("dlib" or "table").
+
+    dlib is not trusted beyond ``max_yaw`` degrees of the backend's yaw (its 2-D contour points do not match the
+    model's on profiles) nor where its detector finds no face: the table's landmarks are the target there."""
     own = np.stack([landmarks_136_to_68(v) for v in rows["landmarks"]])
     if source == "table":
         return own, ["table"] * len(rows)
@@ -548,6 +566,8 @@ def _target_landmarks(rows: pd.DataFrame, images: list[np.ndarray], source, land
 
         rois = [crop_box(b) for b in boxes]
     found = landmarker(images, boxes, rois)
+    yaw = np.degrees(np.abs(pose_yaw(np.stack([np.asarray(v, np.float32) for v in rows["pose"]]))))
+    found = [None if y > max_yaw else f for f, y in zip(found, yaw)]
     lm = np.stack([own[i] if f is None else np.asarray(f, np.float32) for i, f in enumerate(found)])
     return lm, ["table" if f is None else "dlib" for f in found]
 
@@ -750,3 +770,38 @@ def fit_figure(coeff_table: pd.DataFrame, image_ids=None, n: int = 4, iterations
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=100)
     return fig, res
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def cmd_fit(args) -> int:
+    table = pd.read_parquet(args.table)
+    if args.texture == "build":
+        from .texture import build_from_table
+
+        tex_path = Path(args.out).with_name(Path(args.out).stem + "_texture.npz")
+        build_from_table(table, out=tex_path, device=args.device, assets_folder=args.assets)
+        args.texture = str(tex_path)
+    out = fit_table(table, mode=args.mode, iterations=args.iterations, batch_size=args.batch_size,
+                    device=args.device, target_landmarks=args.targets, texture=args.texture,
+                    image_size=args.size, assets_folder=args.assets, limit=args.limit, out=args.out)
+    print(loss_summary(out).round(5).to_string())
+    if args.figure:
+        fit_figure(table, n=4, texture=args.texture, device=args.device, assets_folder=args.assets, out=args.figure)
+    return 0
+
+
+def add_cli(sub) -> None:
+    r = sub.add_parser("fit", help="analysis-by-synthesis fitting of a tddfa coefficient table")
+    r.add_argument("--table", required=True, help="tddfa coefficient table (.parquet)")
+    r.add_argument("--mode", choices=MODES, default="landmarks")
+    r.add_argument("--iterations", type=int, default=None)
+    r.add_argument("--targets", choices=["dlib", "table"], default="dlib")
+    r.add_argument("--texture", default=None, help="texture basis .npz, or 'build' to learn one from angle S rows")
+    r.add_argument("--size", type=int, default=160, help="crop resolution of full mode")
+    r.add_argument("--out", required=True, help="fitted coefficient table (.parquet)")
+    r.add_argument("--figure", default=None, help="also write photo|rendering|overlay|loss figure (PNG)")
+    r.add_argument("--device", default=None)
+    r.add_argument("--assets", default=None)
+    r.add_argument("--batch-size", type=int, default=8)
+    r.add_argument("--limit", type=int, default=None)
+    r.set_defaults(func=cmd_fit)
