@@ -258,6 +258,7 @@ class FitResult:
     mask: np.ndarray | None = None
     seconds: float = 0.0
     info: dict = field(default_factory=dict)
+    history_per_image: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _axis_angle(omega: torch.Tensor) -> torch.Tensor:
@@ -330,7 +331,7 @@ class Fitter:
     def fit(self, init: Mapping[str, np.ndarray], rois, target_lm=None, images=None, mode: str = "landmarks",
             iterations: int | None = None, weights: Mapping[str, float | None] | None = None,
             optimize: tuple[str, ...] | None = None, lr: Mapping[str, float] | None = None,
-            keep_render: bool = False, refresh: int = 4) -> FitResult:
+            keep_render: bool = False, refresh: int = 4, per_image_history: bool = False) -> FitResult:
         """Fit a batch.
 
         init: ``alpha`` (B, 40), ``beta`` (B, 10), ``pose`` (B, 12) — the backend's coefficients (optionally
@@ -341,6 +342,8 @@ class Fitter:
         ``refresh``: full mode re-rasterises (visibility: which triangle covers which pixel) every ``refresh``
         iterations and reuses it in between with the barycentrics of the current geometry (the z-buffer pass is
         ~75 % of an iteration on CPU); 1 = exact every iteration. The first and last evaluations are always exact.
+        ``per_image_history``: also record every term for every image at every iteration
+        (``FitResult.history_per_image[term]`` (iterations + 1, B)).
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -450,6 +453,7 @@ class Fitter:
         history: dict[str, list[float]] = {k: [] for k in active + ("total",)}
         terms_first = None
         state: dict = {"frags": None, "it": 0}
+        hist_img: dict[str, list[np.ndarray]] = {}
         refresh = max(1, int(refresh))
         for it in range(iterations + 1):
             state["it"] = it if it < iterations else 0  # the final evaluation re-rasterises
@@ -459,6 +463,10 @@ class Fitter:
             history["total"].append(float(total.detach()))
             if it == 0:
                 terms_first = self._per_image(hybrid, inputs)
+            if per_image_history:
+                per = terms_first if it == 0 else self._per_image(hybrid, inputs)
+                for k, v in per.items():
+                    hist_img.setdefault(k, []).append(v)
             if it == iterations or opt is None:
                 break
             opt.zero_grad(set_to_none=True)
@@ -475,6 +483,7 @@ class Fitter:
             landmarks=out["lm"].detach().cpu().numpy(), seconds=time.perf_counter() - t_start,
             info={"mode": mode, "iterations": iterations, "weights": hybrid.weights, "optimize": list(optimize),
                   "image_size": S, "device": str(dev)})
+        res.history_per_image = {k: np.stack(v) for k, v in hist_img.items()}
         if "gain" in params:
             res.info["albedo_gain"] = params["gain"].detach().cpu().numpy()
         if keep_render and "pred" in out:
@@ -740,7 +749,8 @@ def fit_figure(coeff_table: pd.DataFrame, image_ids=None, n: int = 4, iterations
     crops = np.stack([crop_rgb(im, r, image_size) for im, r in zip(imgs, rois)])
     tl = image_to_crop(lm, rois, image_size)
     first = fitter.fit(init, rois, tl, crops, mode="full", iterations=0, keep_render=True)
-    res = fitter.fit(init, rois, tl, crops, mode="full", iterations=iterations, keep_render=True)
+    res = fitter.fit(init, rois, tl, crops, mode="full", iterations=iterations, keep_render=True,
+                     per_image_history=True)
     B = len(rows)
     fig, axes = plt.subplots(B, 5, figsize=(12.5, 2.6 * B), squeeze=False)
     for i in range(B):
@@ -758,10 +768,10 @@ def fit_figure(coeff_table: pd.DataFrame, image_ids=None, n: int = 4, iterations
         axes[i, 3].scatter(res.landmarks[i, :, 0], res.landmarks[i, :, 1], s=2, c="red", label="fitted")
         axes[i, 0].set_ylabel(str(rows["image_id"].iloc[i]), fontsize=8)
         ax = axes[i, 4]
-        for k, v in res.history.items():
-            if k != "total" and np.any(v > 0):
-                ax.semilogy(np.maximum(v, 1e-6), label=k, lw=1)
-        ax.set_xlabel("iteration (batch mean)", fontsize=7)
+        for k, v in res.history_per_image.items():
+            ax.semilogy(np.maximum(v[:, i], 1e-5), label=k, lw=1)
+        ax.set_xlabel("iteration", fontsize=7)
+        ax.set_title("weighted loss terms", fontsize=8)
         ax.tick_params(labelsize=6)
         if i == 0:
             ax.legend(fontsize=6)

@@ -103,13 +103,26 @@ def write_index(run: Path, html_pages: list[Path], dest: Path) -> Path:
              f"<h1>{html.escape(title)}</h1>"]
     if synthetic:
         parts.append("<p class='warn'>These numbers come from the synthetic KDEF-like set, not real faces.</p>")
+    if prov:
+        data = "; ".join(f"{k}: {v.get('ok')} pictures of {v.get('subjects')} people" for k, v in
+                         prov.get("data", {}).items())
+        parts.append(f"<p>Run <b>{html.escape(run.name)}</b> — backend <b>{html.escape(str(prov.get('backend')))}"
+                     f"</b>, device {html.escape(str(prov.get('device')))}, seed "
+                     f"{html.escape(str(prov.get('parameters', {}).get('seed')))}; {html.escape(data)}. "
+                     "Full provenance at the bottom.</p>")
     for name, caption in (("table1", "Table 1 — accuracy (mean ± std over folds)"),
                           ("table2", "Table 2 — training time per input"),
                           ("table3", "Table 3 — expression confusion matrix (%; rows true, columns predicted)")):
         csv = tables / f"{name}.csv"
         if csv.exists():
             frame = pd.read_csv(csv, index_col=0 if name == "table3" else None)
-            parts.append(f"<h2>{caption}</h2>" + frame.to_html(float_format=lambda v: f"{v:.3f}", border=0))
+            if name == "table1":
+                from .tables import table1_display
+
+                frame = table1_display(frame)
+            digits = {"table1": 1, "table2": 5, "table3": 1}[name]
+            parts.append(f"<h2>{caption}</h2>" + frame.to_html(float_format=lambda v: f"{v:.{digits}f}", border=0,
+                                                                 index=name == "table3"))
             parts.append(f"<p><a href='{os.path.relpath(csv, dest.parent)}'>{name}.csv</a></p>")
     for png in sorted(tables.glob("*.png")):
         parts.append(f"<h3>{html.escape(png.stem)}</h3><img src='{os.path.relpath(png, dest.parent)}'>")

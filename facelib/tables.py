@@ -141,7 +141,8 @@ def _header(provenance: dict) -> str:
     return "<!-- provenance: " + json.dumps(provenance, sort_keys=True, default=str).replace("--", "- -") + " -->\n"
 
 
-def table1_markdown(t1: pd.DataFrame, provenance: dict) -> str:
+def table1_display(t1: pd.DataFrame) -> pd.DataFrame:
+    """Table 1 for reading: accuracy as "mean ± std %", the paper's figure beside each comparable row."""
     d = t1.copy()
     d["accuracy"] = [f"{100 * m:.1f} ± {100 * s:.1f} %" if m == m else "—"
                      for m, s in zip(d["accuracy_mean"], d["accuracy_std"].fillna(0))]
@@ -155,8 +156,14 @@ def table1_markdown(t1: pd.DataFrame, provenance: dict) -> str:
             return "—"
         return f"{100 * p[kind]:.1f} %"
 
-    d["paper"] = d.apply(paper, axis=1)
+    d["paper"] = d.apply(paper, axis=1) if len(d) else []
     cols = ["task", "protocol", "input", "model", "backend", "accuracy", "paper", "n_folds", "n_train", "n_test"]
+    return d[cols]
+
+
+def table1_markdown(t1: pd.DataFrame, provenance: dict) -> str:
+    d = table1_display(t1)
+    cols = list(d.columns)
     return (_header(provenance) + f"# {_title('Table 1 — classification accuracy (mean ± std over folds)', provenance)}\n\n"
             + markdown_table(d[cols]) + "\n\nPaper: " + "; ".join(
                 f"{t} {100 * v['images']:.1f} % (images) → {100 * v['coefficients']:.1f} % ({v['coefficient_input']})"

@@ -66,6 +66,11 @@ def fitter(data, assets_dir):
     return fitting.Fitter(device="cpu", assets_folder=assets_dir, image_size=SIZE)
 
 
+@pytest.fixture(scope="module")
+def small_fitter(fitter):
+    return fitting.Fitter(fitter.model, device="cpu", image_size=64)
+
+
 def _targets(data):
     """dlib's 68 landmarks when available, else the tddfa landmarks displaced by a smooth warp (a known target)."""
     if _dlib_ok():
@@ -141,7 +146,7 @@ def test_full_mode_reduces_data_terms(data, fitter):
 
 
 @pytest.mark.parametrize("term", ["reg", "lighting", "photo", "landmark"])
-def test_each_term_alone_is_reduced(data, fitter, term):
+def test_each_term_alone_is_reduced(data, small_fitter, term):
     """Each term, alone and switched on by its weight, decreases from a start where it is non-zero."""
     target, _ = _targets(data)
     weights = {k: 0 for k in ("photo", "landmark", "perceptual", "reg", "texture", "lighting")}
@@ -149,14 +154,13 @@ def test_each_term_alone_is_reduced(data, fitter, term):
     init = {k: v[:1] for k, v in data["init"].items()}
     init["gamma"] = np.random.default_rng(0).normal(0, 0.2, (1, 27)).astype(np.float32)
     imgs = np.stack([fitting.crop_rgb(data["imgs"][0], data["rois"][0], 64)])
-    f = fitting.Fitter(fitter.model, device="cpu", image_size=64)
-    r = f.fit(init, data["rois"][:1], fitting.image_to_crop(target[:1], data["rois"][:1], 64), imgs, mode="full",
-              iterations=6, weights=weights)
+    r = small_fitter.fit(init, data["rois"][:1], fitting.image_to_crop(target[:1], data["rois"][:1], 64), imgs,
+                         mode="full", iterations=6, weights=weights)
     assert list(r.terms_last) == [term]
     assert r.history[term][-1] < r.history[term][0], r.history[term]
 
 
-def test_perceptual_embedder_plugs_in(data, fitter):
+def test_perceptual_embedder_plugs_in(data, small_fitter):
     """A callable embedder switches the perceptual term on (a fixed random projection stands in for the network)."""
     g = torch.Generator().manual_seed(0)
     proj = torch.randn(3 * 16 * 16, 32, generator=g)
@@ -164,10 +168,14 @@ def test_perceptual_embedder_plugs_in(data, fitter):
     def embedder(x):
         return torch.nn.functional.adaptive_avg_pool2d(x, 16).flatten(1) @ proj
 
-    f = fitting.Fitter(fitter.model, device="cpu", image_size=64, embedder=embedder)
+    f = small_fitter
+    f.embedder = embedder
     imgs = np.stack([fitting.crop_rgb(data["imgs"][0], data["rois"][0], 64)])
     init = {k: v[:1] for k, v in data["init"].items()}
-    r = f.fit(init, data["rois"][:1], None, imgs, mode="full", iterations=3)
+    try:
+        r = f.fit(init, data["rois"][:1], None, imgs, mode="full", iterations=3)
+    finally:
+        f.embedder = None
     assert "perceptual" in r.history and "landmark" not in r.history
 
 
