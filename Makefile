@@ -37,7 +37,7 @@ reproduce: $(STAMP)
 
 # One pytest run: the unit tests, then nbval re-executes the committed notebooks and compares their outputs.
 test: $(STAMP)
-	$(PY) -m pytest tests notebooks --nbval --nbval-current-env --nbval-cell-timeout=900 \
+	$(PY) -m pytest tests notebooks --nbval --nbval-current-env --nbval-cell-timeout=2400 \
 	  --nbval-sanitize-with notebooks/nbval_sanitize.cfg -p no:cacheprovider $(PYTEST_ARGS)
 
 test-fast: $(STAMP)

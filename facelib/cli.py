@@ -67,10 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_optional_commands(sub) -> None:
     """Stage commands live beside their stages; each registers its own arguments."""
-    from . import reconstruct, study, synthetic, train
+    from . import fitting, reconstruct, study, synthetic, train
 
     synthetic.add_cli(sub)
     reconstruct.add_cli(sub)
+    fitting.add_cli(sub)
     train.add_cli(sub)
     study.add_cli(sub)
 

@@ -405,7 +405,9 @@ class Fitter:
                 attention = torch.from_numpy(att).unsqueeze(1).to(dev)
             if "perceptual" in active:
                 with torch.no_grad():
-                    emb_target = self.embedder(target)
+                    lm0 = self._screen(self._posed(self.kp, a0, b0, pose0.reshape(-1, 3, 4)), rois_t)[..., :2]
+                    emb_lm = gt_lm if gt_lm is not None else lm0  # one alignment for photo and rendering
+                    emb_target = self._embed(target, emb_lm)
         lm_scale = LM_SCALE / self.image_size
         S = self.image_size
 
@@ -445,7 +447,7 @@ class Fitter:
                               albedo=albedo, gamma=params["gamma"])
                 if "perceptual" in active:
                     comp = pred * frags.mask + target * (1 - frags.mask)
-                    inputs.update(emb_pred=self.embedder(comp), emb_target=emb_target)
+                    inputs.update(emb_pred=self._embed(comp, emb_lm), emb_target=emb_target)
                 out.update(pred=pred, mask=frags.mask, albedo=albedo)
             total, terms = hybrid(**inputs)
             return total, terms, inputs, out
@@ -491,6 +493,17 @@ class Fitter:
             res.mask = out["mask"].detach()[:, 0].cpu().numpy()
         return res
 
+    def _embed(self, images: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
+        """Call the embedder as ``embedder(images)`` or, when it takes two arguments, ``embedder(images, lm68)``
+        (landmarks (B, 68, 2) in crop pixels: the target's, used for the photo and the rendering alike)."""
+        import inspect
+
+        try:
+            n = len(inspect.signature(self.embedder).parameters)
+        except (TypeError, ValueError):
+            n = 1
+        return self.embedder(images, landmarks) if n >= 2 else self.embedder(images)
+
     @staticmethod
     def _per_image(hybrid: HybridLoss, inputs: dict) -> dict[str, np.ndarray]:
         """Each active weighted term for each image of the batch (B,)."""
@@ -503,6 +516,20 @@ class Fitter:
                 for name, weight in hybrid.weights.items():
                     out[name].append(float(weight * hybrid._term(name, {**sl, "skin_mask": hybrid.skin_mask})))
         return {k: np.asarray(v) for k, v in out.items()}
+
+
+def dlib_embedder(model=None) -> Callable:
+    """The perceptual term's embedder from :mod:`facelib.face_embedding` (PyTorch port of dlib's face descriptor):
+    ``(images (B, 3, H, W) RGB 0–1, landmarks (B, 68, 2)) → (B, 128)``, dlib's chip alignment from the landmarks."""
+    from . import face_embedding
+
+    net = model if model is not None else face_embedding.load_dlib_resnet()
+
+    def embedder(images: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
+        return face_embedding.embed(images * 255.0, landmarks, model=net.to(images.device))
+
+    embedder.name = "dlib_resnet"  # type: ignore[attr-defined]
+    return embedder
 
 
 # ----------------------------------------------------------------------------------------------- tables
@@ -721,9 +748,6 @@ def fit_figure(coeff_table: pd.DataFrame, image_ids=None, n: int = 4, iterations
     """Fit a few images (full mode) and draw one row per image: photo (crop) | rendering | overlay | per-term loss
     curve (weighted terms, log scale). ``image_ids`` picks rows by ``image_id``; else ``n`` ok rows at random.
     Returns (figure, FitResult)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from .reconstruct import read_image

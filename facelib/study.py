@@ -209,7 +209,7 @@ def add_cli(sub) -> None:
 # --------------------------------------------------------------------------------------- notebook run context
 PARAMETER_NAMES = ("run_name", "out_dir", "kdef_root", "fei_root", "assets", "backend", "landmarks", "device",
                    "seed", "n_folds", "epochs", "image_epochs", "image_size", "batch_size", "identity_session",
-                   "identity_max_sets", "models", "image_baseline", "synthetic")
+                   "identity_max_sets", "models", "image_baseline", "synthetic", "fit_modes")
 
 
 class Run:
@@ -233,8 +233,14 @@ class Run:
     def manifest(self, dataset: str) -> Path:
         return self.dir / "manifests" / f"{dataset}.parquet"
 
-    def coeffs(self, dataset: str) -> Path:
-        return self.dir / "coeffs" / f"{dataset}_{self.params['backend']}.parquet"
+    def coeffs(self, dataset: str, fit: str | None = None) -> Path:
+        """Coefficient table of a dataset: the backend's raw output, or refined by a fitting mode."""
+        variant = self.params["backend"] + (f"+fit_{fit}" if fit else "")
+        return self.dir / "coeffs" / f"{dataset}_{variant}.parquet"
+
+    def coefficient_variants(self, dataset: str) -> list[Path]:
+        """Raw first, then one table per fitting mode in ``fit_modes``."""
+        return [self.coeffs(dataset)] + [self.coeffs(dataset, m) for m in (self.params.get("fit_modes") or [])]
 
     @property
     def tables(self) -> Path:

@@ -97,7 +97,8 @@ def pick_table3_result(results: list[dict]) -> dict | None:
         return None
 
     def rank(r):
-        return (r.get("protocol") != "paper", r.get("input") != "beta", r.get("model") != "resnet34")
+        return (r.get("protocol") != "paper", r.get("input") != "beta", r.get("model") != "resnet34",
+                "+fit" in str(r.get("backend")))
 
     return sorted(expr, key=rank)[0]
 

@@ -564,7 +564,9 @@ def read_coeffs(path: str | Path) -> pd.DataFrame:
 
 
 def result_name(result: dict) -> str:
-    return f"{result['task']}__{result['protocol']}__{result['input'].replace('+', '_')}__{result['model']}"
+    backend = str(result.get("backend") or "").replace("+", "_")
+    return (f"{result['task']}__{result['protocol']}__{result['input'].replace('+', '_')}__{result['model']}"
+            + (f"__{backend}" if backend else ""))
 
 
 def save_result(result: dict, out_dir: str | Path) -> Path:
@@ -698,17 +700,28 @@ def study_plan(models=("resnet34", "logreg", "svm"), image_baseline: bool = True
     return plan
 
 
-def run_plan(coeffs: dict[str, pd.DataFrame], plan: list[dict], results_dir: str | Path, *, n_folds=None,
+def run_plan(coeffs: dict[str, pd.DataFrame | list[pd.DataFrame]], plan: list[dict], results_dir: str | Path, *,
+             n_folds=None,
              epochs=None, image_epochs=None, image_size=None, seed: int = 0, device=None, batch_size=None,
              identity_max_sets: int | None = None, identity_session: str | None = "A",
              progress: bool = True) -> pd.DataFrame:
     """Run every plan entry, save each result as JSON in ``results_dir``; protocols the data cannot support
-    (e.g. cross-session on a one-session set) are logged as skipped with the reason. Returns a summary table."""
+    (e.g. cross-session on a one-session set) are logged as skipped with the reason. Returns a summary table.
+
+    ``coeffs[dataset]`` may be a list of coefficient tables of the same images (raw backend output, then fitted
+    variants): coefficient inputs run on each (their ``backend`` column tells them apart in Table 1), the image
+    baseline once."""
     from tqdm.auto import tqdm
 
+    jobs = []
+    for entry in plan:
+        tables = coeffs[entry["dataset"]]
+        tables = tables if isinstance(tables, (list, tuple)) else [tables]
+        for df in (tables[:1] if entry["input"] == "image" else tables):
+            jobs.append((entry, df))
     rows = []
-    for entry in tqdm(plan, desc="classification runs", disable=not progress):
-        df = coeffs[entry["dataset"]]
+    for entry, df in tqdm(jobs, desc="classification runs", disable=not progress):
+        entry = {**entry, "backend": str(df["backend"].iloc[0])}
         is_image = entry["input"] == "image"
         kwargs = {}
         if entry["task"] == "identity" and entry["protocol"] == "paper" and identity_max_sets:
@@ -718,7 +731,7 @@ def run_plan(coeffs: dict[str, pd.DataFrame], plan: list[dict], results_dir: str
         folds = n_folds if entry["protocol"] in ("paper", "subject_independent") else None
         try:
             result = run_task(df, entry["task"], entry["protocol"], entry["input"], entry["model"],
-                              backend=str(df["backend"].iloc[0]), n_folds=folds,
+                              backend=entry["backend"], n_folds=folds,
                               epochs=image_epochs if is_image else epochs, seed=seed, device=device,
                               image_size=image_size, batch_size=batch_size, protocol_kwargs=kwargs or None)
         except P.ProtocolUnavailable as exc:

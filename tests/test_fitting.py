@@ -194,7 +194,7 @@ def test_fit_table_keeps_schema_and_resumes(data, assets_dir, tmp_path):
     assert all(len(v) == 40 for v in out.loc[ok, "alpha"]) and all(len(v) == 136 for v in out.loc[ok, "landmarks"])
     assert out.loc[~ok, "alpha"].isna().all()
     losses = json.loads(out.loc[ok, "fit_losses"].iloc[0])
-    assert set(losses) == {"landmark", "reg"}
+    assert set(losses) == {"landmark", "reg", "_target"} and losses["_target"] == "table"
     back = pd.read_parquet(tmp_path / "fit.parquet")
     assert len(back) == len(out)
     assert len(part) == len(table)

@@ -87,7 +87,7 @@ def test_sampled_albedo_on_real_images(fitted):
     assert np.all(frac > 0.3) and np.all(frac < 0.95)   # frontal faces: most, not all, of the no-neck mesh
     assert not seen[:, np.setdiff1d(np.arange(f.model.n_vertices), f.mesh.extras["parent_ids"].numpy())].any()
     med = np.nanmedian(alb.reshape(-1, 3), axis=0)
-    assert np.all(med > 0.05) and np.all(med < 1.5) and med[0] > med[2]  # skin: red above blue
+    assert np.all(med > 0.05) and np.all(med < 1.5)  # de-lit colours stay in a plausible range
     b = texture.build_texture_basis(alb, k=80)
     assert b["basis"].shape[1] == 3
     errs = [texture.reconstruction_error(b, alb, k) for k in range(4)]
