@@ -166,7 +166,9 @@ def run_study(params_file: str | Path, run_name: str | None = None, refresh_comm
         params["kdef_root"], params["fei_root"] = str(made["kdef_root"]), str(made["fei_root"])
     run = run_dir(params)
     run.mkdir(parents=True, exist_ok=True)
-    params["out_dir"] = str(run)
+    # Stored relative to the project so executed (and committed) notebooks do not carry this machine's paths.
+    params["out_dir"] = str(run.relative_to(config.PROJECT_ROOT)) if run.is_relative_to(config.PROJECT_ROOT) \
+        else str(run)
     (run / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=True))
     pages = []
     for nb in notebooks():
