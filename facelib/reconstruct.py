@@ -30,7 +30,9 @@ CACHE_VERSION = 1  # bump when the extraction changes in a way the asset checksu
 
 def coeff_matrix(df: pd.DataFrame, column: str) -> np.ndarray:
     """Stack a list column (``alpha``, ``beta``, ``landmarks``…) into an (n, d) float32 array."""
-    return np.stack([np.asarray(v, dtype=np.float32) for v in df[column]]) if len(df) else np.zeros((0, 0))
+    if not len(df):
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.stack([np.asarray(v, dtype=np.float32) for v in df[column]])
 
 
 def read_image(path: str) -> np.ndarray | None:

@@ -77,16 +77,10 @@ def set_seed(seed: int, deterministic: bool = True) -> None:
 
 
 def coeff_matrix(df: pd.DataFrame, column: str) -> np.ndarray:
-    """Stack a list column into an (n, d) float32 array (``reconstruct.coeff_matrix`` when available)."""
-    try:
-        from .reconstruct import coeff_matrix as _cm
-    except Exception:  # reconstruct missing or its heavy imports fail: same rule, locally
-        _cm = None
-    if _cm is not None:
-        return np.asarray(_cm(df, column), dtype=np.float32)
-    if not len(df):
-        return np.zeros((0, 0), dtype=np.float32)
-    return np.stack([np.asarray(v, dtype=np.float32) for v in df[column]])
+    """Stack a list column into an (n, d) float32 array (one rule for the whole study: reconstruct's)."""
+    from .reconstruct import coeff_matrix as stack
+
+    return stack(df, column)
 
 
 def input_matrix(df: pd.DataFrame, input: str) -> np.ndarray:
