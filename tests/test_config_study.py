@@ -74,3 +74,14 @@ def test_pinned_versions_agree_with_lock():
     for pin in pins:
         name, version = pin.split("==")
         assert lock[name.lower()] == version, f"{name}: pyproject {version} vs lock {lock[name.lower()]}"
+
+
+def test_face_alignment_is_installed_without_its_opencv_python():
+    """face-alignment's metadata asks for opencv-python, which would sit beside opencv-python-headless."""
+    lock = (ROOT / "requirements.lock").read_text().lower().replace("_", "-")
+    assert "\nface-alignment==" not in lock and "\nopencv-python==" not in lock
+    assert "face-alignment==" in (ROOT / "requirements-nodeps.txt").read_text()
+    from importlib.metadata import PackageNotFoundError, version
+
+    with pytest.raises(PackageNotFoundError):
+        version("opencv-python")
