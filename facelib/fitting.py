@@ -629,7 +629,7 @@ def fit_table(coeff_table: pd.DataFrame, mode: str = "landmarks", iterations: in
     """
     from tqdm.auto import tqdm
 
-    from .io import atomic_write_table
+    from .io import append_shard, atomic_write_table, read_shards
     from .reconstruct import read_image
     from .tddfa import crop_box
 
@@ -665,16 +665,14 @@ def fit_table(coeff_table: pd.DataFrame, mode: str = "landmarks", iterations: in
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
     folder = Path(cache_dir or config.cache_dir() / "fitting") / f"{name}-{key}"
     folder.mkdir(parents=True, exist_ok=True)
-    shards = sorted(folder.glob("shard-*.parquet"))
-    done = pd.concat([pd.read_parquet(s) for s in shards], ignore_index=True) if shards else pd.DataFrame()
-    known = set(done["sha256"]) if len(done) else set()
+    done = read_shards(folder)
+    known = set(done["sha256"])
 
     ok = coeff_table[(coeff_table["status"] == "ok")].drop_duplicates("sha256")
     todo = ok[~ok["sha256"].isin(known)]
     if limit is not None:
         todo = todo.iloc[:limit]
     bar = tqdm(total=len(todo), desc=f"fit ({mode})", disable=not progress, unit="img")
-    n_shard = len(shards)
     for start in range(0, len(todo), batch_size):
         rows = todo.iloc[start:start + batch_size]
         images = [read_image(p) for p in rows["path"]]
@@ -696,8 +694,7 @@ def fit_table(coeff_table: pd.DataFrame, mode: str = "landmarks", iterations: in
                                                      for k in res.terms_last}, "_target": sources[j]}),
                         "fit_seconds": res.seconds / len(rows)})
         shard = pd.DataFrame(rec)
-        atomic_write_table(shard, folder / f"shard-{n_shard:05d}-{int(time.time() * 1e3)}.parquet")
-        n_shard += 1
+        append_shard(folder, shard)
         done = pd.concat([done, shard], ignore_index=True)
         bar.update(len(rows))
     bar.close()

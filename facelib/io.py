@@ -48,3 +48,20 @@ def atomic_write_json(obj, dest: str | os.PathLike) -> Path:
     with atomic_path(dest) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
     return dest
+
+
+# A resumable batch cache: one parquet shard per finished batch, rows keyed by the image's sha256.
+def read_shards(folder: str | os.PathLike, columns: list[str] | None = None) -> pd.DataFrame:
+    """Every finished batch in ``folder`` (one row per sha256; empty table with ``columns`` when none)."""
+    shards = sorted(Path(folder).glob("shard-*.parquet"))
+    if not shards:
+        return pd.DataFrame(columns=["sha256"] + list(columns or []))
+    return pd.concat([pd.read_parquet(s) for s in shards], ignore_index=True).drop_duplicates("sha256")
+
+
+def append_shard(folder: str | os.PathLike, shard: pd.DataFrame) -> Path:
+    """Write one finished batch atomically; an interrupted run keeps every shard written before."""
+    import time
+
+    n = len(list(Path(folder).glob("shard-*.parquet")))
+    return atomic_write_table(shard, Path(folder) / f"shard-{n:05d}-{int(time.time() * 1e3)}.parquet")

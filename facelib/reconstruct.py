@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from . import assets, config
-from .io import atomic_write_table
+from .io import append_shard, atomic_write_table, read_shards
 
 BACKENDS = ("tddfa", "deep3d")
 RESULT_COLUMNS = ["status", "backend", "box", "box_source", "landmarks", "alpha", "beta", "pose", "texture",
@@ -111,13 +110,6 @@ def cache_key(backend, assets_folder=None) -> tuple[str, dict]:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16], sums
 
 
-def _load_shards(folder: Path) -> pd.DataFrame:
-    shards = sorted(folder.glob("shard-*.parquet"))
-    if not shards:
-        return pd.DataFrame(columns=["sha256"] + RESULT_COLUMNS)
-    return pd.concat([pd.read_parquet(s) for s in shards], ignore_index=True).drop_duplicates("sha256")
-
-
 def _process_batch(backend, items: list[tuple[str, str]], pool) -> list[dict]:
     """items: (sha256, path). Returns one result dict per item; never raises for a bad image."""
     images = list(pool.map(read_image, [p for _, p in items]))
@@ -157,7 +149,7 @@ def reconstruct_manifest(manifest: pd.DataFrame, backend: str | object = "tddfa"
     key, sums = cache_key(backend, assets_folder)
     folder = Path(cache_dir or config.cache_dir() / "reconstruct") / f"{backend.name}-{key}"
     folder.mkdir(parents=True, exist_ok=True)
-    done = _load_shards(folder)
+    done = read_shards(folder, RESULT_COLUMNS)
     known = set(done["sha256"])
 
     decodable = manifest[manifest["width"].notna() & manifest["sha256"].notna()]
@@ -166,15 +158,13 @@ def reconstruct_manifest(manifest: pd.DataFrame, backend: str | object = "tddfa"
     if limit is not None:
         todo = todo.iloc[:limit]
     items = list(zip(todo["sha256"], todo["path"]))
-    n_shards = len(list(folder.glob("shard-*.parquet")))
     with ThreadPoolExecutor(max_workers=2) as pool, torch.inference_mode():
         bar = tqdm(total=len(items), desc=f"reconstruct ({backend.name})", disable=not progress, unit="img")
         for start in range(0, len(items), batch_size):
             batch = items[start:start + batch_size]
             rows = _process_batch(backend, batch, pool)
             shard = pd.DataFrame(rows)
-            atomic_write_table(shard, folder / f"shard-{n_shards:05d}-{int(time.time() * 1e3)}.parquet")
-            n_shards += 1
+            append_shard(folder, shard)
             done = pd.concat([done, shard], ignore_index=True)
             bar.update(len(batch))
         bar.close()

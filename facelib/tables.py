@@ -206,6 +206,16 @@ def _plt():
     return plt
 
 
+def _finish(fig, out: Path) -> Path:
+    """Lay out, save as PNG and release the figure (report figures are files, not notebook output)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def plot_table3(percent: pd.DataFrame, out: Path, provenance: dict) -> Path:
     import seaborn as sns
 
@@ -216,10 +226,7 @@ def plot_table3(percent: pd.DataFrame, out: Path, provenance: dict) -> Path:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(_title("Table 3 — expression confusion (%)", provenance), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _finish(fig, out)
 
 
 def plot_per_angle(results: list[dict], out: Path, provenance: dict) -> Path | None:
@@ -242,10 +249,7 @@ def plot_per_angle(results: list[dict], out: Path, provenance: dict) -> Path | N
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title(_title("Expression accuracy per view angle", provenance), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _finish(fig, out)
 
 
 def plot_training_time(t2: pd.DataFrame, out: Path, provenance: dict) -> Path | None:
@@ -266,10 +270,7 @@ def plot_training_time(t2: pd.DataFrame, out: Path, provenance: dict) -> Path | 
     ax.set_yscale("log")
     ax.set_ylabel("training ms per input per epoch (log)")
     ax.set_title(_title("Training time per input: ours (blue) vs the paper (grey)", provenance), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _finish(fig, out)
 
 
 # ------------------------------------------------------------------------------------------------------ write
