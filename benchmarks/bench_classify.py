@@ -1,6 +1,6 @@
 """Classification-stage cost: per-input training cost of the 1-D ResNet-34 vs the image ResNet-34, the paper
 identity protocol at full size (10 people × 1140 sets), and a projection of the whole default classification
-stage on full KDEF (4900) + FEI (400) with the defaults in ``facelib.train``.
+stage on full KDEF (4900) + FEI (400) with the defaults in ``facelib.classify.trainer``.
 
     .venv/bin/python benchmarks/bench_classify.py [--threads 2] [--quick]
 
@@ -49,8 +49,10 @@ def main(argv=None) -> int:
 
     import torch
 
-    from facelib import train as T
-    from facelib.models import ResNet34Vector, image_resnet34
+    from facelib.classify import experiment as E
+    from facelib.classify import trainer as T
+    from tests.fixtures import synthetic_coeff_table
+    from facelib.classify.models import ResNet34Vector, image_resnet34
 
     torch.set_num_threads(args.threads)
     wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -76,10 +78,10 @@ def main(argv=None) -> int:
           f"   {'OK' if ratio >= 20 else 'BELOW TARGET'}")
 
     # 2. the paper identity protocol at full size: 10 people × 1140 aggregated α per fold
-    df = T.synthetic_coeff_table(5, alpha_dim=args.alpha_dim, beta_dim=args.beta_dim, separation=0.5)
+    df = synthetic_coeff_table(5, alpha_dim=args.alpha_dim, beta_dim=args.beta_dim, separation=0.5)
     if not args.quick:
         t0 = time.perf_counter()
-        r = T.run_task(df, "identity", "paper", model="resnet34", n_folds=1, epochs=1, device="cpu",
+        r = E.run_task(df, "identity", "paper", model="resnet34", n_folds=1, epochs=1, device="cpu",
                        keep_predictions=False)
         wall = time.perf_counter() - t0
         cost["identity_epoch"] = r["seconds_per_epoch"]
@@ -91,8 +93,8 @@ def main(argv=None) -> int:
         cost["identity_epoch"] = 10260 * cost[("vec", args.alpha_dim, 128)]
         cost["identity_overhead"] = 5.0
 
-    # 3. projection of the default plan on full KDEF + FEI (epochs / folds from facelib.train defaults)
-    E, F = T.DEFAULT_EPOCHS, T.DEFAULT_N_FOLDS
+    # 3. projection of the default plan on full KDEF + FEI (epochs / folds from facelib.classify.trainer defaults)
+    E, F = T.DEFAULT_EPOCHS, E.DEFAULT_N_FOLDS
     vb = cost[("vec", args.beta_dim, 128)]  # training sets >= 2000 use batch 128, smaller ones 32
     va32 = cost[("vec", args.alpha_dim, 32)]
     img = cost[("img", 64, 32)]

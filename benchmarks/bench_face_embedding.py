@@ -1,4 +1,4 @@
-"""Forward + backward time of dlib's face-recognition ResNet in PyTorch (``facelib.face_embedding``) on CPU.
+"""Forward + backward time of dlib's face-recognition ResNet in PyTorch (``facelib.fitting.face_embedding``) on CPU.
 
 Timed: one 150×150 chip (``--batch``) → 128-d descriptor → 1 − cos to a fixed descriptor → backward to the chip
 (``chip``), and the same through the differentiable crop from a 224×224 image (``embed``). Medians over --repeat
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from facelib import face_embedding as fe  # noqa: E402
+from facelib.fitting import face_embedding as fe  # noqa: E402
 
 
 def timeit(fn, warmup: int, repeat: int) -> float:

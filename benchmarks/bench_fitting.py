@@ -1,4 +1,4 @@
-"""Seconds per image of facelib.fitting: landmark mode and full mode, batch 8, 2 threads, on KDEF dev images.
+"""Seconds per image of facelib.fitting.fitter: landmark mode and full mode, batch 8, 2 threads, on KDEF dev images.
 
     python benchmarks/bench_fitting.py [--iterations-landmarks 60] [--iterations-full 40] [--size 160]
 
@@ -34,9 +34,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
 
-    from facelib import fitting
-    from facelib.reconstruct import TDDFABackend
-    from facelib.tddfa import crop_box
+    from facelib.fitting import fitter
+    from facelib.face3d.reconstruct import TDDFABackend
+    from facelib.face3d import cameras
+    from facelib.face3d.cameras import crop_box
 
     root = Path(os.environ["FACELIB_KDEF"])
     paths = sorted(root.glob("*/*S.JPG"))[: args.batch]
@@ -45,16 +46,16 @@ def main() -> None:
     boxes = [b for b, _ in be.detect(imgs)]
     out = be.regress(imgs, boxes)
     rois = np.stack([crop_box(b) for b in boxes])
-    lm = np.stack([fitting.landmarks_136_to_68(v) for v in out["landmarks"]]) + 2.0
+    lm = np.stack([cameras.landmarks_136_to_68(v) for v in out["landmarks"]]) + 2.0
     init = {k: out[k] for k in ("alpha", "beta", "pose")}
-    f = fitting.Fitter(device=args.device, image_size=args.size)
-    tl = fitting.image_to_crop(lm, rois, args.size)
+    f = fitter.Fitter(device=args.device, image_size=args.size)
+    tl = cameras.image_to_crop(lm, rois, args.size)
     f.fit(init, rois, tl, mode="landmarks", iterations=2)  # warm-up
     t = time.perf_counter()
     f.fit(init, rois, tl, mode="landmarks", iterations=args.iterations_landmarks)
     dt = (time.perf_counter() - t) / len(imgs)
     print(f"landmarks mode: {dt:.3f} s/image ({args.iterations_landmarks} iterations, batch {len(imgs)}, 2 threads)")
-    crops = np.stack([fitting.crop_rgb(im, r, args.size) for im, r in zip(imgs, rois)])
+    crops = np.stack([cameras.crop_rgb(im, r, args.size) for im, r in zip(imgs, rois)])
     t = time.perf_counter()
     f.fit(init, rois, tl, crops, mode="full", iterations=args.iterations_full)
     dt = (time.perf_counter() - t) / len(imgs)

@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from facelib.detect import FaceBoxesDetector, pick_face  # noqa: E402
-from facelib.tddfa import TDDFARegressor, crop_and_resize  # noqa: E402
+from facelib.face3d.detect import FaceBoxesDetector, pick_face  # noqa: E402
+from facelib.face3d.tddfa import TDDFARegressor, crop_and_resize  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""Forward + backward time of ``facelib.render`` for one 224×224 face on CPU (default 2 threads).
+"""Forward + backward time of ``facelib.fitting.render`` for one 224×224 face on CPU (default 2 threads).
 
 Meshes (real geometry whenever the assets are present, FACELIB_ASSETS or ../shared/assets):
 - ``bfm_3ddfa``  53215 vertices / 76073 triangles: ``MorphableModel.from_3ddfa`` mean shape and its triangles
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from facelib import render as R  # noqa: E402
+from facelib.fitting import render as R  # noqa: E402
 
 
 def grid_mesh(n: int, lo: float = 40.0, hi: float = 184.0):
@@ -55,7 +55,7 @@ def real_meshes():
     os.environ.setdefault("FACELIB_ASSETS", str(root))
     out = {}
     try:
-        from facelib.morphable import MorphableModel
+        from facelib.face3d.morphable import MorphableModel
 
         m = MorphableModel.from_3ddfa(root)
         mean = m.shape()[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -61,7 +62,17 @@ def read_shards(folder: str | os.PathLike, columns: list[str] | None = None) -> 
 
 def append_shard(folder: str | os.PathLike, shard: pd.DataFrame) -> Path:
     """Write one finished batch atomically; an interrupted run keeps every shard written before."""
-    import time
-
     n = len(list(Path(folder).glob("shard-*.parquet")))
     return atomic_write_table(shard, Path(folder) / f"shard-{n:05d}-{int(time.time() * 1e3)}.parquet")
+
+
+def save_figure(fig, out: str | os.PathLike, dpi: int, close: bool = False, **savefig_kwargs) -> Path:
+    """Save a matplotlib figure (its folder created); ``close`` releases it (report figures are files only)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi, **savefig_kwargs)
+    if close:
+        import matplotlib.pyplot as plt  # only figure owners call this; io itself does not need matplotlib
+
+        plt.close(fig)
+    return out

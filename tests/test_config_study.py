@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from facelib import config, study
+from facelib import config, run, study
 
 from .conftest import ROOT
 
@@ -58,7 +58,7 @@ def test_reproduce_with_a_wrong_data_folder_names_it(tmp_path):
 def test_parameter_sets_share_the_notebook_parameters():
     for name in ("paper.yaml", "ci.yaml"):
         params = study.load_params(ROOT / "notebooks" / "params" / name)
-        unknown = set(params) - set(study.PARAMETER_NAMES)
+        unknown = set(params) - set(run.PARAMETER_NAMES)
         assert not unknown, f"{name}: parameters no notebook declares: {unknown}"
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from facelib import datasets
-from facelib.datasets import DatasetError
+from facelib.data import datasets
+from facelib.data.datasets import DatasetError
 
 from .conftest import ROOT, face_like_image
 

@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from facelib import deep3d
+from facelib.face3d import deep3d
 from facelib.assets import AssetMissingError
-from facelib.morphable import load_lm3d_std
+from facelib.face3d.morphable import load_lm3d_std
 
 # measured by hand on KDEF AF01NES.JPG (562×762): pupils, nose tip, mouth corners (x right, y down)
 AF01NES_LM5 = np.array([[202, 385], [352, 387], [280, 468], [219, 540], [342, 542]], dtype=np.float64)
@@ -165,7 +165,7 @@ def test_mean_face_projects_onto_alignment_targets(assets_dir):
     Deep3D's camera (f 1015, c 112, distance 10), puts its 5 points where the alignment puts a face's 5 points."""
     from scipy.io import loadmat
 
-    from facelib.morphable import MorphableModel, five_points
+    from facelib.face3d.morphable import MorphableModel, five_points
 
     m = MorphableModel.from_3ddfa(assets_dir)
     front = loadmat(assets_dir / "deep3d_bfm_aux" / "BFM_front_idx.mat")["idx"].astype(np.int64).ravel() - 1

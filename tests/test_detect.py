@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from facelib import detect
-from facelib.detect import FaceBoxesDetector, FaceBoxesNet, load_state_strict, pick_face, prior_boxes
+from facelib.face3d import detect
+from facelib.face3d.detect import FaceBoxesDetector, FaceBoxesNet, load_state_strict, pick_face, prior_boxes
 
 
 @pytest.fixture(scope="module")

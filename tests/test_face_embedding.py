@@ -1,4 +1,4 @@
-"""facelib.face_embedding: dlib's face-recognition ResNet parsed from its .dat file and run in PyTorch.
+"""facelib.fitting.face_embedding: dlib's face-recognition ResNet parsed from its .dat file and run in PyTorch.
 
 Real-face tests use KDEF (FACELIB_KDEF, default ../shared/data/kdef_dev/KDEF) and compare with dlib's own
 ``face_recognition_model_v1.compute_face_descriptor``; they skip with the reason when KDEF is absent."""
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-fe = pytest.importorskip("facelib.face_embedding")
+fe = pytest.importorskip("facelib.fitting.face_embedding")
 
 STEMS = ["AF01NES", "AF02NES", "AF03NES", "AM01NES", "AM02NES", "AF01HAS", "AF02HAS", "AM01HAS"]
 

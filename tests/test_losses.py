@@ -1,4 +1,4 @@
-"""facelib.losses: each term against a hand computation; HybridLoss weights and switches."""
+"""facelib.fitting.losses: each term against a hand computation; HybridLoss weights and switches."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from facelib import losses as L
+from facelib.fitting import losses as L
 
 
 def test_default_weights_are_the_papers():

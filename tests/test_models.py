@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet34
 
-from facelib.models import (ResNet34Vector, baseline, conv_plan, count_basic_blocks, image_resnet34, n_parameters,
+from facelib.classify.models import (ResNet34Vector, baseline, conv_plan, count_basic_blocks, image_resnet34, n_parameters,
                             vector_model)
 
 

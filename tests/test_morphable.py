@@ -11,7 +11,7 @@ import torch
 from scipy.io import loadmat, savemat
 from scipy.spatial.transform import Rotation
 
-from facelib.morphable import LAYOUT_3DDFA, LAYOUT_DEEP3D, MorphableModel, read_exp_pca
+from facelib.face3d.morphable import LAYOUT_3DDFA, LAYOUT_DEEP3D, MorphableModel, read_exp_pca
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ from math import comb
 import numpy as np
 import pytest
 
-from facelib import protocols as P
-from facelib.aggregate import aggregate_mean, aggregate_sets, aggregate_weighted, k_subsets
-from facelib.train import synthetic_coeff_table
+from facelib.classify import protocols as P
+from facelib.classify.aggregate import aggregate_mean, aggregate_sets, aggregate_weighted, k_subsets
+from tests.fixtures import synthetic_coeff_table
 
 
 @pytest.fixture(scope="module")

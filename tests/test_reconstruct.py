@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from facelib import datasets, reconstruct
+from facelib.data import datasets
+from facelib.face3d import reconstruct
 
 from .conftest import ROOT
 

@@ -1,4 +1,4 @@
-"""facelib.render: coverage, depth test, gradients vs finite differences, SH shading, real BFM meshes."""
+"""facelib.fitting.render: coverage, depth test, gradients vs finite differences, SH shading, real BFM meshes."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from facelib import render as R
+from facelib.fitting import render as R
 
 
 def _tri_area(p):
@@ -220,9 +220,9 @@ def test_sh_shading_matches_numpy_reference():
 @pytest.fixture(scope="module")
 def bfm(assets_dir):
     try:
-        from facelib.morphable import MorphableModel
+        from facelib.face3d.morphable import MorphableModel
     except ImportError as exc:  # pragma: no cover
-        pytest.skip(f"facelib.morphable not importable: {exc}")
+        pytest.skip(f"facelib.face3d.morphable not importable: {exc}")
     try:
         return MorphableModel.from_3ddfa(assets_dir)
     except (FileNotFoundError, KeyError) as exc:
@@ -298,7 +298,7 @@ def test_float_zbuffer_matches_packed():
 
 def test_photometric_fit_recovers_a_shift():
     """Gradients are useful: recover a sub-pixel 2-D shift of a smoothly coloured mesh from the image alone."""
-    from facelib.losses import photometric_loss
+    from facelib.fitting.losses import photometric_loss
 
     v, f = _grid_mesh(17, 8.0, 56.0, seed=0)
     v = v.float()

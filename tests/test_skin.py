@@ -1,10 +1,10 @@
-"""facelib.skin: naive-Bayes GMM skin model on a real KDEF picture (face centre = skin, border = background)."""
+"""facelib.fitting.skin: naive-Bayes GMM skin model on a real KDEF picture (face centre = skin, border = background)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from facelib.skin import SkinModel, features
+from facelib.fitting.skin import SkinModel, features
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ N_ID, N_FEI, SIZE = 4, 4, (191, 141)
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory, assets_dir):
-    from facelib import synthetic
+    from facelib.data import synthetic
 
     out = tmp_path_factory.mktemp("synthetic")
     try:
@@ -26,7 +26,7 @@ def synth(tmp_path_factory, assets_dir):
 
 
 def test_kdef_layout_and_labels(synth):
-    from facelib.datasets import ANGLE_CODES, EXPRESSION_CODES, load_kdef
+    from facelib.data.datasets import ANGLE_CODES, EXPRESSION_CODES, load_kdef
 
     out, res = synth
     df = load_kdef(res["kdef_root"], progress=False)
@@ -46,7 +46,7 @@ def test_kdef_layout_and_labels(synth):
 
 
 def test_fei_layout_and_labels(synth):
-    from facelib.datasets import load_fei
+    from facelib.data.datasets import load_fei
 
     out, res = synth
     df = load_fei(res["fei_root"], progress=False)
@@ -74,8 +74,8 @@ def test_faces_are_not_black_and_vary(synth):
 def test_profiles_face_opposite_sides(synth, assets_dir):
     """FL turns the nose to image left (as KDEF's FL pictures), FR to image right: the face mask's centroid lies
     on opposite sides of the head pivot."""
-    from facelib import synthetic
-    from facelib.morphable import MorphableModel
+    from facelib.data import synthetic
+    from facelib.face3d.morphable import MorphableModel
 
     _, res = synth
     gt = pd.read_parquet(res["ground_truth"])
@@ -121,7 +121,7 @@ def test_ground_truth_table(synth):
 def test_deterministic_and_resumable(synth, assets_dir):
     """Deleting some images and the marker, then generating again with the same parameters, re-renders exactly
     the same bytes (the set is a function of the seed) and the same ground truth."""
-    from facelib import synthetic
+    from facelib.data import synthetic
 
     out, res = synth
     victims = [out / "KDEF" / "AM02" / "AM02HAHL.JPG", out / "KDEF" / "AF01" / "AF01SUFR.JPG",
@@ -142,7 +142,7 @@ def test_deterministic_and_resumable(synth, assets_dir):
 
 
 def test_cli_registration():
-    from facelib import synthetic
+    from facelib.data import synthetic
 
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="command")

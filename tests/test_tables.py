@@ -7,8 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from facelib import tables
-from facelib import train as T
+from facelib.report import tables
+from facelib.classify.experiment import run_task
+from facelib.classify.results import save_result
+from tests.fixtures import synthetic_coeff_table
 
 
 @pytest.fixture(scope="module")
@@ -16,11 +18,11 @@ def results():
     import torch
 
     torch.set_num_threads(1)
-    df = T.synthetic_coeff_table(4, fei_per_gender=8, separation=1.0, seed=1)
-    return [T.run_task(df, "expression", "paper", model="logreg", n_folds=2),
-            T.run_task(df, "expression", "subject_independent", model="mlp", n_folds=2, epochs=2),
-            T.run_task(df, "gender", "paper", model="logreg", n_folds=2),
-            T.run_task(df, "identity", "cross_angle", model="svm", protocol_kwargs={"subjects": None})]
+    df = synthetic_coeff_table(4, fei_per_gender=8, separation=1.0, seed=1)
+    return [run_task(df, "expression", "paper", model="logreg", n_folds=2),
+            run_task(df, "expression", "subject_independent", model="mlp", n_folds=2, epochs=2),
+            run_task(df, "gender", "paper", model="logreg", n_folds=2),
+            run_task(df, "identity", "cross_angle", model="svm", protocol_kwargs={"subjects": None})]
 
 
 def test_write_tables(tmp_path, results):
@@ -49,7 +51,7 @@ def test_write_tables(tmp_path, results):
 
 def test_not_synthetic_titles_and_load_results(tmp_path, results):
     for r in results:
-        T.save_result(r, tmp_path / "res")
+        save_result(r, tmp_path / "res")
     loaded = tables.load_results(tmp_path / "res")
     assert len(loaded) == 4
     tables.write_tables(tmp_path / "res", tmp_path / "out", {"synthetic": False})

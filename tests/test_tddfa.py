@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from facelib.detect import FaceBoxesDetector, pick_face
-from facelib.tddfa import MobileNetV1, TDDFARegressor, crop_box, crop_image, load_state_strict, preprocess
+from facelib.face3d.detect import FaceBoxesDetector, pick_face
+from facelib.face3d.cameras import crop_box, crop_image
+from facelib.face3d.tddfa import MobileNetV1, TDDFARegressor, load_state_strict, preprocess
 
 
 @pytest.fixture(scope="module")

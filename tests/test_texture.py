@@ -1,11 +1,11 @@
-"""Texture basis from data (facelib.texture): PCA, persistence, the textured model, albedo sampling on real images."""
+"""Texture basis from data (facelib.fitting.texture): PCA, persistence, the textured model, albedo sampling on real images."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from facelib import texture
+from facelib.fitting import texture, texture_basis
 
 
 def _low_rank_albedos(n=12, N=500, rank=4, seed=0, missing=0.1):
@@ -33,7 +33,7 @@ def test_pca_error_decreases_with_k():
 
 
 def test_save_load_and_with_texture(tmp_path, assets_dir):
-    from facelib.morphable import MorphableModel
+    from facelib.face3d.morphable import MorphableModel
 
     model = MorphableModel.from_3ddfa(assets_dir)
     a = _low_rank_albedos(n=5, N=model.n_vertices, rank=3, missing=0.0)
@@ -55,9 +55,10 @@ def test_save_load_and_with_texture(tmp_path, assets_dir):
 def fitted(kdef_root, assets_dir):
     import cv2
 
-    from facelib import fitting
-    from facelib.reconstruct import TDDFABackend
-    from facelib.tddfa import crop_box
+    from facelib.fitting import fitter
+    from facelib.face3d.reconstruct import TDDFABackend
+    from facelib.face3d import cameras
+    from facelib.face3d.cameras import crop_box
 
     torch.set_num_threads(2)
     stems = ("AF01NES", "AM05HAS", "AF02NES", "AM02SUS")
@@ -70,17 +71,17 @@ def fitted(kdef_root, assets_dir):
     out = be.regress(imgs, boxes)
     rois = np.stack([crop_box(b) for b in boxes])
     size = 96
-    f = fitting.Fitter(device="cpu", assets_folder=assets_dir, image_size=size)
-    lm = np.stack([fitting.landmarks_136_to_68(v) for v in out["landmarks"]])
-    crops = np.stack([fitting.crop_rgb(im, r, size) for im, r in zip(imgs, rois)])
+    f = fitter.Fitter(device="cpu", assets_folder=assets_dir, image_size=size)
+    lm = np.stack([cameras.landmarks_136_to_68(v) for v in out["landmarks"]])
+    crops = np.stack([cameras.crop_rgb(im, r, size) for im, r in zip(imgs, rois)])
     init = {k: out[k] for k in ("alpha", "beta", "pose")}
-    res = f.fit(init, rois, fitting.image_to_crop(lm, rois, size), crops, mode="full", iterations=8)
+    res = f.fit(init, rois, cameras.image_to_crop(lm, rois, size), crops, mode="full", iterations=8)
     return f, res, imgs, rois, crops, init, lm
 
 
 def test_sampled_albedo_on_real_images(fitted):
     f, res, imgs, rois, *_ = fitted
-    alb = texture.sample_albedo(f, res, imgs, rois)
+    alb = texture_basis.sample_albedo(f, res, imgs, rois)
     assert alb.shape == (4, f.model.n_vertices, 3)
     seen = np.isfinite(alb).all(-1)
     frac = seen[:, f.mesh.extras["parent_ids"].numpy()].mean(1)
@@ -95,15 +96,16 @@ def test_sampled_albedo_on_real_images(fitted):
 
 
 def test_textured_full_fit_reduces_texture_term(fitted):
-    from facelib import fitting
+    from facelib.face3d import cameras
+    from facelib.fitting import fitter
 
     f, res, imgs, rois, crops, init, lm = fitted
-    alb = texture.sample_albedo(f, res, imgs, rois)
+    alb = texture_basis.sample_albedo(f, res, imgs, rois)
     tm = texture.with_texture(f.model, texture.build_texture_basis(alb, k=3))
-    ft = fitting.Fitter(tm, device="cpu", image_size=96)
+    ft = fitter.Fitter(tm, device="cpu", image_size=96)
     assert ft.mesh.n_tex == 3
     start = {**{k: v[:2] for k, v in init.items()}, "texture": np.array([[2.0, -2.0, 1.5], [-1.5, 2.0, 1.0]])}
-    r = ft.fit(start, rois[:2], fitting.image_to_crop(lm[:2], rois[:2], 96), crops[:2], mode="full", iterations=6,
+    r = ft.fit(start, rois[:2], cameras.image_to_crop(lm[:2], rois[:2], 96), crops[:2], mode="full", iterations=6,
                weights={"photo": 0, "landmark": 0, "reg": 0, "lighting": 0})
     assert r.texture.shape == (2, 3)
     assert r.history["texture"][-1] < r.history["texture"][0]

@@ -7,8 +7,11 @@ import cv2
 import numpy as np
 import pytest
 
-from facelib import protocols as P
-from facelib import train as T
+from facelib.classify import protocols as P
+from facelib.classify import experiment as E
+from facelib.classify import trainer as T
+from facelib.cli import classify_main
+from tests.fixtures import synthetic_coeff_table
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -54,7 +57,7 @@ def test_determinism_and_standardisation_on_training_only():
     assert (a["predictions"] == b["predictions"]).all()
     assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
     # the scaler saw the fit split only (not the validation carve-out, not the test set)
-    fit, _ = T._carve_validation(y[:60], 0.1, 5)
+    fit, _ = T.carve_validation(y[:60], 0.1, 5)
     assert np.allclose(a["standardize_mean"], X[:60][fit].mean(0), rtol=1e-5)
 
 
@@ -69,11 +72,11 @@ def test_baselines_and_early_stopping():
 
 @pytest.fixture(scope="module")
 def synth():
-    return T.synthetic_coeff_table(5, fei_per_gender=10, separation=1.0, seed=0)
+    return synthetic_coeff_table(5, fei_per_gender=10, separation=1.0, seed=0)
 
 
 def test_run_task_identity_paper(synth):
-    r = T.run_task(synth, "identity", "paper", model="logreg", n_folds=2,
+    r = E.run_task(synth, "identity", "paper", model="logreg", n_folds=2,
                    protocol_kwargs={"max_sets": 100})
     assert r["n_folds"] == 2 and r["n_train"] == 1000 and r["n_test"] == 1000
     assert r["accuracy_mean"] > 0.9 and len(r["fold_accuracies"]) == 2
@@ -83,7 +86,7 @@ def test_run_task_identity_paper(synth):
 
 
 def test_run_task_expression_keys(synth):
-    r = T.run_task(synth, "expression", "subject_independent", model="mlp", n_folds=2, epochs=5)
+    r = E.run_task(synth, "expression", "subject_independent", model="mlp", n_folds=2, epochs=5)
     for key in ("task", "protocol", "input", "model", "backend", "device", "fold_accuracies", "accuracy_mean",
                 "accuracy_std", "n_train", "n_test", "seconds_per_input", "seconds_per_epoch", "confusion",
                 "per_angle_accuracy", "predictions", "classes", "leak_free"):
@@ -91,13 +94,13 @@ def test_run_task_expression_keys(synth):
     assert r["classes"] == list(P.EXPRESSIONS) and r["input"] == "beta" and r["leak_free"]
     assert set(r["per_angle_accuracy"]) == set(P.ANGLES)
     assert np.asarray(r["confusion"]).shape == (7, 7) and np.asarray(r["confusion"]).sum() == 350
-    r2 = T.run_task(synth, "gender", "paper", input="alpha+beta", model="logreg", n_folds=2)
+    r2 = E.run_task(synth, "gender", "paper", input="alpha+beta", model="logreg", n_folds=2)
     assert r2["classes"] == ["F", "M"] and r2["n_train"] == 20  # FEI rows only
 
 
 def test_run_task_unavailable(synth):
     with pytest.raises(P.ProtocolUnavailable):
-        T.run_task(synth, "identity", "cross_session", model="logreg")
+        E.run_task(synth, "identity", "cross_session", model="logreg")
 
 
 def test_image_model_and_cache(tmp_path, synth):
@@ -118,19 +121,19 @@ def test_image_model_and_cache(tmp_path, synth):
     assert T.load_image(rows[0], 32).shape == (32, 32)
     df = synth[synth["dataset"] == "fei"].copy().reset_index(drop=True).iloc[:24]
     df["path"] = rows
-    res = T.run_task(df, "gender", "paper", input="image", n_folds=1, epochs=1, image_size=32)
+    res = E.run_task(df, "gender", "paper", input="image", n_folds=1, epochs=1, image_size=32)
     assert res["image_size"] == 32 and res["input"] == "image"
 
 
 def test_cli(tmp_path, synth):
     coeffs = tmp_path / "coeffs.parquet"
     synth.to_parquet(coeffs)
-    rc = T.classify_main(["--coeffs", str(coeffs), "--task", "gender", "--protocol", "subject_independent",
+    rc = classify_main(["--coeffs", str(coeffs), "--task", "gender", "--protocol", "subject_independent",
                           "--model", "logreg", "--n-folds", "3", "--out", str(tmp_path / "res"), "--quiet"])
     assert rc == 0
     (f,) = (tmp_path / "res").glob("*.json")
     d = json.loads(f.read_text())
     assert d["task"] == "gender" and d["n_folds"] == 3 and (tmp_path / "res" / d["predictions_file"]).exists()
-    rc = T.classify_main(["--coeffs", str(coeffs), "--task", "identity", "--protocol", "cross_session",
+    rc = classify_main(["--coeffs", str(coeffs), "--task", "identity", "--protocol", "cross_session",
                           "--model", "logreg", "--out", str(tmp_path / "res2"), "--quiet"])
     assert rc == 3

@@ -1,6 +1,6 @@
 """Results → the paper's Tables 1–3 (CSV + Markdown beside the paper's figures), figures, provenance.
 
-Inputs are the dicts :func:`facelib.train.run_task` returns (or the JSON files ``train.save_result`` writes).
+Inputs are the dicts :func:`facelib.classify.trainer.run_task` returns (or the JSON files ``train.save_result`` writes).
 Outputs in ``out_dir``:
 
 * ``table1.csv`` — ``task, protocol, input, model, backend, accuracy_mean, accuracy_std, n_folds, n_train,
@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from ..io import atomic_path, atomic_write_json, save_figure
 
 EXPRESSIONS = ("AF", "AN", "DI", "HA", "NE", "SA", "SU")
 TABLE1_COLUMNS = ["task", "protocol", "input", "model", "backend", "accuracy_mean", "accuracy_std", "n_folds",
@@ -208,12 +210,8 @@ def _plt():
 
 def _finish(fig, out: Path) -> Path:
     """Lay out, save as PNG and release the figure (report figures are files, not notebook output)."""
-    import matplotlib.pyplot as plt
-
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=120, close=True)
 
 
 def plot_table3(percent: pd.DataFrame, out: Path, provenance: dict) -> Path:
@@ -275,24 +273,18 @@ def plot_training_time(t2: pd.DataFrame, out: Path, provenance: dict) -> Path | 
 
 # ------------------------------------------------------------------------------------------------------ write
 def _csv(df: pd.DataFrame, dest: Path, index: bool = False) -> Path:
-    from .io import atomic_path
-
     with atomic_path(dest) as tmp:
         df.to_csv(tmp, index=index)
     return dest
 
 
 def _text(text: str, dest: Path) -> Path:
-    from .io import atomic_path
-
     with atomic_path(dest) as tmp:
         tmp.write_text(text)
     return dest
 
 
 def write_provenance(provenance: dict, out_dir: str | Path) -> Path:
-    from .io import atomic_write_json
-
     return atomic_write_json(provenance, Path(out_dir) / "provenance.json")
 
 

@@ -167,13 +167,13 @@ class HybridLoss(nn.Module):
             if missing:
                 raise ValueError(f"loss term {name!r} is on (weight {weight}) but {missing} not given; "
                                  f"pass weights={{{name!r}: 0}} to switch it off")
-            terms[name] = weight * self._term(name, inputs)
+            terms[name] = weight * self.term(name, inputs)
         if not terms:
             raise ValueError("every loss term is switched off")
         total = torch.stack(list(terms.values())).sum()
         return total, terms
 
-    def _term(self, name: str, x: dict) -> torch.Tensor:
+    def term(self, name: str, x: dict) -> torch.Tensor:
         if name == "photo":
             return photometric_loss(x["pred_image"], x["target_image"], x["face_mask"], x.get("attention"))
         if name == "landmark":

@@ -16,7 +16,7 @@ keeps ResNet-34's structure and swaps every 2-D operation for its 1-D counterpar
 * adaptive average pool over the remaining length, then ``Linear(512, n_classes)``.
 
 Coefficients differ in scale by orders of magnitude (leading PCA components dominate), so the training code
-standardises every coefficient on the training data before the network sees it (see ``facelib.train``).
+standardises every coefficient on the training data before the network sees it (see ``facelib.classify.trainer``).
 """
 from __future__ import annotations
 

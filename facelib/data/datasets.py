@@ -296,7 +296,7 @@ def load_folder(root: str | Path, csv: str | Path | None = None, progress: bool 
 
 def load(dataset: str, root: str | Path | None = None, progress: bool = True, **kwargs) -> pd.DataFrame:
     """Dispatch on the dataset name; ``root`` defaults to the dataset's environment variable."""
-    from . import config
+    from .. import config
 
     if dataset == "kdef":
         return load_kdef(root or config.kdef_root(), progress=progress)
@@ -310,7 +310,7 @@ def load(dataset: str, root: str | Path | None = None, progress: bool = True, **
 # ------------------------------------------------------------------------------------------ save / summary
 def save_manifest(df: pd.DataFrame, out: str | Path) -> tuple[Path, Path]:
     """Write ``<out>.parquet`` and ``<out>.csv`` (atomically) and return both paths."""
-    from .io import atomic_write_table
+    from ..io import atomic_write_table
 
     out = Path(out)
     stem = out.with_suffix("") if out.suffix in (".parquet", ".csv") else out

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import assets, config
-from .io import append_shard, atomic_write_table, read_shards
+from .. import assets, config
+from ..io import append_shard, atomic_write_table, read_shards, save_figure
 
 BACKENDS = ("tddfa", "deep3d")
 RESULT_COLUMNS = ["status", "backend", "box", "box_source", "landmarks", "alpha", "beta", "pose", "texture",
@@ -221,41 +221,5 @@ def qa_figure(table: pd.DataFrame, per_group: int = 4, group: str = "angle", out
         axes[r, 0].text(-0.1, 0.5, str(g), transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=11)
     fig.tight_layout()
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=110)
+        save_figure(fig, out, dpi=110)
     return fig
-
-
-# ------------------------------------------------------------------------------------------------------ CLI
-def cmd_reconstruct(args) -> int:
-    from . import datasets
-
-    if args.manifest:
-        manifest = pd.read_parquet(args.manifest)
-    else:
-        kwargs = {"csv": args.csv} if args.dataset == "folder" and args.csv else {}
-        manifest = datasets.load(args.dataset, args.root, progress=True, **kwargs)
-    table = reconstruct_manifest(manifest, args.backend, out=args.out, batch_size=args.batch_size,
-                                 device=args.device, assets_folder=args.assets, landmarks=args.landmarks,
-                                 fallback=not args.no_fallback)
-    print(json.dumps(summarize(table), indent=2))
-    if args.qa:
-        qa_figure(table, out=args.qa)
-    return 0
-
-
-def add_cli(sub) -> None:
-    r = sub.add_parser("reconstruct", help="3DMM coefficients for every image of a dataset (cached)")
-    r.add_argument("--dataset", choices=["kdef", "fei", "folder"], default="kdef")
-    r.add_argument("--root", default=None, help="dataset folder (default: $FACELIB_KDEF / $FACELIB_FEI)")
-    r.add_argument("--csv", default=None, help="folder dataset: CSV of path,<label columns>")
-    r.add_argument("--manifest", default=None, help="use a saved manifest (.parquet) instead of --dataset/--root")
-    r.add_argument("--backend", choices=BACKENDS, default="tddfa")
-    r.add_argument("--landmarks", choices=["model", "dlib", "fan"], default="model")
-    r.add_argument("--out", required=True, help="coefficient table (.parquet)")
-    r.add_argument("--qa", default=None, help="also write the QA figure (PNG)")
-    r.add_argument("--device", default=None, help="cpu, cuda, mps or auto (default: $FACELIB_DEVICE or auto)")
-    r.add_argument("--assets", default=None, help="asset folder (default: $FACELIB_ASSETS)")
-    r.add_argument("--batch-size", type=int, default=32)
-    r.add_argument("--no-fallback", action="store_true", help="no whole-frame box for tight crops without a face")
-    r.set_defaults(func=cmd_reconstruct)

@@ -44,7 +44,7 @@ Shading
     or clamped (no shadowing), as in Deep3D.
 
 Cameras
-    :func:`deep3d_screen` and :func:`tddfa_screen` wrap ``facelib.morphable``'s projections
+    :func:`deep3d_screen` and :func:`tddfa_screen` wrap ``facelib.face3d.morphable``'s projections
     (``perspective_project``, ``ortho_project_3ddfa``) and add the depth channel the rasteriser needs.
     ``perspective_correct=True`` needs depths > 0 (camera-space distance), as :func:`deep3d_screen` returns.
 """
@@ -57,7 +57,7 @@ import torch
 
 __all__ = [
     "Fragments", "RenderOutput", "rasterize", "interpolate", "render", "sh_basis", "sh_shading",
-    "SH_A", "SH_C", "INIT_LIT", "deep3d_screen", "tddfa_screen", "DEEP3D_CAMERA",
+    "SH_A", "SH_C", "INIT_LIT", "deep3d_screen", "tddfa_screen", "DEEP3D_CAMERA", "barycentric",
 ]
 
 _INT64_MAX = torch.iinfo(torch.int64).max
@@ -158,7 +158,7 @@ def _sorted_face_index(faces: torch.Tensor, B: int, N: int) -> torch.Tensor:
     return sf
 
 
-def _barycentric(p, px, py):
+def barycentric(p, px, py):
     """Barycentrics (P, 3) of pixel centres (px, py) in triangles p (P, 3 vertices, 2+) — differentiable."""
     x0, y0 = p[:, 0, 0], p[:, 0, 1]
     x1, y1 = p[:, 1, 0], p[:, 1, 1]
@@ -287,7 +287,7 @@ def rasterize(verts: torch.Tensor, faces: torch.Tensor, height: int, width: int,
 
     # differentiable pass on the visible triangles only
     pv = verts.reshape(B * N, 3).index_select(0, vidx.reshape(-1)).reshape(-1, 3, 3)
-    w = _barycentric(pv, px.to(pv.dtype), py.to(pv.dtype))
+    w = barycentric(pv, px.to(pv.dtype), py.to(pv.dtype))
     z = pv[..., 2]
     if perspective_correct:
         wz = w / z
@@ -395,7 +395,7 @@ def deep3d_screen(verts: torch.Tensor, focal: float = 1015.0, center: float = 11
     ``MorphableModel.perspective_project`` (x = u, y = image_size − 1 − v_up); z = camera-space depth
     camera_distance − z (smaller = closer). Use ``perspective_correct=True`` for exact perspective interpolation.
     """
-    from .morphable import MorphableModel
+    from ..face3d.morphable import MorphableModel
 
     v = verts.unsqueeze(0) if verts.dim() == 2 else verts
     xy = MorphableModel.perspective_project(v, focal=focal, center=center, camera_distance=camera_distance,
@@ -406,7 +406,7 @@ def deep3d_screen(verts: torch.Tensor, focal: float = 1015.0, center: float = 11
 def tddfa_screen(verts: torch.Tensor, pose12: torch.Tensor, size: int = 120, roi_box=None) -> torch.Tensor:
     """3DDFA scaled-orthographic camera (sR·v + t, crop size×size, y flipped; ``roi_box`` maps into the image)
     → screen vertices (B, N, 3) for :func:`rasterize` with depth = −z (3DDFA's z grows towards the viewer)."""
-    from .morphable import MorphableModel
+    from ..face3d.morphable import MorphableModel
 
     p = MorphableModel.ortho_project_3ddfa(verts, pose12, size=size, roi_box=roi_box)
     return torch.cat([p[..., :2], -p[..., 2:3]], dim=-1)

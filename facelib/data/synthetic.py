@@ -136,7 +136,7 @@ EXPRESSION_TARGETS: dict[str, list[tuple[list[int], tuple[float, float, float]]]
 # ------------------------------------------------------------------------------------------ model statistics
 def coefficient_scales(assets_folder=None) -> tuple[np.ndarray, np.ndarray]:
     """(σ_α (40,), σ_β (10,)): the spread of 3DDFA_V2's training fits (``param_mean_std_62d_120x120.pkl``)."""
-    from . import assets
+    from .. import assets
 
     with open(assets.resolve("param_mean_std", assets_folder), "rb") as fh:
         d = pickle.load(fh)
@@ -380,7 +380,7 @@ class _Renderer:
         """Batch render. alpha (B,40), beta (B,10), albedo (N,3), angles (B,3), gamma (B,27) numpy;
         centre_xy (B,2) pixels of the pivot; background (B,H,W,3) float 0–1; ``proxy`` from :meth:`proxy` or
         None. Returns (B,H,W,3) float, face mask (B,H,W)."""
-        from .render import render, sh_shading
+        from ..fitting.render import render, sh_shading
 
         model = self.model
         B = len(alpha)
@@ -476,7 +476,7 @@ def generate_synthetic(out_dir, n_identities: int = 20, sessions=("A",), seed: i
     ``image_size`` is (height, width) of the KDEF-like pictures (default half of KDEF's 762×562).
     Returns ``dict(kdef_root, fei_root, n_images, n_kdef, n_fei_images, ground_truth, marker, seconds)``.
     """
-    from .morphable import MorphableModel
+    from ..face3d.morphable import MorphableModel
 
     t0 = time.time()
     n_identities, n_fei, seed = int(n_identities), int(n_fei), int(seed)
@@ -600,7 +600,7 @@ def generate_synthetic(out_dir, n_identities: int = 20, sessions=("A",), seed: i
                              angles=[float(x) for x in im["angles"]], gamma=[float(x) for x in im["gamma"]],
                              skin_rgb=idents[(kind, i)]["look"]["skin_rgb"]))
     gt = pd.DataFrame(rows)
-    from .io import atomic_write_table
+    from ..io import atomic_write_table
 
     atomic_write_table(gt, out / GROUND_TRUTH)
     n_kdef = int((gt["dataset"] == "kdef").sum())
@@ -674,24 +674,3 @@ def _render_fei(renderer, model, chunk, albedo, proxy, out):
         g8 = _finish(gray, rng, noise=0.008)
         g8 = cv2.equalizeHist(g8)
         _write_jpeg(out / im["relpath"], g8)
-
-
-# ------------------------------------------------------------------------------------------ CLI
-def cmd_synthetic(args) -> int:
-    res = generate_synthetic(args.out, n_identities=args.identities, sessions=tuple(args.sessions), seed=args.seed,
-                             n_fei=args.fei, assets_folder=args.assets, progress=not args.quiet)
-    print(json.dumps(res, indent=2))
-    return 0
-
-
-def add_cli(sub) -> None:
-    """Register ``python -m facelib synthetic --out DIR [--identities N] [--seed S] …``."""
-    p = sub.add_parser("synthetic", help="render the labelled synthetic KDEF-like + FEI-like set")
-    p.add_argument("--out", required=True, help="output folder (KDEF/, fei/, ground_truth.parquet, SYNTHETIC.json)")
-    p.add_argument("--identities", type=int, default=20, help="KDEF-like identities, half F half M (default 20)")
-    p.add_argument("--fei", type=int, default=40, help="FEI-like identities (default 40)")
-    p.add_argument("--sessions", nargs="+", default=["A"], choices=["A", "B"], help="KDEF sessions (default A)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--assets", default=None, help="asset folder (default: $FACELIB_ASSETS)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_synthetic)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import assets, config
+from .. import assets, config
 from .morphable import LAYOUT_DEEP3D, five_points, load_lm3d_std
 
 HEAD_DIMS = (80, 64, 80, 3, 27, 2, 1)  # id, exp, tex, angle, gamma, txy, tz

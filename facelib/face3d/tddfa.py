@@ -30,11 +30,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .detect import _as_bgr, load_state_strict
+from .. import assets, config
+from .cameras import crop_box, crop_image
+from .detect import as_bgr, load_state_strict
 
 SIZE = 120
-CROP_SCALE = 1.58
-CROP_SHIFT = 0.14
 NORM_MEAN, NORM_STD = 127.5, 128.0
 N_POSE, N_SHP, N_EXP = 12, 40, 10
 
@@ -85,33 +85,10 @@ class MobileNetV1(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ crop rule
-def crop_box(box) -> np.ndarray:
-    """3DDFA_V2's ``parse_roi_box_from_bbox``: detector box (x0, y0, x1, y1[, score]) → square ROI
-    (sx, sy, ex, ey) of side int(1.58 · m), centred at the box centre shifted down by 0.14 · m, m = mean side."""
-    x0, y0, x1, y1 = (float(v) for v in np.asarray(box, dtype=np.float64).ravel()[:4])
-    m = ((x1 - x0) + (y1 - y0)) / 2.0
-    cx = (x0 + x1) / 2.0
-    cy = (y0 + y1) / 2.0 + CROP_SHIFT * m
-    side = int(m * CROP_SCALE)
-    sx, sy = cx - side / 2.0, cy - side / 2.0
-    return np.array([sx, sy, sx + side, sy + side], dtype=np.float64)
-
-
-def crop_image(img: np.ndarray, roi) -> np.ndarray:
-    """Crop ``roi`` (corners rounded to integers) out of ``img``; the part outside the image is zero."""
-    h, w = img.shape[:2]
-    sx, sy, ex, ey = (int(round(v)) for v in roi)
-    out = np.zeros((ey - sy, ex - sx) + img.shape[2:], dtype=img.dtype)
-    ix0, iy0, ix1, iy1 = max(sx, 0), max(sy, 0), min(ex, w), min(ey, h)
-    if ix1 > ix0 and iy1 > iy0:
-        out[iy0 - sy:iy1 - sy, ix0 - sx:ix1 - sx] = img[iy0:iy1, ix0:ix1]
-    return out
-
-
 def crop_and_resize(img: np.ndarray, box) -> tuple[np.ndarray, np.ndarray]:
     """(120×120×3 uint8 BGR crop, roi) for one detector box."""
     roi = crop_box(box)
-    crop = crop_image(_as_bgr(img), roi)
+    crop = crop_image(as_bgr(img), roi)
     return cv2.resize(crop, (SIZE, SIZE), interpolation=cv2.INTER_LINEAR), roi
 
 
@@ -137,13 +114,20 @@ def roi_to_image(pts_crop: np.ndarray, rois: np.ndarray) -> np.ndarray:
     return np.stack([x, y], 1)
 
 
+def coefficient_sigma(assets_folder=None) -> tuple[np.ndarray, np.ndarray]:
+    """(σ_α (40,), σ_β (10,)) float64: standard deviations of 3DDFA_V2's training parameters
+    (``param_mean_std_62d_120x120.pkl``) — the whitening of α, β in fitting and the spread of the synthetic set."""
+    with open(assets.resolve("param_mean_std", assets_folder), "rb") as fh:
+        std = np.asarray(pickle.load(fh)["std"], dtype=np.float64).reshape(-1)
+    return std[12:52].copy(), std[52:62].copy()
+
+
 # ------------------------------------------------------------------------------------------------ BFM keypoints
 class BFMKeypoints:
     """The 68 keypoint rows of 3DDFA's BFM bases: mean (3·68), W_shp (3·68, 40), W_exp (3·68, 10), x,y,z
     interleaved per vertex."""
 
     def __init__(self, assets_folder=None):
-        from . import assets
 
         load = lambda n: np.load(assets.resolve(n, assets_folder))  # noqa: E731
         kp = load("bfm_keypoints").astype(np.int64).ravel()
@@ -174,7 +158,6 @@ class TDDFARegressor:
     head read as crop fractions, image pixels), ``roi`` (n, 4)."""
 
     def __init__(self, device: str = "cpu", assets_folder=None, weights=None, batch_size: int = 64):
-        from . import assets, config
 
         self.device = torch.device(config.resolve_device(device))
         if weights is None:

@@ -186,7 +186,7 @@ class Detections(np.ndarray):
         self.image_std = getattr(obj, "image_std", None)
 
 
-def _as_bgr(img: np.ndarray) -> np.ndarray:
+def as_bgr(img: np.ndarray) -> np.ndarray:
     img = np.asarray(img)
     if img.ndim == 2:
         return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
@@ -222,7 +222,7 @@ class FaceBoxesDetector:
     def __init__(self, weights=None, device: str = "cpu", conf_threshold: float = 0.5, nms_threshold: float = 0.3,
                  assets_folder=None, max_side: int | None = 384, batch_size: int = 16, top_k: int = 5000,
                  keep_top_k: int = 750):
-        from . import assets, config
+        from .. import assets, config
 
         self.device = torch.device(config.resolve_device(device))
         if weights is None:
@@ -259,7 +259,7 @@ class FaceBoxesDetector:
 
     def prepare(self, img: np.ndarray) -> tuple[np.ndarray, float, float]:
         """Detection-scale BGR image and the (x, y) factors mapping its pixels back to the original."""
-        img = _as_bgr(img)
+        img = as_bgr(img)
         h, w = img.shape[:2]
         s = self.scale_for(h, w)
         if s < 1.0:

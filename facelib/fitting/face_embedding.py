@@ -442,7 +442,7 @@ class DlibFaceResNet(nn.Module):
 
 
 def default_model_path() -> Path:
-    from .landmarks import face_recognition_models_dir
+    from ..face3d.landmarks import face_recognition_models_dir
 
     return face_recognition_models_dir() / MODEL_FILE
 
@@ -622,7 +622,7 @@ def _default_model() -> DlibFaceResNet:
 def detect_shape_5pt(image_rgb: np.ndarray, upsample: int = 1):
     """dlib frontal-face detection + 5-point landmarks of the largest face; None when no face is found."""
     import dlib
-    from .landmarks import face_recognition_models_dir
+    from ..face3d.landmarks import face_recognition_models_dir
 
     if not hasattr(detect_shape_5pt, "_tools"):
         detect_shape_5pt._tools = (dlib.get_frontal_face_detector(), dlib.shape_predictor(

@@ -11,12 +11,29 @@ first. Deng et al. 2019 turn the probability into the photometric attention A = 
 (:meth:`SkinModel.attention`).
 
 Fitting uses ``sklearn.mixture.GaussianMixture``; evaluation and save/load (.npz) need only numpy.
+
+Training for the photometric attention (:func:`train_skin_model`): RGB GMMs, 4 components per class, on pixels of
+training images labelled by the backend's landmarks: *skin* = inside the face outline (jaw 0–16 and the brows
+17–26 lifted by 10 % of the face height) minus the eyes, brows and mouth polygons (dilated); *background* = outside
+the outline dilated by 25 % of the face size, except the neck (below the jaw, between the jaw's ends). The model
+is cached as ``<cache>/fitting/skin_<key>.npz`` (key: the training images' sha256s and the settings).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
+import cv2
 import numpy as np
+import pandas as pd
+import torch
+from scipy.io import loadmat
+
+from .. import assets, config
+from ..face3d.cameras import landmarks_136_to_68
+from ..face3d.morphable import MorphableModel
+from ..face3d.reconstruct import read_image
 
 SPACES = ("rgb", "rg")
 
@@ -142,3 +159,95 @@ class SkinModel:
             skin = _GMM(z["skin_weights"], z["skin_means"], z["skin_covariances"])
             bg = _GMM(z["bg_weights"], z["bg_means"], z["bg_covariances"])
             return cls(skin, bg, float(z["prior_skin"]), str(z["space"]))
+
+
+# ----------------------------------------------------------------------------------------------- training
+def face_regions(shape_hw, lm68: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(skin, background) boolean masks of an image from 68 landmarks (see the module docstring)."""
+    h, w = shape_hw
+    lm = np.asarray(lm68, np.float64)
+    jaw, brows = lm[0:17], lm[17:27]
+    face_h = max(lm[:, 1].max() - lm[:, 1].min(), 1.0)
+    face_w = max(lm[:, 0].max() - lm[:, 0].min(), 1.0)
+    lifted = brows.copy()
+    lifted[:, 1] -= 0.10 * face_h
+    outline = np.concatenate([jaw, lifted[::-1]]).astype(np.int32)
+    skin = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(skin, [cv2.convexHull(outline)], 1)
+    holes = np.zeros((h, w), np.uint8)
+    for part in (lm[36:42], lm[42:48], lm[48:60], lm[17:22], lm[22:27]):
+        cv2.fillPoly(holes, [cv2.convexHull(part.astype(np.int32))], 1)
+    k = max(3, int(0.06 * face_w)) | 1
+    holes = cv2.dilate(holes, np.ones((k, k), np.uint8))
+    skin_m = (skin > 0) & (holes == 0)
+    k2 = max(3, int(0.25 * max(face_w, face_h))) | 1
+    grown = cv2.dilate(skin, np.ones((k2, k2), np.uint8)) > 0
+    bg = ~grown
+    neck = np.zeros((h, w), bool)
+    x0, x1 = int(max(0, jaw[:, 0].min())), int(min(w, jaw[:, 0].max()))
+    neck[int(max(0, jaw[:, 1].max())):, x0:x1] = True
+    return skin_m, bg & ~neck
+
+
+
+def train_skin_model(images_bgr: list[np.ndarray], landmarks68: list[np.ndarray], n_components: int = 4,
+                     per_image: int = 4000, seed: int = 0):
+    """Fit a :class:`facelib.skin.SkinModel` on landmark-labelled face / background pixels of training images."""
+    rng = np.random.default_rng(seed)
+    skin_px, bg_px = [], []
+    for img, lm in zip(images_bgr, landmarks68):
+        s, b = face_regions(img.shape[:2], lm)
+        rgb = img[:, :, ::-1].reshape(-1, 3)
+        for mask, out in ((s, skin_px), (b, bg_px)):
+            idx = np.flatnonzero(mask.reshape(-1))
+            if len(idx):
+                out.append(rgb[rng.choice(idx, min(per_image, len(idx)), replace=False)])
+    if not skin_px or not bg_px:
+        raise ValueError("no skin or background pixels to train the skin model on")
+    return SkinModel(space="rgb").fit(np.concatenate(skin_px), np.concatenate(bg_px), n_components=n_components,
+                                      prior_skin=0.5, seed=seed)
+
+
+
+def skin_model_for_table(table: pd.DataFrame, max_images: int = 60, cache_dir=None, seed: int = 0):
+    """Train (or load from the cache) the skin model on up to ``max_images`` ok rows of a coefficient table."""
+    from .reconstruct import read_image
+    from .skin import SkinModel
+
+    ok = table[table["status"] == "ok"]
+    ok = ok.sample(min(max_images, len(ok)), random_state=seed) if len(ok) > max_images else ok
+    key = hashlib.sha256(json.dumps({"v": 1, "sha": sorted(map(str, ok["sha256"])), "seed": seed}).encode())
+    path = Path(cache_dir or config.cache_dir() / "fitting") / f"skin_{key.hexdigest()[:16]}.npz"
+    if path.is_file():
+        return SkinModel.load(path)
+    imgs, lms = [], []
+    for _, row in ok.iterrows():
+        img = read_image(row["path"])
+        if img is not None:
+            imgs.append(img)
+            lms.append(landmarks_136_to_68(row["landmarks"]))
+    model = train_skin_model(imgs, lms, seed=seed)
+    model.save(path)
+    return model
+
+
+
+def skin_vertex_mask(model: MorphableModel, assets_folder=None) -> torch.Tensor:
+    """(N,) 0/1 skin vertices of a 53215-vertex 3DDFA model: Deep3D's ``skinmask`` (facemodel_info.mat, over the
+    35709 front vertices) mapped through ``BFM_front_idx.mat``; all vertices when those files are absent."""
+    try:
+        from scipy.io import loadmat
+
+        from . import assets
+
+        info = loadmat(str(assets.resolve("facemodel_info", assets_folder)))
+        idx = loadmat(str(assets.resolve("bfm_front_idx", assets_folder)))["idx"].astype(np.int64).reshape(-1) - 1
+        skin = info["skinmask"].astype(np.float32).reshape(-1)
+        if idx.max() >= model.n_vertices or len(idx) != len(skin):
+            raise ValueError("front index does not fit this model")
+        m = np.zeros(model.n_vertices, np.float32)
+        m[idx] = skin
+        return torch.from_numpy(m).to(model.device)
+    except Exception:  # noqa: BLE001 - optional assets; the whole mesh is a usable fallback
+        return torch.ones(model.n_vertices, device=model.device)
+

@@ -7,11 +7,12 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from ..io import save_figure
+
 
 def _save(fig, out):
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=110, bbox_inches="tight")
+        save_figure(fig, out, dpi=110, bbox_inches="tight")
     return fig
 
 

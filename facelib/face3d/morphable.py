@@ -61,7 +61,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import assets, config
+from .. import assets, config
 
 LAYOUT_DEEP3D: tuple[tuple[str, int], ...] = (
     ("alpha", 80), ("beta", 64), ("texture", 80), ("angles", 3), ("gamma", 27), ("translation", 3))

@@ -1,0 +1,78 @@
+"""The study plan: one row per Table-1 line (:data:`STUDY_ROWS`), expanded over models (:func:`study_plan`) and run
+(:func:`run_plan`), each result saved as JSON."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from . import protocols as P
+from .experiment import run_task
+from .results import save_result
+
+# One row per Table-1 line: (dataset, task, protocol, coefficient input). Each runs with every model in
+# ``models`` and, with ``image_baseline``, once more as a ResNet-34 on the pictures themselves.
+STUDY_ROWS = (
+    ("kdef", "identity", "paper", "alpha"),
+    ("kdef", "identity", "cross_session", "alpha"),
+    ("kdef", "identity", "cross_angle", "alpha"),
+    ("kdef", "expression", "paper", "beta"),
+    ("kdef", "expression", "subject_independent", "beta"),
+    ("fei", "gender", "paper", "alpha"),
+    ("fei", "gender", "subject_independent", "alpha"),
+)
+
+
+
+def study_plan(models=("resnet34", "logreg", "svm"), image_baseline: bool = True, rows=STUDY_ROWS) -> list[dict]:
+    plan = []
+    for dataset, task, protocol, input in rows:
+        plan += [dict(dataset=dataset, task=task, protocol=protocol, input=input, model=m) for m in models]
+        if image_baseline:
+            plan.append(dict(dataset=dataset, task=task, protocol=protocol, input="image", model="resnet34"))
+    return plan
+
+
+
+def run_plan(coeffs: dict[str, pd.DataFrame | list[pd.DataFrame]], plan: list[dict], results_dir: str | Path, *,
+             n_folds=None,
+             epochs=None, image_epochs=None, image_size=None, seed: int = 0, device=None, batch_size=None,
+             identity_max_sets: int | None = None, identity_session: str | None = "A",
+             progress: bool = True) -> pd.DataFrame:
+    """Run every plan entry, save each result as JSON in ``results_dir``; protocols the data cannot support
+    (e.g. cross-session on a one-session set) are logged as skipped with the reason. Returns a summary table.
+
+    ``coeffs[dataset]`` may be a list of coefficient tables of the same images (raw backend output, then fitted
+    variants): coefficient inputs run on each (their ``backend`` column tells them apart in Table 1), the image
+    baseline once."""
+    jobs = []
+    for entry in plan:
+        tables = coeffs[entry["dataset"]]
+        tables = tables if isinstance(tables, (list, tuple)) else [tables]
+        for df in (tables[:1] if entry["input"] == "image" else tables):
+            jobs.append((entry, df))
+    rows = []
+    for entry, df in tqdm(jobs, desc="classification runs", disable=not progress):
+        entry = {**entry, "backend": str(df["backend"].iloc[0])}
+        is_image = entry["input"] == "image"
+        kwargs = {}
+        if entry["task"] == "identity" and entry["protocol"] == "paper" and identity_max_sets:
+            kwargs["max_sets"] = int(identity_max_sets)
+        if entry["task"] == "identity" and entry["protocol"] in ("paper", "cross_angle", "leave_expression_out"):
+            kwargs["session"] = identity_session
+        folds = n_folds if entry["protocol"] in ("paper", "subject_independent") else None
+        try:
+            result = run_task(df, entry["task"], entry["protocol"], entry["input"], entry["model"],
+                              backend=entry["backend"], n_folds=folds,
+                              epochs=image_epochs if is_image else epochs, seed=seed, device=device,
+                              image_size=image_size, batch_size=batch_size, protocol_kwargs=kwargs or None)
+        except P.ProtocolUnavailable as exc:
+            rows.append({**entry, "status": f"skipped: {exc}"})
+            continue
+        save_result(result, results_dir)
+        rows.append({**entry, "status": "ok", "accuracy_mean": result["accuracy_mean"],
+                     "accuracy_std": result["accuracy_std"], "n_folds": result["n_folds"],
+                     "seconds_per_input": result["seconds_per_input"]})
+    return pd.DataFrame(rows)
+

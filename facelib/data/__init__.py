@@ -1,0 +1,1 @@
+"""Data sources: the KDEF / FEI / folder loaders and the manifest (``datasets``), the synthetic set (``synthetic``)."""

@@ -1,0 +1,109 @@
+"""A run: where its files live (:class:`Run`), its parameters (:data:`PARAMETER_NAMES`) and its provenance.
+
+What the notebooks import: each builds a ``Run`` from its parameters and reads what the previous notebooks wrote.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+from . import __version__, config
+
+# --------------------------------------------------------------------------------------- notebook run context
+PARAMETER_NAMES = ("run_name", "out_dir", "kdef_root", "fei_root", "assets", "backend", "landmarks", "device",
+                   "seed", "n_folds", "epochs", "image_epochs", "image_size", "batch_size", "identity_session",
+                   "identity_max_sets", "models", "image_baseline", "synthetic", "fit_modes")
+
+
+
+def project_path(value: str | Path) -> Path:
+    """Relative paths in parameters are relative to the project root, wherever the kernel runs."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else config.PROJECT_ROOT / p
+
+
+
+def run_dir(params: dict) -> Path:
+    return project_path(params.get("out_dir") or f"reports/runs/{params.get('run_name', 'study')}")
+
+
+
+class Run:
+    """Where a run's files live. Every notebook builds one from its parameters; each reads what the previous
+    notebooks wrote here, so any notebook can be rerun alone."""
+
+    def __init__(self, params: dict):
+        self.params = {k: params.get(k) for k in PARAMETER_NAMES}
+        self.dir = run_dir(params)
+        for sub in ("manifests", "coeffs", "results", "tables"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def from_namespace(cls, namespace: dict) -> "Run":
+        return cls({k: namespace.get(k) for k in PARAMETER_NAMES})
+
+    def __repr__(self) -> str:
+        shown = self.dir.relative_to(config.PROJECT_ROOT) if self.dir.is_relative_to(config.PROJECT_ROOT) else self.dir
+        return f"Run({shown}, backend={self.params['backend']}, seed={self.params['seed']})"
+
+    def manifest(self, dataset: str) -> Path:
+        return self.dir / "manifests" / f"{dataset}.parquet"
+
+    def coeffs(self, dataset: str, fit: str | None = None) -> Path:
+        """Coefficient table of a dataset: the backend's raw output, or refined by a fitting mode."""
+        variant = self.params["backend"] + (f"+fit_{fit}" if fit else "")
+        return self.dir / "coeffs" / f"{dataset}_{variant}.parquet"
+
+    def coefficient_variants(self, dataset: str) -> list[Path]:
+        """Raw first, then one table per fitting mode in ``fit_modes``."""
+        return [self.coeffs(dataset)] + [self.coeffs(dataset, m) for m in (self.params.get("fit_modes") or [])]
+
+    @property
+    def tables(self) -> Path:
+        return self.dir / "tables"
+
+    @property
+    def figures(self) -> Path:
+        return self.dir / "tables"  # figures sit beside the tables so the index page shows them together
+
+    @property
+    def results(self) -> Path:
+        return self.dir / "results"
+
+    def device(self) -> str:
+        return config.resolve_device(self.params.get("device"))
+
+
+
+def provenance(run: Run, coeffs: dict) -> dict:
+    """What a reader needs to trust (or redo) a table: data, backend, asset checksums, device, parameters."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=config.PROJECT_ROOT, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    data = {}
+    for name, table in coeffs.items():
+        data[name] = {"images": int(len(table)), "usable": int(table["usable"].sum()),
+                      "ok": int((table["status"] == "ok").sum()),
+                      "subjects": int(table.loc[table["status"] == "ok", "subject"].nunique()),
+                      "root": str(Path(table["path"].iloc[0]).parent.parent) if len(table) else None}
+    first = next(iter(coeffs.values()))
+    return {
+        "synthetic": bool(run.params.get("synthetic")),
+        "backend": str(first["backend"].iloc[0]),
+        "asset_sha256": json.loads(first["assets"].iloc[0]),
+        "data": data,
+        "device": run.device(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "facelib": __version__,
+        "git_commit": commit,
+        "parameters": run.params,
+    }
+
