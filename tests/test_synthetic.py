@@ -1,7 +1,6 @@
 """The embedded synthetic KDEF-like / FEI-like set: layout, labels, appearance, pose direction, determinism."""
 from __future__ import annotations
 
-import argparse
 import json
 
 import cv2
@@ -142,10 +141,7 @@ def test_deterministic_and_resumable(synth, assets_dir):
 
 
 def test_cli_registration():
-    from facelib.data import synthetic
+    from facelib import cli
 
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers(dest="command")
-    synthetic.add_cli(sub)
-    args = p.parse_args(["synthetic", "--out", "x", "--identities", "6", "--seed", "2"])
-    assert args.out == "x" and args.identities == 6 and args.seed == 2 and args.func is synthetic.cmd_synthetic
+    args = cli.build_parser().parse_args(["synthetic", "--out", "x", "--identities", "6", "--seed", "2"])
+    assert args.out == "x" and args.identities == 6 and args.seed == 2 and args.func is cli.cmd_synthetic

@@ -43,13 +43,12 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from ..vocab import ANGLES, EXPRESSIONS
 from .aggregate import Aggregator, k_subsets
 
 PAPER_SUBJECTS = tuple([f"F{i:02d}" for i in range(1, 6)] + [f"M{i:02d}" for i in range(1, 6)])
 KDEF_FULL_COUNT, PAPER_EXPR_TRAIN, PAPER_EXPR_TEST = 4900, 2975, 1925
 PAPER_EXPR_TEST_FRACTION = PAPER_EXPR_TEST / KDEF_FULL_COUNT
-ANGLES = ("FL", "HL", "S", "HR", "FR")
-EXPRESSIONS = ("AF", "AN", "DI", "HA", "NE", "SA", "SU")
 
 
 class ProtocolUnavailable(RuntimeError):

@@ -18,14 +18,16 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ..vocab import ANGLE_NAMES, EXPRESSION_NAMES
+from ..vocab import ANGLES as ANGLE_CODE_ORDER
+from ..vocab import EXPRESSIONS as EXPRESSION_CODE_ORDER
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
-EXPRESSIONS = {"AF": "afraid", "AN": "angry", "DI": "disgusted", "HA": "happy", "NE": "neutral",
-               "SA": "sad", "SU": "surprised"}
-EXPRESSION_CODES = tuple(EXPRESSIONS)
-ANGLES = {"FL": "full left profile", "HL": "half left profile", "S": "straight", "HR": "half right profile",
-          "FR": "full right profile"}
-ANGLE_CODES = tuple(ANGLES)
+EXPRESSIONS = EXPRESSION_NAMES  # code → name
+EXPRESSION_CODES = EXPRESSION_CODE_ORDER
+ANGLES = ANGLE_NAMES  # code → name
+ANGLE_CODES = ANGLE_CODE_ORDER
 KDEF_FULL_COUNT = 4900  # 70 people × 2 sessions × 7 expressions × 5 angles
 
 _KDEF_NAME = re.compile(r"^(?P<session>[AB])(?P<gender>[FM])(?P<id>\d{2})(?P<expression>AF|AN|DI|HA|NE|SA|SU)"

@@ -75,9 +75,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import pickle
-import tempfile
 import time
 from pathlib import Path
 
@@ -87,6 +84,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..face3d.morphable import MorphableModel
+from ..face3d.tddfa import coefficient_sigma
+from ..fitting.render import render, sh_shading
+from ..io import atomic_path, atomic_write_json, atomic_write_table
 from .datasets import ANGLE_CODES, EXPRESSION_CODES
 
 GENERATOR_VERSION = "synthetic_v1"
@@ -134,16 +135,6 @@ EXPRESSION_TARGETS: dict[str, list[tuple[list[int], tuple[float, float, float]]]
 
 
 # ------------------------------------------------------------------------------------------ model statistics
-def coefficient_scales(assets_folder=None) -> tuple[np.ndarray, np.ndarray]:
-    """(σ_α (40,), σ_β (10,)): the spread of 3DDFA_V2's training fits (``param_mean_std_62d_120x120.pkl``)."""
-    from .. import assets
-
-    with open(assets.resolve("param_mean_std", assets_folder), "rb") as fh:
-        d = pickle.load(fh)
-    std = np.asarray(d["std"], dtype=np.float64).reshape(-1)
-    return std[12:52].copy(), std[52:62].copy()
-
-
 def expression_prototypes(model, sigma_beta: np.ndarray, gain: float = 1.0, ridge: float = 0.02) -> dict:
     """The 7 prototype β vectors, by ridge regression of the landmark rows of the expression basis on
     ``EXPRESSION_TARGETS`` (prior ‖β/σ_β‖², weight ``ridge``·‖target‖ scale). NE = 0. Deterministic."""
@@ -380,8 +371,6 @@ class _Renderer:
         """Batch render. alpha (B,40), beta (B,10), albedo (N,3), angles (B,3), gamma (B,27) numpy;
         centre_xy (B,2) pixels of the pivot; background (B,H,W,3) float 0–1; ``proxy`` from :meth:`proxy` or
         None. Returns (B,H,W,3) float, face mask (B,H,W)."""
-        from ..fitting.render import render, sh_shading
-
         model = self.model
         B = len(alpha)
         with torch.no_grad():
@@ -444,27 +433,12 @@ def _finish(img: np.ndarray, rng: np.random.Generator, noise: float = 0.012) -> 
 
 def _write_jpeg(path: Path, image: np.ndarray, quality: int = 92) -> None:
     """Atomic JPEG write; ``image`` RGB (H,W,3) or gray (H,W) uint8."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     arr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
     ok, buf = cv2.imencode(".jpg", arr, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise RuntimeError(f"JPEG encoding failed for {path}")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=".jpg")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_json(path: Path, obj) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.tobytes())
 
 # ------------------------------------------------------------------------------------------ the generator
 def generate_synthetic(out_dir, n_identities: int = 20, sessions=("A",), seed: int = 0,
@@ -476,8 +450,6 @@ def generate_synthetic(out_dir, n_identities: int = 20, sessions=("A",), seed: i
     ``image_size`` is (height, width) of the KDEF-like pictures (default half of KDEF's 762×562).
     Returns ``dict(kdef_root, fei_root, n_images, n_kdef, n_fei_images, ground_truth, marker, seconds)``.
     """
-    from ..face3d.morphable import MorphableModel
-
     t0 = time.time()
     n_identities, n_fei, seed = int(n_identities), int(n_fei), int(seed)
     sessions = tuple(str(s).upper() for s in sessions)
@@ -505,10 +477,10 @@ def generate_synthetic(out_dir, n_identities: int = 20, sessions=("A",), seed: i
     if marker.is_file() and (out / GROUND_TRUTH).is_file():
         info = json.loads(marker.read_text())
         return _result(out, info, time.time() - t0)
-    _write_json(partial, {"params": params, "complete": False})
+    atomic_write_json({"params": params, "complete": False}, partial)
 
     model = MorphableModel.from_3ddfa(assets_folder=assets_folder)
-    sigma_a, sigma_b = coefficient_scales(assets_folder)
+    sigma_a, sigma_b = coefficient_sigma(assets_folder)
     protos = expression_prototypes(model, sigma_b, gain=expression_gain)
     gdir = gender_direction(seed, model.n_id)
     regions = _Regions(model)
@@ -600,8 +572,6 @@ def generate_synthetic(out_dir, n_identities: int = 20, sessions=("A",), seed: i
                              angles=[float(x) for x in im["angles"]], gamma=[float(x) for x in im["gamma"]],
                              skin_rgb=idents[(kind, i)]["look"]["skin_rgb"]))
     gt = pd.DataFrame(rows)
-    from ..io import atomic_write_table
-
     atomic_write_table(gt, out / GROUND_TRUTH)
     n_kdef = int((gt["dataset"] == "kdef").sum())
     info = {"synthetic": True, "params": params, "complete": True,
@@ -613,7 +583,7 @@ def generate_synthetic(out_dir, n_identities: int = 20, sessions=("A",), seed: i
             "files": {"kdef_root": "KDEF", "fei_root": "fei/frontal", "fei_labels": "fei/fei_gender.csv",
                       "ground_truth": GROUND_TRUTH},
             "seconds": round(time.time() - t0, 1)}
-    _write_json(marker, info)
+    atomic_write_json(info, marker)
     partial.unlink(missing_ok=True)
     return _result(out, info, time.time() - t0)
 
@@ -626,12 +596,8 @@ def _result(out: Path, info: dict, seconds: float) -> dict:
 
 
 def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=".csv")
-    os.close(fd)
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
 
 def _render_kdef(renderer, chunk, albedo, proxy, height, width, out):
     bgs = [_background(np.random.default_rng(im["bg_seed"]), height, width) for im in chunk]

@@ -52,9 +52,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +60,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import assets, config
+from ..io import atomic_path
 
 LAYOUT_DEEP3D: tuple[tuple[str, int], ...] = (
     ("alpha", 80), ("beta", 64), ("texture", 80), ("angles", 3), ("gamma", 27), ("translation", 3))
@@ -451,15 +450,8 @@ def convert_bfm09(bfm09_mat, exp_pca_bin, aux: dict) -> dict:
 
 
 def _save_npz_atomic(path: Path, **arrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
 
 
 def load_lm3d_std(assets_folder=None) -> np.ndarray:

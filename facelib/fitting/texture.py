@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..face3d.morphable import MorphableModel
+from ..io import atomic_path
 
 MAX_K = 80
 
@@ -121,12 +122,10 @@ def save_texture_basis(path, basis: dict) -> Path:
     path = Path(path)
     if path.suffix != ".npz":
         path = path.with_name(path.name + ".npz")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, mean=basis["mean"], basis=basis["basis"], sigma=basis["sigma"],
-                        observed=basis["observed"], explained=basis["explained"],
-                        provenance=np.array(json.dumps(basis.get("provenance", {}), sort_keys=True, default=str)))
-    tmp.replace(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, mean=basis["mean"], basis=basis["basis"], sigma=basis["sigma"],
+                            observed=basis["observed"], explained=basis["explained"],
+                            provenance=np.array(json.dumps(basis.get("provenance", {}), sort_keys=True, default=str)))
     return path
 
 

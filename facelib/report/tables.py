@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 
 from ..io import atomic_path, atomic_write_json, save_figure
+from ..vocab import EXPRESSIONS
 
-EXPRESSIONS = ("AF", "AN", "DI", "HA", "NE", "SA", "SU")
 TABLE1_COLUMNS = ["task", "protocol", "input", "model", "backend", "accuracy_mean", "accuracy_std", "n_folds",
                   "n_train", "n_test"]
 TABLE2_COLUMNS = ["task", "input", "model", "device", "seconds_per_input", "seconds_per_epoch"]

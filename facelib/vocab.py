@@ -1,0 +1,9 @@
+"""The study's vocabulary, one list each: KDEF's expression and angle codes (in the paper's order) and their names."""
+from __future__ import annotations
+
+EXPRESSION_NAMES = {"AF": "afraid", "AN": "angry", "DI": "disgusted", "HA": "happy", "NE": "neutral",
+                    "SA": "sad", "SU": "surprised"}
+EXPRESSIONS = tuple(EXPRESSION_NAMES)
+ANGLE_NAMES = {"FL": "full left profile", "HL": "half left profile", "S": "straight", "HR": "half right profile",
+               "FR": "full right profile"}
+ANGLES = tuple(ANGLE_NAMES)
