@@ -36,10 +36,7 @@ def cmd_assets(args) -> int:
     return 1 if bad else 0
 
 
-
 def cmd_data_check(args) -> int:
-    from .data import datasets
-
     kwargs = {}
     if args.dataset == "fei":
         kwargs["which"] = args.fei_set
@@ -57,13 +54,11 @@ def cmd_data_check(args) -> int:
     return 0
 
 
-
 def cmd_synthetic(args) -> int:
     res = generate_synthetic(args.out, n_identities=args.identities, sessions=tuple(args.sessions), seed=args.seed,
                              n_fei=args.fei, assets_folder=args.assets, progress=not args.quiet)
     print(json.dumps(res, indent=2))
     return 0
-
 
 
 def cmd_reconstruct(args) -> int:
@@ -81,7 +76,6 @@ def cmd_reconstruct(args) -> int:
     return 0
 
 
-
 def cmd_fit(args) -> int:
     table = pd.read_parquet(args.table)
     if args.texture == "build":
@@ -95,7 +89,6 @@ def cmd_fit(args) -> int:
     if args.figure:
         fit_figure(table, n=4, texture=args.texture, device=args.device, assets_folder=args.assets, out=args.figure)
     return 0
-
 
 
 def _classify_arguments(p: argparse.ArgumentParser) -> None:
@@ -119,7 +112,6 @@ def _classify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
-
 def cmd_classify(args) -> int:
     df = read_coeffs(args.coeffs)
     try:
@@ -137,13 +129,11 @@ def cmd_classify(args) -> int:
     return 0
 
 
-
 def _add_classify(sub) -> None:
     """Register ``classify`` on the top-level ``python -m facelib`` subparsers."""
     c = sub.add_parser("classify", help="train and evaluate one task/protocol/input/model (Table 1 cell)")
     _classify_arguments(c)
     c.set_defaults(func=cmd_classify)
-
 
 
 def classify_main(argv: list[str] | None = None) -> int:
@@ -153,11 +143,9 @@ def classify_main(argv: list[str] | None = None) -> int:
     return cmd_classify(p.parse_args(argv))
 
 
-
 def cmd_study(args) -> int:
     run_study(args.params, args.run, args.refresh_committed, args.only)
     return 0
-
 
 
 # ---------------------------------------------------------------- parsers
@@ -188,7 +176,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-
 def _add_synthetic(sub) -> None:
     """Register ``python -m facelib synthetic --out DIR [--identities N] [--seed S] …``."""
     p = sub.add_parser("synthetic", help="render the labelled synthetic KDEF-like + FEI-like set")
@@ -200,7 +187,6 @@ def _add_synthetic(sub) -> None:
     p.add_argument("--assets", default=None, help="asset folder (default: $FACELIB_ASSETS)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_synthetic)
-
 
 
 def _add_reconstruct(sub) -> None:
@@ -220,7 +206,6 @@ def _add_reconstruct(sub) -> None:
     r.set_defaults(func=cmd_reconstruct)
 
 
-
 def _add_fit(sub) -> None:
     r = sub.add_parser("fit", help="analysis-by-synthesis fitting of a tddfa coefficient table")
     r.add_argument("--table", required=True, help="tddfa coefficient table (.parquet)")
@@ -238,7 +223,6 @@ def _add_fit(sub) -> None:
     r.set_defaults(func=cmd_fit)
 
 
-
 def _add_study(sub) -> None:
     s = sub.add_parser("study", help="run the notebooks with papermill, render HTML, write the index page")
     s.add_argument("--params", default=str(PARAMS_DIR / "paper.yaml"), help="parameter set (YAML)")
@@ -247,7 +231,6 @@ def _add_study(sub) -> None:
     s.add_argument("--refresh-committed", action="store_true",
                    help="copy the executed notebooks back into notebooks/ (their outputs are what nbval checks)")
     s.set_defaults(func=cmd_study)
-
 
 
 def main(argv: list[str] | None = None) -> int:

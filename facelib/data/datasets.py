@@ -18,6 +18,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .. import config
+from ..io import atomic_write_table
+
 from ..vocab import ANGLE_NAMES, EXPRESSION_NAMES
 from ..vocab import ANGLES as ANGLE_CODE_ORDER
 from ..vocab import EXPRESSIONS as EXPRESSION_CODE_ORDER
@@ -298,8 +301,6 @@ def load_folder(root: str | Path, csv: str | Path | None = None, progress: bool 
 
 def load(dataset: str, root: str | Path | None = None, progress: bool = True, **kwargs) -> pd.DataFrame:
     """Dispatch on the dataset name; ``root`` defaults to the dataset's environment variable."""
-    from .. import config
-
     if dataset == "kdef":
         return load_kdef(root or config.kdef_root(), progress=progress)
     if dataset == "fei":
@@ -312,8 +313,6 @@ def load(dataset: str, root: str | Path | None = None, progress: bool = True, **
 # ------------------------------------------------------------------------------------------ save / summary
 def save_manifest(df: pd.DataFrame, out: str | Path) -> tuple[Path, Path]:
     """Write ``<out>.parquet`` and ``<out>.csv`` (atomically) and return both paths."""
-    from ..io import atomic_write_table
-
     out = Path(out)
     stem = out.with_suffix("") if out.suffix in (".parquet", ".csv") else out
     return atomic_write_table(df, stem.with_suffix(".parquet")), atomic_write_table(df, stem.with_suffix(".csv"))

@@ -70,6 +70,9 @@ Resume
     ``SYNTHETIC.partial.json`` (the parameters) is written first and renamed to ``SYNTHETIC.json`` at the end.
     A second call with the same parameters skips images already on disk (and returns at once when the marker is
     complete); a folder holding a set made with other parameters is an error.
+
+Length (~640 lines, ~75 of them this docstring): one generator whose parts — appearance model, proxy renderer,
+KDEF/FEI framing, resumable writer — share its seeds and streams and are not used elsewhere.
 """
 from __future__ import annotations
 

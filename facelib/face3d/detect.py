@@ -30,6 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import assets, config
+
 MEAN_BGR = (104.0, 117.0, 123.0)
 VARIANCES = (0.1, 0.2)
 STEPS = (32, 64, 128)
@@ -222,8 +224,6 @@ class FaceBoxesDetector:
     def __init__(self, weights=None, device: str = "cpu", conf_threshold: float = 0.5, nms_threshold: float = 0.3,
                  assets_folder=None, max_side: int | None = 384, batch_size: int = 16, top_k: int = 5000,
                  keep_top_k: int = 750):
-        from .. import assets, config
-
         self.device = torch.device(config.resolve_device(device))
         if weights is None:
             weights = assets.resolve("faceboxes", assets_folder)

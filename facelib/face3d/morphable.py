@@ -47,6 +47,9 @@ Cameras
     ``ortho_project_3ddfa`` — 3DDFA's scaled orthographic camera p = sR·v + t with pose as 3×4 [sR|t];
     in the 120×120 crop: x = p_x − 1, y = 120 − p_y, z = p_z − 1 (3DDFA_V2 ``similar_transform``); with a
     ``roi_box`` the crop coordinates are mapped into the original image as 3DDFA_V2 does.
+
+Length (~470 lines): one class and the loaders of its two sources (3DDFA BFM, BFM09 front) with the cache
+that converts them; the loaders build the class's arrays and are not used elsewhere.
 """
 from __future__ import annotations
 

@@ -15,10 +15,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from .. import assets, config
 from ..io import append_shard, atomic_write_table, read_shards, save_figure
+from .deep3d import Deep3DRegressor
+from .detect import FaceBoxesDetector, pick_face
+from .landmarks import make_landmarker
+from .tddfa import TDDFARegressor
 
 BACKENDS = ("tddfa", "deep3d")
 RESULT_COLUMNS = ["status", "backend", "box", "box_source", "landmarks", "alpha", "beta", "pose", "texture",
@@ -49,10 +54,6 @@ class TDDFABackend:
                    "bfm_keypoints")
 
     def __init__(self, device: str = "cpu", assets_folder=None, landmarks: str = "model", fallback: bool = True):
-        from .detect import FaceBoxesDetector
-        from .landmarks import make_landmarker
-        from .tddfa import TDDFARegressor
-
         self.detector = FaceBoxesDetector(device=device, assets_folder=assets_folder)
         self.regressor = TDDFARegressor(device=device, assets_folder=assets_folder)
         self.landmarker = make_landmarker(landmarks, device)
@@ -60,8 +61,6 @@ class TDDFABackend:
         self.fallback = fallback
 
     def detect(self, images: list[np.ndarray]) -> list[tuple[np.ndarray | None, str]]:
-        from .detect import pick_face
-
         return [pick_face(b, img.shape, fallback=self.fallback) for b, img in zip(self.detector(images), images)]
 
     def regress(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> dict[str, np.ndarray]:
@@ -80,8 +79,6 @@ class Deep3DBackend(TDDFABackend):
     asset_names = TDDFABackend.asset_names + ("deep3d_epoch20", "lm3d_std")
 
     def __init__(self, device: str = "cpu", assets_folder=None, landmarks: str = "model", fallback: bool = True):
-        from .deep3d import Deep3DRegressor
-
         self.rnet = Deep3DRegressor(device=device, assets_folder=assets_folder)  # clear error if gated file absent
         super().__init__(device, assets_folder, landmarks, fallback)
 
@@ -142,8 +139,6 @@ def reconstruct_manifest(manifest: pd.DataFrame, backend: str | object = "tddfa"
     Images the manifest could not decode keep the manifest's reason as ``status``. ``limit`` processes at most that
     many new images (used by tests to simulate an interrupted run).
     """
-    import torch
-
     if isinstance(backend, str):
         backend = make_backend(backend, config.resolve_device(device), assets_folder, landmarks, fallback)
     key, sums = cache_key(backend, assets_folder)

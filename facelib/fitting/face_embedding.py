@@ -29,6 +29,9 @@ averages stored in the file (122.782, 117.001, 104.298).
 
 Entry points: :func:`load_dlib_resnet`, :func:`embed` (differentiable crop + descriptor for rendered images),
 :func:`chip_from_image` (dlib's own crop, for reference), :func:`perceptual_distance` (1 − cosine).
+
+Length (~650 lines): a line-by-line port of dlib's serialised network (the .dat parser must mirror dlib's
+format and layer order); splitting it would separate the parser from the layers it builds.
 """
 from __future__ import annotations
 
@@ -40,6 +43,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..face3d.landmarks import face_recognition_models_dir
 
 MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 CHIP_SIZE = 150
@@ -442,8 +447,6 @@ class DlibFaceResNet(nn.Module):
 
 
 def default_model_path() -> Path:
-    from ..face3d.landmarks import face_recognition_models_dir
-
     return face_recognition_models_dir() / MODEL_FILE
 
 
@@ -622,8 +625,6 @@ def _default_model() -> DlibFaceResNet:
 def detect_shape_5pt(image_rgb: np.ndarray, upsample: int = 1):
     """dlib frontal-face detection + 5-point landmarks of the largest face; None when no face is found."""
     import dlib
-    from ..face3d.landmarks import face_recognition_models_dir
-
     if not hasattr(detect_shape_5pt, "_tools"):
         detect_shape_5pt._tools = (dlib.get_frontal_face_detector(), dlib.shape_predictor(
             str(face_recognition_models_dir() / "shape_predictor_5_face_landmarks.dat")))

@@ -57,6 +57,8 @@ LM_SCALE = 224.0  # landmark loss measured in pixels of a 224-pixel crop (Deep3D
 DEFAULT_ITERATIONS = {"landmarks": 60, "full": 40}
 DEFAULT_LR = {"alpha": 0.05, "beta": 0.05, "ds": 0.005, "omega": 0.005, "dt": 0.2, "gamma": 0.03,
               "texture": 0.05, "gain": 0.02}
+PARAM_GROUPS = {"alpha": ["alpha"], "beta": ["beta"], "pose": ["ds", "omega", "dt"], "gamma": ["gamma"],
+                "texture": ["texture", "gain"]}
 
 
 # ----------------------------------------------------------------------------------------------- model pieces
@@ -115,6 +117,25 @@ class FitResult:
     history_per_image: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+@dataclass
+class FitBatch:
+    """What stays fixed while one batch is fitted (tensors on the fitter's device)."""
+
+    mode: str
+    size: int
+    alpha0: torch.Tensor
+    beta0: torch.Tensor
+    pose0: torch.Tensor
+    rois: torch.Tensor
+    target_lm: torch.Tensor | None
+    init: Mapping[str, np.ndarray]
+    perceptual: bool = False
+    target: torch.Tensor | None = None
+    attention: torch.Tensor | None = None
+    emb_lm: torch.Tensor | None = None
+    emb_target: torch.Tensor | None = None
+
+
 def axis_angle(omega: torch.Tensor) -> torch.Tensor:
     """(B, 3) axis-angle → (B, 3, 3) rotation (Rodrigues; smooth at 0)."""
     theta2 = (omega ** 2).sum(-1, keepdim=True).unsqueeze(-1)
@@ -152,8 +173,8 @@ class Fitter:
         self.mesh = restrict_model(model, ids.cpu().numpy())
         self.kp = restrict_model(model, model.keypoint_ids.cpu().numpy(), triangles=np.array([[0, 1, 2]]))
         sa, sb = coefficient_sigma(assets_folder)
-        self.sigma_alpha = torch.from_numpy(sa).to(self.device)
-        self.sigma_beta = torch.from_numpy(sb).to(self.device)
+        self.sigma_alpha = torch.from_numpy(sa.astype(np.float32)).to(self.device)
+        self.sigma_beta = torch.from_numpy(sb.astype(np.float32)).to(self.device)
         self.skin_vertices = skin_vertex_mask(model, assets_folder)[self.mesh.extras["parent_ids"]]
         self.landmark_weights = deep3d_landmark_weights(self.device)
         self.skin_model = skin_model
@@ -198,118 +219,27 @@ class Fitter:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         t_start = time.perf_counter()
-        dev = self.device
         iterations = DEFAULT_ITERATIONS[mode] if iterations is None else int(iterations)
-        w = dict(DEFAULT_WEIGHTS)
-        if mode == "landmarks":
-            w.update(photo=0, perceptual=0, texture=0, lighting=0)
-        if self.embedder is None:
-            w["perceptual"] = 0
-        w.update(weights or {})
-        if mode == "landmarks":
-            for k in ("photo", "perceptual", "texture", "lighting"):
-                if w.get(k):
-                    raise ValueError(f"term {k!r} needs full mode")
-        if target_lm is None:
-            w["landmark"] = 0
-        hybrid = HybridLoss(w, landmark_weights=self.landmark_weights, skin_mask=self.skin_vertices).to(dev)
-        active = hybrid.active
+        hybrid = self.loss(mode, weights, has_target_landmarks=target_lm is not None)
+        batch = self.batch(init, rois, target_lm, images, mode, hybrid)
+        params = self.start_params(init, batch)
+        optimize = tuple(optimize) if optimize is not None else tuple(PARAM_GROUPS)
         lrs = dict(DEFAULT_LR, **(lr or {}))
-
-        f32 = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32, device=dev)  # noqa: E731
-        a0, b0, pose0 = f32(init["alpha"]), f32(init["beta"]), f32(init["pose"])
-        B = a0.shape[0]
-        rois_t = f32(rois).reshape(B, 4)
-        gt_lm = None if target_lm is None else f32(target_lm).reshape(B, 68, 2)
-        has_tex = self.mesh.n_tex > 0
-        params = {
-            "alpha": torch.zeros(B, self.mesh.n_id, device=dev),
-            "beta": torch.zeros(B, self.mesh.n_exp, device=dev),
-            "ds": torch.zeros(B, device=dev), "omega": torch.zeros(B, 3, device=dev),
-            "dt": torch.zeros(B, 2, device=dev),
-        }
-        if mode == "full":
-            params["gamma"] = f32(init["gamma"]).clone() if init.get("gamma") is not None else \
-                torch.zeros(B, 27, device=dev)
-            if has_tex:
-                params["texture"] = f32(init["texture"]).clone() if init.get("texture") is not None else \
-                    torch.zeros(B, self.mesh.n_tex, device=dev)
-            else:
-                params["gain"] = torch.zeros(B, 3, device=dev)
-        groups = {"alpha": ["alpha"], "beta": ["beta"], "pose": ["ds", "omega", "dt"], "gamma": ["gamma"],
-                  "texture": ["texture", "gain"]}
-        optimize = tuple(optimize) if optimize is not None else tuple(groups)
-        train = [n for g in optimize for n in groups[g] if n in params]
+        train = [n for g in optimize for n in PARAM_GROUPS[g] if n in params]
         for n in train:
             params[n].requires_grad_(True)
         opt = torch.optim.Adam([{"params": [params[n]], "lr": lrs[n]} for n in train]) if train else None
 
-        target = attention = emb_target = None
-        if mode == "full":
-            if images is None:
-                raise ValueError("full mode needs the image crops")
-            imgs = np.asarray(images, np.float32)
-            target = torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous().to(dev)
-            if self.skin_model is not None:
-                att = np.stack([self.skin_model.attention((im * 255).round().astype(np.uint8)) for im in imgs])
-                attention = torch.from_numpy(att).unsqueeze(1).to(dev)
-            if "perceptual" in active:
-                with torch.no_grad():
-                    lm0 = self.screen(self.posed(self.kp, a0, b0, pose0.reshape(-1, 3, 4)), rois_t)[..., :2]
-                    emb_lm = gt_lm if gt_lm is not None else lm0  # one alignment for photo and rendering
-                    emb_target = self._embed(target, emb_lm)
-        lm_scale = LM_SCALE / self.image_size
-        S = self.image_size
-
-        def evaluate(need_render: bool = False):
-            za, zb = params["alpha"], params["beta"]
-            alpha = a0 + za * self.sigma_alpha
-            beta = b0 + zb * self.sigma_beta
-            pose = self._pose(pose0, params["ds"], params["omega"], params["dt"])
-            inputs = {"alpha": alpha / self.sigma_alpha, "beta": beta / self.sigma_beta}  # whitened (see docstring)
-            out = {"alpha": alpha, "beta": beta, "pose": pose}
-            p_kp = self.posed(self.kp, alpha, beta, pose)
-            lm = self.screen(p_kp, rois_t)[..., :2]
-            out["lm"] = lm
-            if gt_lm is not None:
-                inputs["pred_lm"] = lm * lm_scale
-                inputs["gt_lm"] = gt_lm * lm_scale
-            if mode == "full":
-                p = self.posed(self.mesh, alpha, beta, pose)
-                scr = self.screen(p, rois_t)
-                normals = self.mesh.vertex_normals(p - pose[:, None, :, 3])
-                if has_tex:
-                    albedo = self.mesh.texture(params["texture"])
-                    inputs["delta"] = params["texture"]
-                else:
-                    albedo = (GREY * torch.exp(params["gain"])).unsqueeze(1).expand(B, self.mesh.n_vertices, 3)
-                colour = sh_shading(normals, albedo, params["gamma"])
-                if state.get("frags") is None or state["it"] % refresh == 0:
-                    frags = rasterize(scr, self.mesh.triangles, S, S)
-                    state["frags"] = frags
-                else:  # visibility (pixel → triangle) from the last refresh, barycentrics of the current geometry
-                    fr = state["frags"]
-                    rem = fr.pix % (S * S)
-                    pv = scr.reshape(-1, 3).index_select(0, fr.vidx.reshape(-1)).reshape(-1, 3, 3)
-                    frags = replace(fr, w=barycentric(pv, (rem % S).to(pv.dtype), (rem // S).to(pv.dtype)))
-                pred = interpolate(colour, frags)
-                inputs.update(pred_image=pred, target_image=target, face_mask=frags.mask, attention=attention,
-                              albedo=albedo, gamma=params["gamma"])
-                if "perceptual" in active:
-                    comp = pred * frags.mask + target * (1 - frags.mask)
-                    inputs.update(emb_pred=self._embed(comp, emb_lm), emb_target=emb_target)
-                out.update(pred=pred, mask=frags.mask, albedo=albedo)
-            total, terms = hybrid(**inputs)
-            return total, terms, inputs, out
-
-        history: dict[str, list[float]] = {k: [] for k in active + ("total",)}
+        history: dict[str, list[float]] = {k: [] for k in hybrid.active + ("total",)}
         terms_first = None
-        state: dict = {"frags": None, "it": 0}
         hist_img: dict[str, list[np.ndarray]] = {}
         refresh = max(1, int(refresh))
+        visibility = None
         for it in range(iterations + 1):
-            state["it"] = it if it < iterations else 0  # the final evaluation re-rasterises
-            total, terms, inputs, out = evaluate()
+            step = it if it < iterations else 0  # the final evaluation re-rasterises
+            rendered = self.forward(params, batch, visibility if step % refresh else None)
+            visibility = rendered.get("frags")
+            total, terms, inputs = self.losses(hybrid, rendered, batch)
             for k, v in terms.items():
                 history[k].append(float(v.detach()))
             history["total"].append(float(total.detach()))
@@ -326,22 +256,138 @@ class Fitter:
             opt.step()
         with torch.no_grad():
             terms_last = self._per_image(hybrid, inputs)
+        B = batch.size
         res = FitResult(
-            alpha=out["alpha"].detach().cpu().numpy(), beta=out["beta"].detach().cpu().numpy(),
-            pose=out["pose"].detach().reshape(B, 12).cpu().numpy(),
+            alpha=rendered["alpha"].detach().cpu().numpy(), beta=rendered["beta"].detach().cpu().numpy(),
+            pose=rendered["pose"].detach().reshape(B, 12).cpu().numpy(),
             gamma=params["gamma"].detach().cpu().numpy() if "gamma" in params else None,
             texture=params["texture"].detach().cpu().numpy() if "texture" in params else None,
             history={k: np.asarray(v) for k, v in history.items()}, terms_first=terms_first, terms_last=terms_last,
-            landmarks=out["lm"].detach().cpu().numpy(), seconds=time.perf_counter() - t_start,
+            landmarks=rendered["lm"].detach().cpu().numpy(), seconds=time.perf_counter() - t_start,
             info={"mode": mode, "iterations": iterations, "weights": hybrid.weights, "optimize": list(optimize),
-                  "image_size": S, "device": str(dev)})
+                  "image_size": self.image_size, "device": str(self.device)})
         res.history_per_image = {k: np.stack(v) for k, v in hist_img.items()}
         if "gain" in params:
             res.info["albedo_gain"] = params["gain"].detach().cpu().numpy()
-        if keep_render and "pred" in out:
-            res.render = out["pred"].detach().permute(0, 2, 3, 1).clamp(0, 1).cpu().numpy()
-            res.mask = out["mask"].detach()[:, 0].cpu().numpy()
+        if keep_render and "pred" in rendered:
+            res.render = rendered["pred"].detach().permute(0, 2, 3, 1).clamp(0, 1).cpu().numpy()
+            res.mask = rendered["mask"].detach()[:, 0].cpu().numpy()
         return res
+
+    # -------------------------------------------------------------- the pieces of a fit
+    def loss(self, mode: str, weights: Mapping[str, float | None] | None, has_target_landmarks: bool) -> HybridLoss:
+        """The HybridLoss of a fit: the paper's weights, the terms a mode cannot use switched off, then ``weights``."""
+        w = dict(DEFAULT_WEIGHTS)
+        if mode == "landmarks":
+            w.update(photo=0, perceptual=0, texture=0, lighting=0)
+        if self.embedder is None:
+            w["perceptual"] = 0
+        w.update(weights or {})
+        if mode == "landmarks":
+            for k in ("photo", "perceptual", "texture", "lighting"):
+                if w.get(k):
+                    raise ValueError(f"term {k!r} needs full mode")
+        if not has_target_landmarks:
+            w["landmark"] = 0
+        return HybridLoss(w, landmark_weights=self.landmark_weights, skin_mask=self.skin_vertices).to(self.device)
+
+    def batch(self, init, rois, target_lm, images, mode: str, hybrid: HybridLoss) -> FitBatch:
+        """What stays fixed while a batch is fitted: start coefficients, crops, targets (tensors on the device)."""
+        dev = self.device
+        f32 = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32, device=dev)  # noqa: E731
+        a0, b0, pose0 = f32(init["alpha"]), f32(init["beta"]), f32(init["pose"])
+        B = a0.shape[0]
+        rois_t = f32(rois).reshape(B, 4)
+        gt_lm = None if target_lm is None else f32(target_lm).reshape(B, 68, 2)
+        batch = FitBatch(mode=mode, size=B, alpha0=a0, beta0=b0, pose0=pose0, rois=rois_t, target_lm=gt_lm,
+                         init=init, perceptual="perceptual" in hybrid.active)
+        if mode == "full":
+            if images is None:
+                raise ValueError("full mode needs the image crops")
+            imgs = np.asarray(images, np.float32)
+            batch.target = torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous().to(dev)
+            if self.skin_model is not None:
+                att = np.stack([self.skin_model.attention((im * 255).round().astype(np.uint8)) for im in imgs])
+                batch.attention = torch.from_numpy(att).unsqueeze(1).to(dev)
+            if batch.perceptual:
+                with torch.no_grad():
+                    lm0 = self.screen(self.posed(self.kp, a0, b0, pose0.reshape(-1, 3, 4)), rois_t)[..., :2]
+                    batch.emb_lm = gt_lm if gt_lm is not None else lm0  # one alignment for photo and rendering
+                    batch.emb_target = self._embed(batch.target, batch.emb_lm)
+        return batch
+
+    def start_params(self, init, batch: FitBatch) -> dict[str, torch.Tensor]:
+        """The optimised variables, all starting at the backend's fit: whitened offsets of α, β; pose increments;
+        in full mode γ and the texture coefficients (or an RGB albedo gain without a texture basis)."""
+        dev, B = self.device, batch.size
+        f32 = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32, device=dev)  # noqa: E731
+        params = {
+            "alpha": torch.zeros(B, self.mesh.n_id, device=dev),
+            "beta": torch.zeros(B, self.mesh.n_exp, device=dev),
+            "ds": torch.zeros(B, device=dev), "omega": torch.zeros(B, 3, device=dev),
+            "dt": torch.zeros(B, 2, device=dev),
+        }
+        if batch.mode == "full":
+            params["gamma"] = f32(init["gamma"]).clone() if init.get("gamma") is not None else \
+                torch.zeros(B, 27, device=dev)
+            if self.mesh.n_tex > 0:
+                params["texture"] = f32(init["texture"]).clone() if init.get("texture") is not None else \
+                    torch.zeros(B, self.mesh.n_tex, device=dev)
+            else:
+                params["gain"] = torch.zeros(B, 3, device=dev)
+        return params
+
+    def forward(self, params: dict[str, torch.Tensor], batch: FitBatch, visibility=None) -> dict:
+        """params → rendered: coefficients, pose, landmarks (crop pixels) and, in full mode, the rendered crop.
+
+        ``visibility``: the fragments of an earlier rasterisation to reuse (barycentrics of the current geometry);
+        None rasterises afresh. The returned ``frags`` can be passed back."""
+        B, S = batch.size, self.image_size
+        alpha = batch.alpha0 + params["alpha"] * self.sigma_alpha
+        beta = batch.beta0 + params["beta"] * self.sigma_beta
+        pose = self._pose(batch.pose0, params["ds"], params["omega"], params["dt"])
+        # the loss inputs are made here, in this order, so autograd sums gradients in the same order as always
+        out = {"alpha": alpha, "beta": beta, "pose": pose,
+               "alpha_z": alpha / self.sigma_alpha, "beta_z": beta / self.sigma_beta}  # whitened (module docstring)
+        out["lm"] = self.screen(self.posed(self.kp, alpha, beta, pose), batch.rois)[..., :2]
+        if batch.target_lm is not None:
+            out["lm_224"] = out["lm"] * (LM_SCALE / self.image_size)
+        if batch.mode == "full":
+            p = self.posed(self.mesh, alpha, beta, pose)
+            scr = self.screen(p, batch.rois)
+            normals = self.mesh.vertex_normals(p - pose[:, None, :, 3])
+            if "texture" in params:
+                albedo = self.mesh.texture(params["texture"])
+            else:
+                albedo = (GREY * torch.exp(params["gain"])).unsqueeze(1).expand(B, self.mesh.n_vertices, 3)
+            colour = sh_shading(normals, albedo, params["gamma"])
+            if visibility is None:
+                frags = rasterize(scr, self.mesh.triangles, S, S)
+            else:  # visibility (pixel → triangle) from the last refresh, barycentrics of the current geometry
+                rem = visibility.pix % (S * S)
+                pv = scr.reshape(-1, 3).index_select(0, visibility.vidx.reshape(-1)).reshape(-1, 3, 3)
+                frags = replace(visibility, w=barycentric(pv, (rem % S).to(pv.dtype), (rem // S).to(pv.dtype)))
+            out.update(pred=interpolate(colour, frags), mask=frags.mask, albedo=albedo, frags=frags,
+                       gamma=params["gamma"], delta=params.get("texture"))
+        return out
+
+    def losses(self, hybrid: HybridLoss, rendered: dict, batch: FitBatch):
+        """(total, weighted terms, the loss inputs) of a rendering against the batch's targets."""
+        inputs = {"alpha": rendered["alpha_z"], "beta": rendered["beta_z"]}
+        if batch.target_lm is not None:
+            inputs["pred_lm"] = rendered["lm_224"]
+            inputs["gt_lm"] = batch.target_lm * (LM_SCALE / self.image_size)
+        if batch.mode == "full":
+            if rendered["delta"] is not None:
+                inputs["delta"] = rendered["delta"]
+            pred, mask = rendered["pred"], rendered["mask"]
+            inputs.update(pred_image=pred, target_image=batch.target, face_mask=mask, attention=batch.attention,
+                          albedo=rendered["albedo"], gamma=rendered["gamma"])
+            if batch.perceptual:
+                comp = pred * mask + batch.target * (1 - mask)
+                inputs.update(emb_pred=self._embed(comp, batch.emb_lm), emb_target=batch.emb_target)
+        total, terms = hybrid(**inputs)
+        return total, terms, inputs
 
     def _embed(self, images: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
         """Call the embedder as ``embedder(images)`` or, when it takes two arguments, ``embedder(images, lm68)``

@@ -47,6 +47,9 @@ Cameras
     :func:`deep3d_screen` and :func:`tddfa_screen` wrap ``facelib.face3d.morphable``'s projections
     (``perspective_project``, ``ortho_project_3ddfa``) and add the depth channel the rasteriser needs.
     ``perspective_correct=True`` needs depths > 0 (camera-space distance), as :func:`deep3d_screen` returns.
+
+Length (~410 lines, ~50 of them this docstring): the rasteriser, interpolation, SH shading and the two
+camera wrappers form one differentiable pipeline.
 """
 from __future__ import annotations
 
@@ -54,6 +57,8 @@ import math
 from dataclasses import dataclass
 
 import torch
+
+from ..face3d.morphable import MorphableModel
 
 __all__ = [
     "Fragments", "RenderOutput", "rasterize", "interpolate", "render", "sh_basis", "sh_shading",
@@ -395,8 +400,6 @@ def deep3d_screen(verts: torch.Tensor, focal: float = 1015.0, center: float = 11
     ``MorphableModel.perspective_project`` (x = u, y = image_size − 1 − v_up); z = camera-space depth
     camera_distance − z (smaller = closer). Use ``perspective_correct=True`` for exact perspective interpolation.
     """
-    from ..face3d.morphable import MorphableModel
-
     v = verts.unsqueeze(0) if verts.dim() == 2 else verts
     xy = MorphableModel.perspective_project(v, focal=focal, center=center, camera_distance=camera_distance,
                                             image_size=image_size, flip_y=True)
@@ -406,7 +409,5 @@ def deep3d_screen(verts: torch.Tensor, focal: float = 1015.0, center: float = 11
 def tddfa_screen(verts: torch.Tensor, pose12: torch.Tensor, size: int = 120, roi_box=None) -> torch.Tensor:
     """3DDFA scaled-orthographic camera (sR·v + t, crop size×size, y flipped; ``roi_box`` maps into the image)
     → screen vertices (B, N, 3) for :func:`rasterize` with depth = −z (3DDFA's z grows towards the viewer)."""
-    from ..face3d.morphable import MorphableModel
-
     p = MorphableModel.ortho_project_3ddfa(verts, pose12, size=size, roi_box=roi_box)
     return torch.cat([p[..., :2], -p[..., 2:3]], dim=-1)

@@ -189,7 +189,6 @@ def face_regions(shape_hw, lm68: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return skin_m, bg & ~neck
 
 
-
 def train_skin_model(images_bgr: list[np.ndarray], landmarks68: list[np.ndarray], n_components: int = 4,
                      per_image: int = 4000, seed: int = 0):
     """Fit a :class:`facelib.skin.SkinModel` on landmark-labelled face / background pixels of training images."""
@@ -208,12 +207,8 @@ def train_skin_model(images_bgr: list[np.ndarray], landmarks68: list[np.ndarray]
                                       prior_skin=0.5, seed=seed)
 
 
-
 def skin_model_for_table(table: pd.DataFrame, max_images: int = 60, cache_dir=None, seed: int = 0):
     """Train (or load from the cache) the skin model on up to ``max_images`` ok rows of a coefficient table."""
-    from .reconstruct import read_image
-    from .skin import SkinModel
-
     ok = table[table["status"] == "ok"]
     ok = ok.sample(min(max_images, len(ok)), random_state=seed) if len(ok) > max_images else ok
     key = hashlib.sha256(json.dumps({"v": 1, "sha": sorted(map(str, ok["sha256"])), "seed": seed}).encode())
@@ -231,15 +226,10 @@ def skin_model_for_table(table: pd.DataFrame, max_images: int = 60, cache_dir=No
     return model
 
 
-
 def skin_vertex_mask(model: MorphableModel, assets_folder=None) -> torch.Tensor:
     """(N,) 0/1 skin vertices of a 53215-vertex 3DDFA model: Deep3D's ``skinmask`` (facemodel_info.mat, over the
     35709 front vertices) mapped through ``BFM_front_idx.mat``; all vertices when those files are absent."""
     try:
-        from scipy.io import loadmat
-
-        from . import assets
-
         info = loadmat(str(assets.resolve("facemodel_info", assets_folder)))
         idx = loadmat(str(assets.resolve("bfm_front_idx", assets_folder)))["idx"].astype(np.int64).reshape(-1) - 1
         skin = info["skinmask"].astype(np.float32).reshape(-1)

@@ -288,21 +288,22 @@ def write_provenance(provenance: dict, out_dir: str | Path) -> Path:
     return atomic_write_json(provenance, Path(out_dir) / "provenance.json")
 
 
+def _write_csv_md(name: str, frame: pd.DataFrame, markdown: str, out_dir: Path, provenance: dict) -> dict:
+    """``<name>.csv``, ``<name>.md`` and the provenance beside them; returns their paths."""
+    return {f"{name}_csv": _csv(frame, out_dir / f"{name}.csv"), f"{name}_md": _text(markdown, out_dir / f"{name}.md"),
+            "provenance": write_provenance(provenance, out_dir)}
+
+
 def write_table1(results: list[dict], out_dir: str | Path, provenance: dict | None = None) -> dict:
     out_dir, provenance = Path(out_dir), dict(provenance or {})
     t1 = table1(results)
-    paths = {"table1_csv": _csv(t1, out_dir / "table1.csv"),
-             "table1_md": _text(table1_markdown(t1, provenance), out_dir / "table1.md"),
-             "provenance": write_provenance(provenance, out_dir)}
-    return paths
+    return _write_csv_md("table1", t1, table1_markdown(t1, provenance), out_dir, provenance)
 
 
 def write_table2(results: list[dict], out_dir: str | Path, provenance: dict | None = None) -> dict:
     out_dir, provenance = Path(out_dir), dict(provenance or {})
     t2 = table2(results)
-    paths = {"table2_csv": _csv(t2, out_dir / "table2.csv"),
-             "table2_md": _text(table2_markdown(t2, provenance), out_dir / "table2.md"),
-             "provenance": write_provenance(provenance, out_dir)}
+    paths = _write_csv_md("table2", t2, table2_markdown(t2, provenance), out_dir, provenance)
     png = plot_training_time(t2, out_dir / "training_time.png", provenance)
     if png:
         paths["training_time_png"] = png
