@@ -45,13 +45,11 @@ def _task_table(df: pd.DataFrame, task: str) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-
 def _classes(task: str, y: pd.Series) -> list[str]:
     present = sorted(set(y.astype(str)))
     if task == "expression":
         return [c for c in EXPRESSION_ORDER if c in present]
     return present
-
 
 
 def run_task(coeffs_df: pd.DataFrame, task: str, protocol: str = "paper", input: str | None = None,
@@ -83,17 +81,19 @@ def run_task(coeffs_df: pd.DataFrame, task: str, protocol: str = "paper", input:
     if num_threads:
         torch.set_num_threads(int(num_threads))
     try:
-        return _run_task(coeffs_df, task, protocol, input, model, backend, n_folds, epochs, seed, device,
-                         image_size, batch_size, lr, weight_decay, val_fraction, patience, aggregator, pretrained,
-                         crop_to_box, protocol_kwargs, keep_predictions, verbose)
+        return _run_task(coeffs_df, task=task, protocol=protocol, input=input, model=model, backend=backend,
+                         n_folds=n_folds, epochs=epochs, seed=seed, device=device, image_size=image_size,
+                         batch_size=batch_size, lr=lr, weight_decay=weight_decay, val_fraction=val_fraction,
+                         patience=patience, aggregator=aggregator, pretrained=pretrained, crop_to_box=crop_to_box,
+                         protocol_kwargs=protocol_kwargs, keep_predictions=keep_predictions, verbose=verbose)
     finally:
         torch.set_num_threads(old_threads)
 
 
-
-def _run_task(coeffs_df, task, protocol, input, model, backend, n_folds, epochs, seed, device, image_size,
+def _run_task(coeffs_df, *, task, protocol, input, model, backend, n_folds, epochs, seed, device, image_size,
               batch_size, lr, weight_decay, val_fraction, patience, aggregator, pretrained, crop_to_box,
               protocol_kwargs, keep_predictions, verbose) -> dict:
+    """:func:`run_task` without the thread setting (every argument by keyword)."""
     t_start = time.perf_counter()
     input = input or TASK_DEFAULT_INPUT[task]
     if input not in INPUTS:
@@ -211,7 +211,6 @@ def _run_task(coeffs_df, task, protocol, input, model, backend, n_folds, epochs,
         "predictions": preds, "leak_free": (task, protocol) in P.LEAK_FREE,
         "protocol_info": _jsonable(folds[0].info) if folds else {},
     }
-
 
 
 def _jsonable(obj):
