@@ -9,7 +9,6 @@ from pathlib import Path
 import pandas as pd
 
 from . import assets as assets_mod
-from . import config
 from .classify import protocols as P
 from .classify.experiment import TASK_LABEL, run_task
 from .classify.results import read_coeffs, save_result

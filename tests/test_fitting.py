@@ -15,7 +15,7 @@ import torch
 from facelib.face3d import cameras
 from facelib.face3d.cameras import crop_box
 from facelib.fitting import skin
-from facelib.fitting.table import DlibTargets, fit_table, loss_summary, target_landmarks
+from facelib.fitting.table import DlibTargets, fit_table, landmark_targets, loss_summary
 from facelib.fitting.fitter import Fitter, axis_angle
 
 STEMS = ("AF01NES", "AM05HAS", "AF01ANHL", "AM02SUS")
@@ -78,7 +78,7 @@ def _targets(data):
     """dlib's 68 landmarks when available, else the tddfa landmarks displaced by a smooth warp (a known target)."""
     if _dlib_ok():
         rows = data["table"].iloc[:4]
-        lm, src = target_landmarks(rows, data["imgs"], "dlib", DlibTargets(), data["rois"])
+        lm, src = landmark_targets(rows, data["imgs"], "dlib", DlibTargets(), data["rois"])
         if src.count("dlib") == 4:
             return lm, "dlib"
     lm = data["own_lm"].copy()

@@ -77,7 +77,6 @@ KDEF/FEI framing, resumable writer — share its seeds and streams and are not u
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 

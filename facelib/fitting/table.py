@@ -90,7 +90,7 @@ class DlibTargets:
         return out
 
 
-def target_landmarks(rows: pd.DataFrame, images: list[np.ndarray], source, landmarker, rois=None,
+def landmark_targets(rows: pd.DataFrame, images: list[np.ndarray], source, landmarker, rois=None,
                       max_yaw: float = 60.0):
     """(B, 68, 2) target landmarks in image pixels and the source used per image ("dlib" or "table").
 
@@ -170,7 +170,7 @@ def fit_table(coeff_table: pd.DataFrame, mode: str = "landmarks", iterations: in
         rows = todo.iloc[start:start + batch_size]
         images = [read_image(p) for p in rows["path"]]
         rois = np.stack([crop_box(b) for b in rows["box"]])
-        lm_img, sources = _targets(rows, images, target_landmarks, landmarker, rois)
+        lm_img, sources = landmark_targets(rows, images, target_landmarks, landmarker, rois)
         init = {k: np.stack([np.asarray(v, np.float32) for v in rows[k]]) for k in ("alpha", "beta", "pose")}
         crops = np.stack([crop_rgb(im, r, image_size) for im, r in zip(images, rois)]) if mode == "full" else None
         res = fitter.fit(init, rois, image_to_crop(lm_img, rois, image_size), crops, mode=mode,
@@ -250,7 +250,7 @@ def fit_figure(coeff_table: pd.DataFrame, image_ids=None, n: int = 4, iterations
     imgs = [read_image(p) for p in rows["path"]]
     rois = np.stack([crop_box(b) for b in rows["box"]])
     landmarker = DlibTargets() if target_landmarks == "dlib" else None
-    lm, _ = _targets(rows, imgs, target_landmarks, landmarker, rois)
+    lm, _ = landmark_targets(rows, imgs, target_landmarks, landmarker, rois)
     init = {k: np.stack([np.asarray(v, np.float32) for v in rows[k]]) for k in ("alpha", "beta", "pose")}
     crops = np.stack([crop_rgb(im, r, image_size) for im, r in zip(imgs, rois)])
     tl = image_to_crop(lm, rois, image_size)
@@ -285,7 +285,3 @@ def fit_figure(coeff_table: pd.DataFrame, image_ids=None, n: int = 4, iterations
     if out:
         save_figure(fig, out, dpi=100, close=False)
     return fig, res
-
-
-
-_targets = target_landmarks  # fit_table's parameter ``target_landmarks`` shadows the function's name

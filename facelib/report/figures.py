@@ -1,7 +1,6 @@
 """Figures for looking at data and coefficients (report tables and their plots live in ``tables.py``)."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import cv2
 import numpy as np
