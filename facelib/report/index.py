@@ -36,7 +36,7 @@ def _quiet_stderr(output) -> bool:
     if output.get("output_type") != "stream" or output.get("name") != "stderr":
         return False
     text = "".join(output.get("text", ""))
-    return bool(_PROGRESS.search(text)) or "TqdmWarning" in text or "IProgress not found" in text
+    return not text.strip() or bool(_PROGRESS.search(text)) or "TqdmWarning" in text or "IProgress not found" in text
 
 
 def for_reading(nb) -> nbformat.NotebookNode:
