@@ -187,3 +187,21 @@ def test_the_dev_data_matches_the_committed_fingerprint(kdef_root, fei_root, ass
     if "kdef_dev" not in str(kdef_root):
         pytest.skip("FACELIB_KDEF is not the dev subset")
     assert conftest.skip_reason(env) is None
+
+
+def test_ci_banner_only_on_the_committed_copies(tmp_path):
+    executed = tmp_path / "run" / "01_x.ipynb"
+    executed.parent.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# 01 · Title"),
+                                         nbformat.v4.new_markdown_cell(study.CI_BANNER,
+                                                                       metadata={"tags": [study.CI_BANNER_TAG]}),
+                                         nbformat.v4.new_code_cell("x = 1")])
+    nbformat.write(nb, str(executed))
+    study.drop_banner(executed)  # a run's notebook: not the CI run, no banner
+    cells = nbformat.read(str(executed), as_version=4).cells
+    assert [c.cell_type for c in cells] == ["markdown", "code"]
+    committed = tmp_path / "01_x.ipynb"
+    study.with_banner(executed, committed)
+    again = nbformat.read(str(committed), as_version=4)
+    assert again.cells[1].source == study.CI_BANNER and again.metadata["kernelspec"]["name"] == "facelib"
+    assert sum(study.CI_BANNER_TAG in c.metadata.get("tags", []) for c in again.cells) == 1
