@@ -87,11 +87,16 @@ class Run:
 
     def provenance(self) -> dict:
         """The run's provenance, computed once from its coefficient tables and kept in ``provenance.json`` (the
-        one place the tables, notebook 05 and the index read it from); recomputed when a table is newer."""
+        one place the tables, notebook 05 and the index read it from); recomputed when a coefficient table is
+        newer or the parameters or profile differ."""
         path = self.dir / PROVENANCE_FILE
         sources = [p for p in (self.coeffs("kdef"), self.coeffs("fei")) if p.exists()]
         if path.exists() and all(p.stat().st_mtime <= path.stat().st_mtime for p in sources):
-            return json.loads(path.read_text())
+            kept = json.loads(path.read_text())
+            same_run = kept.get("parameters") == json.loads(json.dumps(self.params, default=str)) and \
+                kept.get("profile") == read_status(self.dir).get("profile")
+            if same_run:
+                return kept
         prov = provenance(self, {p.name.split("_")[0]: pd.read_parquet(p) for p in sources})
         atomic_write_json(prov, path)
         return prov

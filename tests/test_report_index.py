@@ -177,6 +177,9 @@ def test_status_and_provenance_are_kept_once(tmp_path):
     assert prov["data"]["kdef"]["images"] == len(table) and prov["asset_sha256"] == {"mb05": "abc"}
     assert json.loads((run.dir / "provenance.json").read_text()) == json.loads(json.dumps(prov, default=str))
     assert read_status(run.dir)["status"] == "running"
+    assert run.provenance() == prov  # kept, not recomputed
+    rerun = Run({"out_dir": str(tmp_path / "r"), "backend": "synthetic", "run_name": "r", "seed": 5})
+    assert rerun.provenance()["parameters"]["seed"] == 5  # other parameters: recomputed
 
 
 def test_data_fingerprint_changes_with_the_files(tmp_path):
