@@ -1,20 +1,24 @@
 # facelib — the two commands of the README:
 #   make reproduce   runs the study (notebooks via papermill → reports/)
 #   make test        runs the tests (pytest + nbval on the committed notebooks)
-# Both create and fill .venv first when it is missing or stale (keyed on the dependency files).
+# Both create and fill .venv first when it is missing or stale: keyed on the dependency files AND this checkout's
+# path, so a moved or re-cloned checkout re-installs the editable package and the `facelib` kernel.
 
 PYTHON ?= python3.11
 VENV   ?= .venv
-PARAMS ?= notebooks/params/paper.yaml
+PARAMS ?=
 RUN    ?=
-DEPS_HASH := $(shell cat pyproject.toml requirements.lock requirements-nodeps.txt | sha256sum | cut -c1-16)
+SET    ?=
+DEVICE ?=
+DEPS_HASH := $(shell { cat pyproject.toml requirements.lock requirements-nodeps.txt; echo "$(CURDIR)"; } | sha256sum | cut -c1-16)
 STAMP  := $(VENV)/.deps-$(DEPS_HASH)
 PY     := $(VENV)/bin/python
 
 .PHONY: reproduce test test-fast lab env check-data notebooks-refresh clean-venv help
 
 help:
-	@echo "make reproduce [PARAMS=notebooks/params/paper.yaml]  run the study, write reports/"
+	@echo "make reproduce [PARAMS=...] [DEVICE=cuda] [SET='seed=1 n_folds=5']  run the study, write reports/"
+	@echo "      (PARAMS empty: paper.yaml on a GPU, notebooks/params/cpu.yaml on a CPU when present)"
 	@echo "make test                                            run the tests (pytest + nbval)"
 	@echo "make lab                                             JupyterLab with the study's kernel"
 	@echo "make notebooks-refresh                               re-execute the committed notebooks (CI parameters)"
@@ -33,7 +37,8 @@ $(STAMP): pyproject.toml requirements.lock requirements-nodeps.txt
 	touch $@
 
 reproduce: $(STAMP)
-	$(PY) -m facelib study --params $(PARAMS) $(if $(RUN),--run $(RUN),)
+	$(PY) -m facelib study $(if $(PARAMS),--params $(PARAMS),) $(if $(RUN),--run $(RUN),) \
+	  $(if $(DEVICE),--device $(DEVICE),) $(foreach s,$(SET),--set $(s))
 
 # One pytest run: the unit tests, then nbval re-executes the committed notebooks and compares their outputs.
 test: $(STAMP)

@@ -132,6 +132,19 @@ class AssetChecksumError(AssetError):
     pass
 
 
+# What each choice needs (the one list: `python -m facelib assets` and the study's missing-inputs check use it).
+NEEDED_ALWAYS = ("faceboxes", "mb05", "param_mean_std", "tri", "bfm_u_shp", "bfm_u_exp", "bfm_w_shp", "bfm_w_exp",
+                 "bfm_keypoints")
+NEEDED_BY_BACKEND = {"tddfa": (), "deep3d": ("deep3d_epoch20", "lm3d_std")}
+NEEDED_BY_LANDMARKS = {"model": (), "dlib": (), "fan": ("fan_2d", "fan_s3fd")}
+
+
+def needed(backend: str = "tddfa", landmarks: str | None = "model") -> list[str]:
+    """Names of the assets a study with this backend and landmarker needs (detection and the BFM bases always)."""
+    return list(NEEDED_ALWAYS) + list(NEEDED_BY_BACKEND.get(backend, ())) + \
+        list(NEEDED_BY_LANDMARKS.get(landmarks or "model", ()))
+
+
 def get(name: str) -> Asset:
     try:
         return BY_NAME[name]

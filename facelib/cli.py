@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -24,16 +25,28 @@ from .study import PARAMS_DIR, run_study
 
 
 def cmd_assets(args) -> int:
+    """What the chosen backend needs, where each file goes, and its state; exit 1 when a needed one is missing."""
     rows = assets_mod.status(args.assets)
+    need = set(assets_mod.needed(args.backend, args.landmarks))
+    dirs = assets_mod.search_dirs(args.assets)
+    print(f"asset folders searched, in order: {', '.join(str(d) for d in dirs)}")
+    print(f"a missing file goes in {dirs[0]}/<file> (set FACELIB_ASSETS to use another folder)")
+    print("downloadable files are fetched on first use unless FACELIB_OFFLINE=1\n")
     width = max(len(r["file"]) for r in rows)
-    print(f"asset folders searched: {', '.join(str(d) for d in assets_mod.search_dirs(args.assets))}")
-    for r in rows:
-        print(f"{r['state']:<34} {r['file']:<{width}}  {r['licence']}")
-    missing = [r for r in rows if r["state"] == "missing"]
-    for r in missing:
-        print(f"\nmissing {r['file']}: get it from {r['source']}")
-    bad = [r for r in rows if r["state"] == "CHECKSUM MISMATCH"]
-    return 1 if bad else 0
+    for title, group in ((f"needed for backend={args.backend}, landmarks={args.landmarks}:",
+                          [r for r in rows if r["name"] in need]),
+                         ("not needed for this choice:", [r for r in rows if r["name"] not in need])):
+        print(title)
+        for r in group:
+            print(f"  {r['state']:<34} {r['file']:<{width}}  {r['licence']}")
+    bad = [r for r in rows if r["name"] in need and (r["state"] == "missing" or r["state"] == "CHECKSUM MISMATCH")]
+    offline = os.environ.get("FACELIB_OFFLINE", "") in ("1", "true", "yes")
+    for r in bad:
+        asset = assets_mod.get(r["name"])
+        how = "downloaded on first use" if asset.downloadable and not offline else "get it yourself"
+        print(f"\n{r['state']}: {r['file']} ({how}) from {r['source']}\n  put it at {dirs[0] / r['file']}")
+    mismatch = [r for r in rows if r["state"] == "CHECKSUM MISMATCH"]
+    return 1 if bad or mismatch else 0
 
 
 def cmd_data_check(args) -> int:
@@ -107,23 +120,23 @@ def cmd_ict(args) -> int:
 
 def _classify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coeffs", required=True, help="coefficient table (parquet or CSV)")
-    p.add_argument("--task", required=True, choices=list(TASK_LABEL))
+    p.add_argument("--task", required=True, choices=list(TASK_LABEL), help="what to classify")
     p.add_argument("--protocol", default="paper",
-                   choices=sorted({k for v in P.PROTOCOLS.values() for k in v}))
+                   choices=sorted({k for v in P.PROTOCOLS.values() for k in v}), help="train/test split rule")
     p.add_argument("--input", default=None, choices=list(INPUTS), help="default: alpha (identity, gender), beta")
-    p.add_argument("--model", default="resnet34", choices=list(MODELS))
+    p.add_argument("--model", default="resnet34", choices=list(MODELS), help="classifier")
     p.add_argument("--out", default="results", help="folder for the result JSON and predictions CSV")
-    p.add_argument("--n-folds", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-folds", type=int, default=None, help="folds (None: the protocol's default)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (None: per-task default)")
+    p.add_argument("--batch-size", type=int, default=None, help="None: 128 for vectors (32 on small sets), 32 for images")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (Adam)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (splits, initialisation)")
     p.add_argument("--device", default=None, help="cpu, cuda, mps or auto (default $FACELIB_DEVICE / auto)")
     p.add_argument("--image-size", type=int, default=None, help="image input: default 64 on CPU, 224 on GPU")
-    p.add_argument("--backend", default=None)
-    p.add_argument("--patience", type=int, default=None)
+    p.add_argument("--backend", default=None, help="backend label for the result (None: the table's)")
+    p.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs (None: off)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch log")
 
 
 def cmd_classify(args) -> int:
@@ -152,31 +165,42 @@ def _add_classify(sub) -> None:
 
 def classify_main(argv: list[str] | None = None) -> int:
     """``python -m facelib classify --coeffs FILE --task T --protocol P --input I --model M --out DIR``."""
-    p = argparse.ArgumentParser(prog="python -m facelib classify", description=run_task.__doc__.split("\n")[0])
+    p = Parser(prog="python -m facelib classify", description=run_task.__doc__.split("\n")[0])
     _classify_arguments(p)
     return cmd_classify(p.parse_args(argv))
 
 
 def cmd_study(args) -> int:
-    run_study(args.params, args.run, args.refresh_committed, args.only)
+    run_study(args.params, args.run, args.refresh_committed, args.only, sets=args.set, device=args.device)
     return 0
 
 
 # ---------------------------------------------------------------- parsers
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m facelib", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+class Parser(argparse.ArgumentParser):
+    """Every parser shows each flag's default in --help."""
 
-    a = sub.add_parser("assets", help="list every model file with present / verified / missing")
-    a.add_argument("--assets", default=None, help="asset folder (default: $FACELIB_ASSETS, then the user cache)")
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="python -m facelib", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    a = sub.add_parser("assets", help="the model files the chosen backend needs: state, where each goes; "
+                                      "exit 1 when a needed one is missing")
+    a.add_argument("--assets", default=None, help="asset folder (None: $FACELIB_ASSETS, then the user cache)")
+    a.add_argument("--backend", choices=BACKENDS, default="tddfa", help="reconstruction backend to check for")
+    a.add_argument("--landmarks", choices=["model", "dlib", "fan"], default="model", help="landmarker to check for")
     a.set_defaults(func=cmd_assets)
 
     d = sub.add_parser("data", help="dataset commands")
     dsub = d.add_subparsers(dest="data_command", required=True)
     c = dsub.add_parser("check", help="load a dataset, print counts and every excluded or missing file")
-    c.add_argument("--dataset", choices=["kdef", "fei", "folder"], required=True)
+    c.add_argument("--dataset", choices=["kdef", "fei", "folder"], required=True, help="which loader")
     c.add_argument("--root", default=None, help="dataset folder (default: $FACELIB_KDEF / $FACELIB_FEI)")
-    c.add_argument("--fei-set", default="frontal", choices=["frontal", "original", "all"])
+    c.add_argument("--fei-set", default="frontal", choices=["frontal", "original", "all"], help="FEI subset")
     c.add_argument("--csv", default=None, help="folder dataset: CSV of path,<label columns>")
     c.add_argument("--json", action="store_true", help="print the summary as JSON")
     c.add_argument("--out", default=None, help="also save the manifest as <out>.parquet and <out>.csv")
@@ -198,7 +222,7 @@ def _add_synthetic(sub) -> None:
     p.add_argument("--identities", type=int, default=20, help="KDEF-like identities, half F half M (default 20)")
     p.add_argument("--fei", type=int, default=40, help="FEI-like identities (default 40)")
     p.add_argument("--sessions", nargs="+", default=["A"], choices=["A", "B"], help="KDEF sessions (default A)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the rendered faces")
     p.add_argument("--assets", default=None, help="asset folder (default: $FACELIB_ASSETS)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_synthetic)
@@ -206,17 +230,17 @@ def _add_synthetic(sub) -> None:
 
 def _add_reconstruct(sub) -> None:
     r = sub.add_parser("reconstruct", help="3DMM coefficients for every image of a dataset (cached)")
-    r.add_argument("--dataset", choices=["kdef", "fei", "folder"], default="kdef")
+    r.add_argument("--dataset", choices=["kdef", "fei", "folder"], default="kdef", help="which loader")
     r.add_argument("--root", default=None, help="dataset folder (default: $FACELIB_KDEF / $FACELIB_FEI)")
     r.add_argument("--csv", default=None, help="folder dataset: CSV of path,<label columns>")
     r.add_argument("--manifest", default=None, help="use a saved manifest (.parquet) instead of --dataset/--root")
-    r.add_argument("--backend", choices=BACKENDS, default="tddfa")
-    r.add_argument("--landmarks", choices=["model", "dlib", "fan"], default="model")
+    r.add_argument("--backend", choices=BACKENDS, default="tddfa", help="coefficient regressor")
+    r.add_argument("--landmarks", choices=["model", "dlib", "fan"], default="model", help="68-point landmarker")
     r.add_argument("--out", required=True, help="coefficient table (.parquet)")
     r.add_argument("--qa", default=None, help="also write the QA figure (PNG)")
     r.add_argument("--device", default=None, help="cpu, cuda, mps or auto (default: $FACELIB_DEVICE or auto)")
     r.add_argument("--assets", default=None, help="asset folder (default: $FACELIB_ASSETS)")
-    r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--batch-size", type=int, default=32, help="pictures per batch")
     r.add_argument("--no-fallback", action="store_true", help="no whole-frame box for tight crops without a face")
     r.set_defaults(func=cmd_reconstruct)
 
@@ -224,17 +248,17 @@ def _add_reconstruct(sub) -> None:
 def _add_fit(sub) -> None:
     r = sub.add_parser("fit", help="analysis-by-synthesis fitting of a tddfa coefficient table")
     r.add_argument("--table", required=True, help="tddfa coefficient table (.parquet)")
-    r.add_argument("--mode", choices=MODES, default="landmarks")
-    r.add_argument("--iterations", type=int, default=None)
-    r.add_argument("--targets", choices=["dlib", "table"], default="dlib")
+    r.add_argument("--mode", choices=MODES, default="landmarks", help="landmarks (fast) or full (rendered)")
+    r.add_argument("--iterations", type=int, default=None, help="optimiser steps (None: the mode's default)")
+    r.add_argument("--targets", choices=["dlib", "table"], default="dlib", help="target landmarks: dlib's or the table's")
     r.add_argument("--texture", default=None, help="texture basis .npz, or 'build' to learn one from angle S rows")
     r.add_argument("--size", type=int, default=160, help="crop resolution of full mode")
     r.add_argument("--out", required=True, help="fitted coefficient table (.parquet)")
     r.add_argument("--figure", default=None, help="also write photo|rendering|overlay|loss figure (PNG)")
-    r.add_argument("--device", default=None)
-    r.add_argument("--assets", default=None)
-    r.add_argument("--batch-size", type=int, default=8)
-    r.add_argument("--limit", type=int, default=None)
+    r.add_argument("--device", default=None, help="cpu, cuda, mps or auto (None: $FACELIB_DEVICE or auto)")
+    r.add_argument("--assets", default=None, help="asset folder (None: $FACELIB_ASSETS)")
+    r.add_argument("--batch-size", type=int, default=8, help="pictures per batch")
+    r.add_argument("--limit", type=int, default=None, help="fit only the first N rows (None: all)")
     r.set_defaults(func=cmd_fit)
 
 
@@ -256,10 +280,15 @@ def _add_ict(sub) -> None:
 
 
 def _add_study(sub) -> None:
-    s = sub.add_parser("study", help="run the notebooks with papermill, render HTML, write the index page")
-    s.add_argument("--params", default=str(PARAMS_DIR / "paper.yaml"), help="parameter set (YAML)")
-    s.add_argument("--run", default=None, help="run name (folder under reports/runs/)")
-    s.add_argument("--only", nargs="*", default=None, help="notebook prefixes to run, e.g. 01 02")
+    s = sub.add_parser("study", help="run the notebooks with papermill, render HTML, write the report pages")
+    s.add_argument("--params", default=None,
+                   help=f"profile (YAML); None: the one that suits the device — {PARAMS_DIR / 'paper.yaml'} on a GPU, "
+                        f"{PARAMS_DIR / 'cpu.yaml'} (when present) on a CPU")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one parameter (repeatable; YAML values), e.g. --set seed=1 --set models=[logreg]")
+    s.add_argument("--device", default=None, help="cpu, cuda, mps or auto (None: the profile's, $FACELIB_DEVICE, auto)")
+    s.add_argument("--run", default=None, help="run name (folder under reports/runs/; None: the profile's run_name)")
+    s.add_argument("--only", nargs="*", default=None, help="notebook prefixes to run, e.g. 01 02 (None: all)")
     s.add_argument("--refresh-committed", action="store_true",
                    help="copy the executed notebooks back into notebooks/ (their outputs are what nbval checks)")
     s.set_defaults(func=cmd_study)

@@ -11,6 +11,20 @@ from pathlib import Path
 import pandas as pd
 
 
+def current_umask() -> int:
+    """The process's umask (reading it means setting it; it is put back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_text(text: str, dest: str | os.PathLike) -> Path:
+    dest = Path(dest)
+    with atomic_path(dest) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return dest
+
+
 @contextmanager
 def atomic_path(dest: str | os.PathLike):
     """Yield a temporary path beside ``dest``; on success it is renamed onto ``dest`` in one step."""
@@ -20,6 +34,9 @@ def atomic_path(dest: str | os.PathLike):
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp makes the file 0600; give it the mode any other file the user writes gets (0666 less the umask),
+        # so a shared server can serve the reports.
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):

@@ -4,14 +4,21 @@ What the notebooks import: each builds a ``Run`` from its parameters and reads w
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import subprocess
+import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from . import __version__, config
+from .io import atomic_write_json
+
+STATUS_FILE = "run.json"  # the runner's record of a run: status, notebook, profile, device, start and end times
+PROVENANCE_FILE = "provenance.json"
 
 # --------------------------------------------------------------------------------------- notebook run context
 PARAMETER_NAMES = ("run_name", "out_dir", "kdef_root", "fei_root", "assets", "backend", "landmarks", "device",
@@ -39,7 +46,7 @@ class Run:
     def __init__(self, params: dict):
         self.params = {k: params.get(k) for k in PARAMETER_NAMES}
         self.dir = run_dir(params)
-        for sub in ("manifests", "coeffs", "results", "tables"):
+        for sub in ("manifests", "coeffs", "results", "tables", "figures"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
 
     @classmethod
@@ -75,7 +82,8 @@ class Run:
 
     @property
     def figures(self) -> Path:
-        return self.dir / "tables"  # figures sit beside the tables so the index page shows them together
+        """The report's figures (the Table 3 heatmap, accuracy per angle, training time)."""
+        return self.dir / "figures"
 
     @property
     def results(self) -> Path:
@@ -84,10 +92,27 @@ class Run:
     def device(self) -> str:
         return config.resolve_device(self.params.get("device"))
 
+    def provenance(self) -> dict:
+        """The run's provenance, computed once from its coefficient tables and kept in ``provenance.json`` (the
+        one place the tables, notebook 05 and the index read it from); recomputed when a coefficient table is
+        newer or the parameters or profile differ."""
+        path = self.dir / PROVENANCE_FILE
+        sources = [p for p in (self.coeffs("kdef"), self.coeffs("fei")) if p.exists()]
+        if path.exists() and all(p.stat().st_mtime <= path.stat().st_mtime for p in sources):
+            kept = json.loads(path.read_text())
+            same_run = kept.get("parameters") == json.loads(json.dumps(self.params, default=str)) and \
+                kept.get("profile") == read_status(self.dir).get("profile")
+            if same_run:
+                return kept
+        prov = provenance(self, {p.name.split("_")[0]: pd.read_parquet(p) for p in sources})
+        atomic_write_json(prov, path)
+        return prov
+
 
 
 def provenance(run: Run, coeffs: dict) -> dict:
-    """What a reader needs to trust (or redo) a table: data, backend, asset checksums, device, parameters."""
+    """What a reader needs to trust (or redo) a table: data, backend, asset checksums, device, profile,
+    parameters. ``Run.provenance()`` computes it from the run's files and keeps it; call that."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=config.PROJECT_ROOT, timeout=5).stdout.strip() or None
@@ -99,11 +124,14 @@ def provenance(run: Run, coeffs: dict) -> dict:
                       "ok": int((table["status"] == "ok").sum()),
                       "subjects": int(table.loc[table["status"] == "ok", "subject"].nunique()),
                       "root": str(Path(table["path"].iloc[0]).parent.parent) if len(table) else None}
-    first = next(iter(coeffs.values()))
+    first = next(iter(coeffs.values()), None)
+    has_rows = first is not None and len(first)
     return {
+        "run": run.dir.name,
+        "profile": read_status(run.dir).get("profile"),
         "synthetic": bool(run.params.get("synthetic")),
-        "backend": str(first["backend"].iloc[0]),
-        "asset_sha256": json.loads(first["assets"].iloc[0]),
+        "backend": str(first["backend"].iloc[0]) if has_rows else run.params.get("backend"),
+        "asset_sha256": json.loads(first["assets"].iloc[0]) if has_rows else {},
         "data": data,
         "device": run.device(),
         "torch": torch.__version__,
@@ -114,3 +142,38 @@ def provenance(run: Run, coeffs: dict) -> dict:
         "parameters": run.params,
     }
 
+
+
+# ------------------------------------------------------------------------------------------------ run status
+def read_status(folder: str | Path) -> dict:
+    """The runner's record of a run (``run.json``); ``{}`` for a folder the runner never wrote one in."""
+    path = Path(folder) / STATUS_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_status(folder: str | Path, **fields) -> dict:
+    """Update the run's record; ``updated`` is stamped (ISO 8601, UTC)."""
+    status = {**read_status(folder), **fields, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    atomic_write_json(status, Path(folder) / STATUS_FILE)
+    return status
+
+
+def read_provenance(folder: str | Path) -> dict:
+    """A run folder's provenance (``provenance.json``; older runs kept it in ``tables/``); ``{}`` when none."""
+    for path in (Path(folder) / PROVENANCE_FILE, Path(folder) / "tables" / PROVENANCE_FILE):
+        if path.exists():
+            return json.loads(path.read_text())
+    return {}
+
+
+def data_fingerprint(root: str | Path) -> dict:
+    """What a dataset folder holds, cheaply: file count, total bytes and a sha256 of the sorted relative paths and
+    sizes (no file is read). Equal fingerprints mean the same files (as far as names and sizes tell)."""
+    root = Path(root)
+    entries = sorted((p.relative_to(root).as_posix(), p.stat().st_size) for p in root.rglob("*")
+                     if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    digest = hashlib.sha256("\n".join(f"{rel}\t{size}" for rel, size in entries).encode()).hexdigest()
+    return {"files": len(entries), "bytes": sum(s for _, s in entries), "sha256": digest}

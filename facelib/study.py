@@ -1,24 +1,41 @@
 """Run the notebook study: papermill executes the numbered notebooks in order into one run folder, nbconvert
-renders each to HTML, and an index page shows Tables 1–3 first and links every notebook.
+renders each to HTML, and the report pages list every run (``report.index``).
 
-``python -m facelib study --params notebooks/params/paper.yaml`` is what ``make reproduce`` calls.
+``python -m facelib study`` is what ``make reproduce`` calls. The profile (``notebooks/params/*.yaml``) suits the
+device unless one is named: ``paper.yaml`` (the faithful study) on a GPU, ``cpu.yaml`` on a CPU when it exists.
+``--set key=value`` overrides one parameter (YAML syntax for the value).
+
+Progress of a batch run: papermill streams the kernel's stderr (``stderr_file``) to this terminal as it arrives,
+so the library's tqdm bars (reconstruction, fitting, classification runs; rate and ETA) show live — tqdm.auto falls
+back to the text bar in a kernel without ipywidgets, and ``facelib`` silences the fallback's warning. A papermill
+engine (``facelib``) announces each stage (the markdown heading above the running cell). The executed notebooks
+keep their own outputs as before; the terminal gets a copy.
 """
 from __future__ import annotations
 
 import os
 import shutil
+import sys
+import time
 from pathlib import Path
 
+import nbformat
 import yaml
+from papermill.engines import NBClientEngine, papermill_engines
 
 from . import assets, config
 from .data.synthetic import generate_synthetic
 from .face3d import ict
-from .report.index import notebook_html, write_index
-from .run import project_path, run_dir
+from .report.index import notebook_html, write_overview, write_run_page
+from .run import PARAMETER_NAMES, PROVENANCE_FILE, project_path, read_status, run_dir, write_status
 
 NOTEBOOK_DIR = config.PROJECT_ROOT / "notebooks"
 PARAMS_DIR = NOTEBOOK_DIR / "params"
+KERNEL_NAME = "facelib"  # installed by `make env` (ipykernel install --sys-prefix --name facelib)
+CI_BANNER_TAG = "ci-banner"
+CI_BANNER = ("> **These outputs come from the small CI run** (`notebooks/params/ci.yaml`: the 20-person dev subset "
+             "of KDEF, 2 folds, 48-pixel images, sampled identity subsets), not from the full study. They are what "
+             "`make test` compares against. `make reproduce` writes the full run's notebooks to `reports/runs/`.")
 
 
 def notebooks() -> list[Path]:
@@ -32,9 +49,29 @@ def load_params(path: str | Path) -> dict:
     return params
 
 
+def apply_overrides(params: dict, sets: list[str] | None) -> dict:
+    """``["seed=1", "models=[logreg]"]`` → params updated; values are YAML (``null``, numbers, lists)."""
+    out = dict(params)
+    for item in sets or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise SystemExit(f"--set {item!r}: expected key=value, e.g. --set seed=1")
+        if key not in PARAMETER_NAMES:
+            raise SystemExit(f"--set {key}: not a notebook parameter; known: {', '.join(PARAMETER_NAMES)}")
+        out[key] = yaml.safe_load(value) if value.strip() else None
+    return out
+
+
+def choose_profile(device: str | None = None) -> Path:
+    """The profile that suits the device: the paper's on a GPU; the CPU profile, when there is one, elsewhere."""
+    resolved = config.resolve_device(device or os.environ.get("FACELIB_DEVICE"))
+    cpu = PARAMS_DIR / "cpu.yaml"
+    return PARAMS_DIR / "paper.yaml" if resolved.startswith("cuda") or not cpu.exists() else cpu
+
+
 def missing_inputs(params: dict) -> list[str]:
     """Everything the study needs that is not there, each with where to get it and where to put it."""
-
     problems = []
     if not params.get("synthetic"):
         for key, env, what in (("kdef_root", "FACELIB_KDEF", "KDEF images (https://kdef.se, non-commercial)"),
@@ -45,17 +82,12 @@ def missing_inputs(params: dict) -> list[str]:
                 problems.append(f"{what}: not configured — set {env}=<folder> (see data/README.md)")
             elif not Path(value).expanduser().is_dir():
                 problems.append(f"{what}: {value} does not exist — set {env} to the folder holding it")
-    backend = params.get("backend", "tddfa")
-    needed = ["faceboxes", "mb05", "param_mean_std", "tri", "bfm_u_shp", "bfm_u_exp", "bfm_w_shp", "bfm_w_exp",
-              "bfm_keypoints"]
-    if backend == "deep3d":
-        needed += ["deep3d_epoch20", "lm3d_std"]
-    if params.get("ict_modes") or backend == "ict":
+    if params.get("ict_modes") or params.get("backend") == "ict":
         try:
             ict.locate(None, params.get("assets"))
         except assets.AssetError as exc:
             problems.append(str(exc))
-    for name in needed:
+    for name in assets.needed(params.get("backend", "tddfa"), params.get("landmarks")):
         try:
             assets.resolve(name, params.get("assets"))
         except assets.AssetError as exc:
@@ -63,25 +95,116 @@ def missing_inputs(params: dict) -> list[str]:
     return problems
 
 
-def _execute(nb: Path, out: Path, params: dict) -> None:
+# ------------------------------------------------------------------------------------------ execution, progress
+def _stage(nb, index: int) -> str | None:
+    """The markdown heading above a cell: what the notebook is doing there."""
+    for cell in reversed(nb.cells[:index]):
+        if cell.cell_type == "markdown" and CI_BANNER_TAG not in cell.metadata.get("tags", []):
+            heading = next((l for l in reversed(cell.source.splitlines()) if l.startswith("#")), None)
+            if heading:
+                return heading.lstrip("#").strip()[:100]
+    return None
+
+
+class StageEngine(NBClientEngine):
+    """papermill's nbclient engine, printing the stage whenever the running cell enters a new one."""
+
+    @classmethod
+    def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
+        start, shown = nb_man.cell_start, {"stage": None}
+
+        def cell_start(cell, cell_index=None, **kw):
+            stage = _stage(nb_man.nb, cell_index) if cell_index is not None else None
+            if stage and stage != shown["stage"]:
+                shown["stage"] = stage
+                print(f"[study]   · {stage}", file=sys.stderr, flush=True)
+            return start(cell, cell_index, **kw)
+
+        nb_man.cell_start = cell_start
+        return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+
+papermill_engines.register("facelib", StageEngine)
+
+
+def kernel_name() -> str:
+    """The project's kernel when installed (``make env`` does it), else this interpreter's ``python3``."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if KERNEL_NAME in KernelSpecManager().find_kernel_specs():
+        return KERNEL_NAME
+    print(f"[study] kernel '{KERNEL_NAME}' is not installed (make env installs it); using python3", flush=True)
+    return "python3"
+
+
+def drop_banner(executed: Path) -> None:
+    """Remove the committed copies' CI banner from an executed notebook (a user's run is not the CI run)."""
+    node = nbformat.read(str(executed), as_version=4)
+    kept = [c for c in node.cells if CI_BANNER_TAG not in c.metadata.get("tags", [])]
+    if len(kept) != len(node.cells):
+        node.cells = kept
+        nbformat.write(node, str(executed))
+
+
+def with_banner(executed: Path, dest: Path) -> None:
+    """Copy an executed notebook into notebooks/ with the CI banner under its title and the project's kernel."""
+    node = nbformat.read(str(executed), as_version=4)
+    banner = nbformat.v4.new_markdown_cell(CI_BANNER, metadata={"tags": [CI_BANNER_TAG]})
+    node.cells.insert(1, banner)
+    node.metadata["kernelspec"] = {"display_name": "facelib (.venv)", "language": "python", "name": KERNEL_NAME}
+    nbformat.write(node, str(dest))
+
+
+def _execute(nb: Path, out: Path, params: dict, kernel: str) -> None:
     import papermill as pm
 
     try:
-        pm.execute_notebook(str(nb), str(out), parameters=params, cwd=str(NOTEBOOK_DIR), kernel_name="python3",
-                            progress_bar=False, log_output=False)
+        pm.execute_notebook(str(nb), str(out), parameters=params, cwd=str(NOTEBOOK_DIR),
+                            kernel_name=kernel, engine_name="facelib", progress_bar=False, log_output=False,
+                            stderr_file=sys.stderr)
     except pm.PapermillExecutionError as exc:
-        raise SystemExit(f"\nnotebook {nb.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
-                         f"executed notebook (with the traceback): {out}") from None
+        raise NotebookFailed(f"\nnotebook {nb.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
+                             f"executed notebook (with the traceback): {out}") from None
+    finally:
+        if out.exists():
+            drop_banner(out)
 
 
-def run_study(params_file: str | Path, run_name: str | None = None, refresh_committed: bool = False,
-              only: list[str] | None = None) -> Path:
-    params = load_params(params_file)
+class NotebookFailed(RuntimeError):
+    pass
+
+
+def _shown(path: Path) -> Path:
+    return path.relative_to(config.PROJECT_ROOT) if path.is_relative_to(config.PROJECT_ROOT) else path
+
+
+# ------------------------------------------------------------------------------------------------------- study
+def prepare_params(params_file: str | Path | None, run_name: str | None = None, sets: list[str] | None = None,
+                   device: str | None = None) -> tuple[dict, Path]:
+    """Profile (chosen by device when none is named) + ``--set`` overrides + ``--device``; returns (params, file)."""
+    try:
+        profile = Path(params_file) if params_file else choose_profile(device)
+    except (ValueError, RuntimeError) as exc:
+        raise SystemExit(f"device: {exc}") from None
+    params = apply_overrides(load_params(profile), sets)
     if run_name:
         params["run_name"] = run_name
         params.pop("out_dir", None)
-    if os.environ.get("FACELIB_DEVICE") and not params.get("device"):
+    if device:
+        params["device"] = device
+    elif os.environ.get("FACELIB_DEVICE") and not params.get("device"):
         params["device"] = os.environ["FACELIB_DEVICE"]
+    params.setdefault("image_size", None)  # a profile without it leaves the size to the device (64 CPU, 224 GPU)
+    try:
+        config.resolve_device(params.get("device"))
+    except (ValueError, RuntimeError) as exc:
+        raise SystemExit(f"device: {exc}") from None
+    return params, profile
+
+
+def run_study(params_file: str | Path | None = None, run_name: str | None = None, refresh_committed: bool = False,
+              only: list[str] | None = None, sets: list[str] | None = None, device: str | None = None) -> Path:
+    params, profile = prepare_params(params_file, run_name, sets, device)
     configured = [params.get(k) or os.environ.get(env) for k, env in (("kdef_root", "FACELIB_KDEF"),
                                                                        ("fei_root", "FACELIB_FEI"))]
     if not params.get("synthetic") and not any(configured):
@@ -96,6 +219,7 @@ def run_study(params_file: str | Path, run_name: str | None = None, refresh_comm
     if problems:
         raise SystemExit("The study cannot start; missing:\n\n" + "\n\n".join(f"- {p}" for p in problems) +
                          "\n\nSee data/README.md, then run `make reproduce` again.")
+    print(f"[study] profile {_shown(profile)}, device {config.resolve_device(params.get('device'))}", flush=True)
     if params.get("synthetic"):
         made = generate_synthetic(project_path("data/interim/synthetic"), seed=int(params.get("seed") or 0),
                                   assets_folder=params.get("assets"))
@@ -103,27 +227,70 @@ def run_study(params_file: str | Path, run_name: str | None = None, refresh_comm
     run = run_dir(params)
     run.mkdir(parents=True, exist_ok=True)
     # Stored relative to the project so executed (and committed) notebooks do not carry this machine's paths.
-    params["out_dir"] = str(run.relative_to(config.PROJECT_ROOT)) if run.is_relative_to(config.PROJECT_ROOT) \
-        else str(run)
+    params["out_dir"] = str(_shown(run))
     (run / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=True))
-    pages = []
-    for nb in notebooks():
-        if only and not any(nb.name.startswith(o) for o in only):
-            continue
-        out = run / nb.name
-        print(f"[study] {nb.name} → {out.relative_to(config.PROJECT_ROOT) if out.is_relative_to(config.PROJECT_ROOT) else out}", flush=True)
-        _execute(nb, out, params)
-        (run / "html").mkdir(exist_ok=True)
-        pages.append(notebook_html(out, run / "html"))
-        if refresh_committed:
-            shutil.copy(out, nb)
-    report_tables = config.REPORTS_DIR / "tables"
-    if (run / "tables").is_dir():
-        report_tables.mkdir(parents=True, exist_ok=True)
-        for f in (run / "tables").iterdir():
-            if f.is_file():
-                shutil.copy(f, report_tables / f.name)
-    index = write_index(run, pages, run / "index.html")
-    top = write_index(run, pages, config.REPORTS_DIR / "index.html")
-    print(f"[study] done: {index}\n[study] overview: {top}")
+    write_status(run, status="running", pid=os.getpid(), notebook=None, profile=str(_shown(profile)),
+                 device=config.resolve_device(params.get("device")), synthetic=bool(params.get("synthetic")),
+                 started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), finished=None, elapsed={})
+    kernel, pages, elapsed = kernel_name(), [], {}
+    try:
+        for nb in notebooks():
+            if only and not any(nb.name.startswith(o) for o in only):
+                continue
+            out = run / nb.name
+            write_status(run, notebook=nb.stem)
+            print(f"[study] {nb.name} → {_shown(out)}", flush=True)
+            t0 = time.perf_counter()
+            _execute(nb, out, params, kernel)
+            elapsed[nb.stem] = round(time.perf_counter() - t0, 1)
+            print(f"[study] {nb.name} done in {_elapsed(elapsed[nb.stem])}", flush=True)
+            write_status(run, elapsed=elapsed)
+            pages.append(notebook_html(out, run / "html"))
+            if refresh_committed:
+                with_banner(out, nb)
+    except NotebookFailed as exc:
+        write_status(run, status="failed", elapsed=elapsed)
+        _publish(run, pages)
+        raise SystemExit(str(exc)) from None
+    except BaseException:
+        write_status(run, status="failed", elapsed=elapsed)
+        _publish(run, pages)
+        raise
+    write_status(run, status="finished", notebook=None, elapsed=elapsed,
+                 finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    index = _publish(run, pages)
+    print("[study] time per notebook: " + ", ".join(f"{k} {_elapsed(v)}" for k, v in elapsed.items()))
+    print(f"[study] done: {_shown(index)}\n[study] all runs: {_shown(config.REPORTS_DIR / 'index.html')}")
     return run
+
+
+def _elapsed(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m} min {s:02d} s" if m else f"{seconds:.1f} s"
+
+
+def _publish(run: Path, pages: list[Path]) -> Path:
+    """The run's page, ``reports/tables/`` (the latest finished run's, one run only) and the overview."""
+    index = write_run_page(run, pages or sorted((run / "html").glob("*.html")))
+    if read_status(run).get("status") == "finished" and (run / "tables").is_dir():
+        publish_tables(run, config.REPORTS_DIR / "tables")
+    write_overview(config.REPORTS_DIR)
+    return index
+
+
+def publish_tables(run: Path, dest: Path) -> Path:
+    """Replace ``dest`` with this run's tables and provenance: never a mix of runs."""
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in sorted((run / "tables").glob("*")) + [run / PROVENANCE_FILE]:
+        if f.is_file():
+            shutil.copyfile(f, tmp / f.name)  # new files: the user's umask, not the source's mode
+    (tmp / "RUN.txt").write_text(f"These tables are from run {run.name} ({_shown(run)}).\n")
+    old = dest.with_name(f".{dest.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+    return dest

@@ -1,4 +1,4 @@
-"""Tables 1–3 and figures from run_task results."""
+"""Tables 1–3 from run_task results (their figures: tests/test_report_index.py)."""
 from __future__ import annotations
 
 import json
@@ -44,8 +44,6 @@ def test_write_tables(tmp_path, results):
         text = (tmp_path / md).read_text()
         assert text.startswith("<!-- provenance:") and "SYNTHETIC" in text
     assert "83.5 %" in (tmp_path / "table1.md").read_text()  # the paper's figure beside ours
-    for png in ("table3_heatmap.png", "per_angle_accuracy.png", "training_time.png"):
-        assert (tmp_path / png).stat().st_size > 1000
     assert set(paths) >= {"table1_csv", "table2_csv", "table3_csv", "table3_counts_csv", "provenance"}
 
 

@@ -2,9 +2,10 @@
 
 - ``model``: the regressor's own landmarks (3DDFA_V2's BFM keypoints) — default, always available;
 - ``dlib``: dlib's 68-point shape predictor from the ``face_recognition_models`` package (runtime ``dlib-bin``);
-- ``fan``: FAN (``face-alignment``), the landmarker the paper used. Its weights are downloaded at run time by the
-  library, which fails offline: place ``2DFAN4-cd938726ad.zip`` and ``s3fd-619a316812.pth`` in
-  ``$TORCH_HOME/hub/checkpoints`` (see data/README.md); a clear error says so when they are absent.
+- ``fan``: FAN (``face-alignment``), the landmarker the paper used. Its two weight files are assets like every
+  other model file (``fan_2d``, ``fan_s3fd``: ``$FACELIB_ASSETS/face_alignment/``, fetched into the cache unless
+  ``FACELIB_OFFLINE=1``); they are copied to where face-alignment reads them (``$TORCH_HOME/hub/checkpoints``)
+  on first use. A clear error says where to put them when they are absent.
 
 Every landmarker takes BGR images and face boxes (x0, y0, x1, y1, score) and returns (n, 68, 2) pixel coordinates.
 """
@@ -12,9 +13,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
+
+from .. import assets
 
 LANDMARKERS = ("model", "dlib", "fan")
 
@@ -52,14 +56,23 @@ class FANLandmarker:
     name = "fan"
     WEIGHTS = ("2DFAN4-cd938726ad.zip", "s3fd-619a316812.pth")
 
-    def __init__(self, device: str = "cpu"):
+    ASSETS = ("fan_2d", "fan_s3fd")  # the same files, in the asset manifest
+
+    def __init__(self, device: str = "cpu", assets_folder=None):
         hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
-        missing = [w for w in self.WEIGHTS if not (hub / w).is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"FAN weights {', '.join(missing)} not found in {hub}. face-alignment downloads them at run time, "
-                "which fails offline: download them from https://www.adrianbulat.com/downloads/python-fan/ and put "
-                f"them in {hub} (or set TORCH_HOME). See data/README.md.")
+        problems = []
+        for name, weight in zip(self.ASSETS, self.WEIGHTS):
+            if (hub / weight).is_file():
+                continue
+            try:
+                source = assets.resolve(name, assets_folder)
+            except assets.AssetError as exc:
+                problems.append(str(exc))
+                continue
+            hub.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, hub / weight)  # face-alignment only reads its torch-hub folder
+        if problems:
+            raise FileNotFoundError("FAN weights missing:\n" + "\n".join(problems))
         import face_alignment
 
         self._fa = face_alignment.FaceAlignment(face_alignment.LandmarksType.TWO_D, device=device,

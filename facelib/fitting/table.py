@@ -270,18 +270,26 @@ def fit_figure(coeff_table: pd.DataFrame, image_ids=None, n: int = 4, iterations
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(title, fontsize=8)
-        axes[i, 3].scatter(tl[i, :, 0], tl[i, :, 1], s=2, c="lime", label="target")
-        axes[i, 3].scatter(res.landmarks[i, :, 0], res.landmarks[i, :, 1], s=2, c="red", label="fitted")
+        target_name = "dlib's 68 landmarks (target)" if target_landmarks == "dlib" else "table's landmarks (target)"
+        axes[i, 3].scatter(tl[i, :, 0], tl[i, :, 1], s=2, c="lime", label=target_name)
+        axes[i, 3].scatter(res.landmarks[i, :, 0], res.landmarks[i, :, 1], s=2, c="red",
+                           label="fitted model's landmarks")
+
         axes[i, 0].set_ylabel(str(rows["image_id"].iloc[i]), fontsize=8)
         ax = axes[i, 4]
         for k, v in res.history_per_image.items():
             ax.semilogy(np.maximum(v[:, i], 1e-5), label=k, lw=1)
         ax.set_xlabel("iteration", fontsize=7)
+        ax.set_ylabel("weighted loss (log)", fontsize=7)
         ax.set_title("weighted loss terms", fontsize=8)
         ax.tick_params(labelsize=6)
         if i == 0:
             ax.legend(fontsize=6)
-    fig.tight_layout()
+    fig.suptitle(f"Analysis-by-synthesis fit, full mode (rendered hybrid loss), {iterations} iterations, starting "
+                 f"from the {rows['backend'].iloc[0] if 'backend' in rows else 'backend'} coefficients", fontsize=9)
+    handles, labels = axes[0, 3].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, markerscale=4, title="overlay points")
+    fig.tight_layout(rect=(0, 0.07 if B < 3 else 0.04, 1, 0.97))
     if out:
         save_figure(fig, out, dpi=100, close=False)
     return fig, res

@@ -1,12 +1,30 @@
-"""Figures for looking at data and coefficients (report tables and their plots live in ``tables.py``)."""
+"""Every figure of the study: data and coefficient views, and the report's figures (the Table 3 heatmap, accuracy
+per view angle, training time). ``tables.py`` computes the tables; the figures here draw them.
+
+A report figure stands alone: its title names the run, the data, the protocol, the model and the backend
+(:func:`context_line`), its axes carry units, its legend is in words, and chance lines / error bars are drawn
+where they apply.
+"""
 from __future__ import annotations
 
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import FuncFormatter
 
 from ..io import save_figure
+from ..vocab import ANGLE_NAMES, ANGLES, EXPRESSION_NAMES, EXPRESSIONS
+from .tables import PAPER_DEVICE, PAPER_TABLE2, pick_table3_result, table2, table3
+
+PROTOCOL_WORDS = {"paper": "paper's protocol", "subject_independent": "unseen people",
+                  "cross_angle": "unseen view angle", "cross_session": "other session",
+                  "subject_disjoint": "unseen people"}
+INPUT_WORDS = {"alpha": "identity coefficients α", "beta": "expression coefficients β", "image": "pictures",
+               "alpha_beta": "α and β coefficients"}
+MODEL_WORDS = {"resnet34": "ResNet-34", "logreg": "logistic regression", "svm": "RBF SVM", "mlp": "MLP"}
+FIGURE_FILES = ("table3_heatmap.png", "per_angle_accuracy.png", "training_time.png")
 
 
 def _save(fig, out):
@@ -78,3 +96,163 @@ def embedding_plot(vectors: np.ndarray, labels: pd.Series, title: str, out=None,
     if len(order) <= 20:
         ax.legend(fontsize=6, ncol=2, loc="best", markerscale=0.8)
     return _save(fig, out)
+
+
+# --------------------------------------------------------------------------------------------- report figures
+def words(result: dict) -> str:
+    """'expression · unseen people · expression coefficients β · logistic regression' for a result dict."""
+    return " · ".join([str(result.get("task")), PROTOCOL_WORDS.get(result.get("protocol"), str(result.get("protocol"))),
+                       INPUT_WORDS.get(result.get("input"), str(result.get("input"))),
+                       MODEL_WORDS.get(result.get("model"), str(result.get("model")))])
+
+
+def context_line(provenance: dict) -> str:
+    """Run, data and backend in one line: what every report figure's title starts from."""
+    params = provenance.get("parameters") or {}
+    data = ", ".join(f"{name.upper()} {v.get('ok')} pictures / {v.get('subjects')} people"
+                     for name, v in (provenance.get("data") or {}).items())
+    bits = [f"run {params.get('run_name') or provenance.get('run') or '?'}",
+            ("SYNTHETIC faces: " if provenance.get("synthetic") else "") + (data or "data unknown"),
+            f"backend {provenance.get('backend', '?')}", f"device {provenance.get('device', '?')}"]
+    return " · ".join(bits)
+
+
+def _finish(fig, out: Path | None) -> Path | None:
+    fig.tight_layout()
+    if out is None:
+        return None
+    return save_figure(fig, out, dpi=120, close=True)
+
+
+def plot_confusion(percent: pd.DataFrame, source: dict, provenance: dict, out: Path | None = None):
+    """Table 3 as a heatmap: rows the true expression, columns the predicted one, each row in % of its pictures."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    names = [f"{EXPRESSION_NAMES.get(e, e)} ({e})" for e in percent.index]
+    fig, ax = plt.subplots(figsize=(7.5, 6.2))
+    sns.heatmap(percent.astype(float), annot=True, fmt=".1f", cmap="Blues", vmin=0, vmax=100, ax=ax,
+                xticklabels=[EXPRESSION_NAMES.get(e, e) for e in percent.columns], yticklabels=names,
+                cbar_kws={"label": "% of the pictures of the true expression"})
+    ax.set_xlabel("predicted expression")
+    ax.set_ylabel("true expression")
+    how = words(source).split(" · ", 1)[1]
+    ax.set_title(f"Table 3 — expression confusion: {how}; counts summed over {source.get('n_folds')} folds\n"
+                 f"{context_line(provenance)}", fontsize=8.5)
+    ax.tick_params(axis="x", rotation=30)
+    return _finish(fig, out) if out else fig
+
+
+def per_angle_folds(result: dict, results_dir: str | Path | None = None) -> pd.DataFrame:
+    """Accuracy per (angle, fold) from a result's predictions (in the dict, or its ``predictions_file`` in
+    ``results_dir``); empty when it kept none."""
+    pred = pd.DataFrame(result.get("predictions") or [])
+    file = Path(results_dir) / result["predictions_file"] if results_dir and result.get("predictions_file") else None
+    if pred.empty and file is not None and file.exists():
+        pred = pd.read_csv(file)
+    if pred.empty or not {"angle", "fold", "true", "pred"} <= set(pred.columns):
+        return pd.DataFrame(columns=["angle", "fold", "accuracy"])
+    pred["correct"] = pred["true"] == pred["pred"]
+    return pred.groupby(["angle", "fold"])["correct"].mean().rename("accuracy").reset_index()
+
+
+def plot_per_angle(results: list[dict], provenance: dict, out: Path | None = None, task: str = "expression",
+                   results_dir: str | Path | None = None):
+    """Accuracy per KDEF view angle, one line per protocol × input × model, mean ± std over folds, chance line."""
+    import matplotlib.pyplot as plt
+
+    chosen = [r for r in results if r.get("task") == task and r.get("per_angle_accuracy")]
+    if not chosen:
+        return None
+    fig, ax = plt.subplots(figsize=(8.5, 6.5))
+    angles = [a for a in ANGLES if any(a in r["per_angle_accuracy"] for r in chosen)]
+    x = np.arange(len(angles))
+    for i, r in enumerate(sorted(chosen, key=words)):
+        folds = per_angle_folds(r, results_dir)
+        mean = np.array([100 * r["per_angle_accuracy"].get(a, np.nan) for a in angles])
+        std = np.array([100 * folds.loc[folds["angle"] == a, "accuracy"].std(ddof=0) if len(folds) else np.nan
+                        for a in angles])
+        offset = (i - (len(chosen) - 1) / 2) * 0.04
+        ax.errorbar(x + offset, mean, yerr=None if np.isnan(std).all() else std, marker="o", capsize=3,
+                    label=words(r).split(" · ", 1)[1])
+    n_classes = len(chosen[0].get("classes") or EXPRESSIONS)
+    ax.axhline(100 / n_classes, color="grey", linestyle="--", linewidth=1,
+               label=f"chance (1 in {n_classes}: {100 / n_classes:.1f} %)")
+    ax.set_xticks(x, [f"{ANGLE_NAMES[a]}\n({a})" for a in angles], fontsize=8)
+    ax.set_xlabel("KDEF camera angle of the test picture")
+    ax.set_ylabel(f"{task} accuracy (% correct; mean ± std over folds)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, title="protocol · input · model",
+              title_fontsize=7)
+    ax.set_title(f"{task.capitalize()} accuracy per camera angle\n{context_line(provenance)}", fontsize=8.5)
+    return _finish(fig, out) if out else fig
+
+
+def training_time_pairs(t2: pd.DataFrame) -> pd.DataFrame:
+    """ResNet-34 seconds per training input (per epoch), ours beside the paper's, one row per task × input kind.
+    The paper times ResNet-34 only, and logistic regression / SVM have no epochs, so only ResNet-34 rows pair."""
+    rows = []
+    for r in t2[t2["model"] == "resnet34"].itertuples():
+        kind = "images" if r.input == "image" else "coefficients"
+        paper = PAPER_TABLE2.get(r.task, {}).get(kind, {}).get("seconds_per_input")
+        rows.append({"task": r.task, "input": r.input, "kind": kind, "device": r.device,
+                     "ours_ms": 1000 * float(r.seconds_per_input), "paper_ms": None if paper is None else 1000 * paper})
+    return pd.DataFrame(rows, columns=["task", "input", "kind", "device", "ours_ms", "paper_ms"])
+
+
+def plot_training_time(t2: pd.DataFrame, provenance: dict, out: Path | None = None):
+    """Paired dot plot: per task and input, our ResNet-34's training time per input beside the paper's."""
+    import matplotlib.pyplot as plt
+
+    d = training_time_pairs(t2)
+    if d.empty:
+        return None
+    d = d.sort_values(["task", "kind"]).reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(8.5, 1.2 + 0.45 * len(d)))
+    y = np.arange(len(d))
+    for i, r in d.iterrows():
+        if r["paper_ms"] is not None:
+            ax.plot([r["ours_ms"], r["paper_ms"]], [i, i], color="lightgrey", zorder=1)
+    ax.scatter(d["ours_ms"], y, color="tab:blue", zorder=2, label=f"ours ({', '.join(sorted(set(d['device'])))})")
+    paper = d.dropna(subset=["paper_ms"])
+    ax.scatter(paper["paper_ms"], paper.index, color="tab:orange", marker="D", zorder=2,
+               label=f"paper, {PAPER_DEVICE}")
+    ax.set_yticks(y, [f"{r.task}: {INPUT_WORDS.get(r.input, r.input)}" for r in d.itertuples()], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlabel("ResNet-34 training time per input picture or vector, per epoch (milliseconds, LOG scale)")
+    ax.grid(axis="x", which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(f"Training time per input: ours beside the paper's\n{context_line(provenance)}", fontsize=8.5)
+    return _finish(fig, out) if out else fig
+
+
+def write_report_figures(results: list[dict], out_dir: str | Path, provenance: dict,
+                         results_dir: str | Path | None = None) -> dict:
+    """The report's three figures in ``out_dir`` (those that apply); returns {file name: path}. ``results_dir``:
+    where the results' prediction files are (for error bars over folds)."""
+    out_dir = Path(out_dir)
+    paths = {}
+    source = pick_table3_result(results)
+    if source is not None:
+        paths["table3_heatmap.png"] = plot_confusion(table3(source)[0], source, provenance,
+                                                     out_dir / "table3_heatmap.png")
+    for name, path in (("per_angle_accuracy.png", plot_per_angle(results, provenance, out_dir / "per_angle_accuracy.png",
+                                                                          results_dir=results_dir)),
+                       ("training_time.png", plot_training_time(table2(results), provenance,
+                                                                out_dir / "training_time.png"))):
+        if path is not None:
+            paths[name] = path
+    return paths
+
+
+def one_class_results(results: list[dict]) -> list[dict]:
+    """Results whose model predicted a single class for every test picture (a constant predictor)."""
+    flagged = []
+    for r in results:
+        conf = np.asarray(r.get("confusion") or [], dtype=float)
+        if conf.ndim == 2 and conf.sum() > 0 and (conf.sum(axis=0) > 0).sum() == 1:
+            flagged.append(r)
+    return flagged

@@ -1,66 +1,207 @@
-"""The run's HTML index page: Tables 1–3 first (from the run's CSVs), the figures, links to every notebook."""
+"""The report's HTML pages: one page per run (its Tables 1–3, figures, notebooks, provenance) and the overview
+``reports/index.html`` that lists every run with its status and shows the latest finished run's tables on top.
+
+A run page never mixes runs: it reads only its own folder. Notebooks render without their ``parameters`` cell (the
+injected values stay, with a note of the defaults), without test markers and without progress-bar or TqdmWarning
+noise on stderr; the executed ``.ipynb`` files keep every output.
+"""
 from __future__ import annotations
 
 import html
 import json
 import os
+import re
 from pathlib import Path
 
 import nbformat
 import pandas as pd
 from nbconvert import HTMLExporter
+from nbconvert.preprocessors import TagRemovePreprocessor
 
-from .tables import table1_display
+from ..io import atomic_write_text
+from ..run import read_provenance, read_status
+from .figures import FIGURE_FILES, context_line, one_class_results
+from .tables import load_results, table1_display
+
+_PROGRESS = re.compile(r"\r|\d+%\|")  # tqdm bars (carriage returns, "45%|")
+STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+         "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px}"
+         "th{background:#f3f3f3}img{max-width:100%}.warn{background:#fee;padding:.5em}"
+         ".finished{color:#161}.failed{color:#a11}.running{color:#a60}")
+
+
+# ---------------------------------------------------------------------------------------------- notebook pages
+def _quiet_stderr(output) -> bool:
+    """Progress bars and the TqdmWarning: noise in a rendered page (the executed notebook keeps them)."""
+    if output.get("output_type") != "stream" or output.get("name") != "stderr":
+        return False
+    text = "".join(output.get("text", ""))
+    return not text.strip() or bool(_PROGRESS.search(text)) or "TqdmWarning" in text or "IProgress not found" in text
+
+
+def for_reading(nb) -> nbformat.NotebookNode:
+    """A copy of an executed notebook as a reader should see it: one parameter cell (the injected values, with a
+    note of the defaults), no ``NBVAL_*`` comment lines, no progress-bar stderr."""
+    nb = nbformat.from_dict(json.loads(json.dumps(nb)))
+    defaults = next((c.source for c in nb.cells if "parameters" in c.metadata.get("tags", [])), None)
+    has_injected = any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if cell.cell_type == "code":
+            cell.source = "\n".join(l for l in cell.source.splitlines() if not l.strip().startswith("# NBVAL_"))
+            cell.outputs = [o for o in cell.get("outputs", []) if not _quiet_stderr(o)]
+        if "injected-parameters" in tags and defaults:
+            values = [l.split("#")[0].strip() for l in defaults.splitlines()
+                      if "=" in l.split("#")[0] and not l.lstrip().startswith("#")]
+            cell.source = ("# This run's parameters (injected by the runner). Defaults of the notebook: "
+                           + ", ".join(values) + "\n" + cell.source)
+    if has_injected:  # the defaults cell is noted above; showing both confuses
+        for cell in nb.cells:
+            if "parameters" in cell.metadata.get("tags", []):
+                cell.metadata.setdefault("tags", []).append("hide-in-report")
+    return nb
 
 
 def notebook_html(nb: Path, dest_dir: Path) -> Path:
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.read(str(nb), as_version=4))
-    dest = dest_dir / (nb.stem + ".html")
-    dest.write_text(body, encoding="utf-8")
-    return dest
+    exporter = HTMLExporter(template_name="lab")
+    exporter.register_preprocessor(TagRemovePreprocessor(remove_cell_tags={"hide-in-report", "ci-banner"},
+                                                         enabled=True), enabled=True)
+    body, _ = exporter.from_notebook_node(for_reading(nbformat.read(str(nb), as_version=4)))
+    return atomic_write_text(body, Path(dest_dir) / (nb.stem + ".html"))
 
 
+# -------------------------------------------------------------------------------------------------- run status
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, TypeError, ValueError):
+        return False
+    return True
 
-def write_index(run: Path, html_pages: list[Path], dest: Path) -> Path:
-    """Tables 1–3 first (from the run's CSVs), then the figures, then links to every rendered notebook."""
-    tables = run / "tables"
-    prov = json.loads((tables / "provenance.json").read_text()) if (tables / "provenance.json").exists() else {}
-    synthetic = bool(prov.get("synthetic"))
-    title = ("SYNTHETIC DATA — " if synthetic else "") + "facelib: 3DMM coefficients vs images"
-    parts = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
-             "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px}"
-             "th{background:#f3f3f3}img{max-width:100%}.warn{background:#fee;padding:.5em}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>"]
-    if synthetic:
-        parts.append("<p class='warn'>These numbers come from the synthetic KDEF-like set, not real faces.</p>")
-    if prov:
-        data = "; ".join(f"{k}: {v.get('ok')} pictures of {v.get('subjects')} people" for k, v in
-                         prov.get("data", {}).items())
-        parts.append(f"<p>Run <b>{html.escape(run.name)}</b> — backend <b>{html.escape(str(prov.get('backend')))}"
-                     f"</b>, device {html.escape(str(prov.get('device')))}, seed "
-                     f"{html.escape(str(prov.get('parameters', {}).get('seed')))}; {html.escape(data)}. "
-                     "Full provenance at the bottom.</p>")
+
+def run_state(folder: Path) -> str:
+    """``finished``, ``failed at notebook 04_classification``, ``running (notebook …)`` or ``interrupted …``."""
+    st = read_status(folder)
+    status, nb = st.get("status"), st.get("notebook")
+    if status == "finished":
+        return "finished"
+    if status == "failed":
+        return f"failed at notebook {nb}"
+    if status == "running":
+        return f"running (notebook {nb})" if _alive(st.get("pid")) else f"interrupted at notebook {nb}"
+    return "unknown (no run.json)"
+
+
+def runs(reports_dir: Path) -> list[dict]:
+    """Every run folder under ``reports_dir/runs``, newest first, with what the overview shows of it."""
+    out = []
+    for folder in sorted((Path(reports_dir) / "runs").glob("*/")):
+        st, prov = read_status(folder), read_provenance(folder)
+        if not st and not prov:
+            continue
+        data = "; ".join(f"{k.upper()}: {v.get('ok')} pictures of {v.get('subjects')} people"
+                         for k, v in prov.get("data", {}).items())
+        if not data:
+            data = "synthetic faces" if st.get("synthetic") else "not read yet"
+        out.append({"name": folder.name, "folder": folder, "started": st.get("started", ""),
+                    "state": run_state(folder), "data": ("SYNTHETIC — " if prov.get("synthetic") else "") + data,
+                    "profile": st.get("profile") or prov.get("profile") or "?",
+                    "device": st.get("device") or prov.get("device") or "?",
+                    "page": folder / "index.html"})
+    return sorted(out, key=lambda r: r["started"], reverse=True)
+
+
+# ------------------------------------------------------------------------------------------------ page pieces
+def _head(title: str) -> list[str]:
+    return [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{STYLE}</style>"
+            f"</head><body><h1>{html.escape(title)}</h1>"]
+
+
+def table1_with_flags(t1: pd.DataFrame, results: list[dict]) -> pd.DataFrame:
+    """Table 1 for reading (``tables.table1_display``) plus a ``note`` flagging models that predict one class."""
+    d = table1_display(t1).copy()
+    keys = ["task", "protocol", "input", "model", "backend"]
+    flagged = {tuple(str(r.get(k)) for k in keys) for r in one_class_results(results)}
+    d["note"] = ["⚠ predicts one class for every picture" if tuple(str(row.get(k)) for k in keys) in flagged
+                 else "" for _, row in t1.iterrows()]
+    return d
+
+
+def tables_html(folder: Path, dest: Path) -> list[str]:
+    """Tables 1–3 of one run folder, each with a link to its CSV."""
+    tables, parts = folder / "tables", []
     for name, caption in (("table1", "Table 1 — accuracy (mean ± std over folds)"),
                           ("table2", "Table 2 — training time per input"),
                           ("table3", "Table 3 — expression confusion matrix (%; rows true, columns predicted)")):
         csv = tables / f"{name}.csv"
-        if csv.exists():
-            frame = pd.read_csv(csv, index_col=0 if name == "table3" else None)
-            if name == "table1":
-                frame = table1_display(frame)
-            digits = {"table1": 1, "table2": 5, "table3": 1}[name]
-            parts.append(f"<h2>{caption}</h2>" + frame.to_html(float_format=lambda v: f"{v:.{digits}f}", border=0,
-                                                                 index=name == "table3"))
-            parts.append(f"<p><a href='{os.path.relpath(csv, dest.parent)}'>{name}.csv</a></p>")
-    for png in sorted(tables.glob("*.png")):
-        parts.append(f"<h3>{html.escape(png.stem)}</h3><img src='{os.path.relpath(png, dest.parent)}'>")
+        if not csv.exists():
+            continue
+        frame = pd.read_csv(csv, index_col=0 if name == "table3" else None)
+        if name == "table1":
+            frame = table1_with_flags(frame, load_results(folder / "results"))
+        digits = {"table1": 1, "table2": 5, "table3": 1}[name]
+        parts.append(f"<h2>{caption}</h2>" + frame.to_html(float_format=lambda v: f"{v:.{digits}f}", border=0,
+                                                             index=name == "table3"))
+        parts.append(f"<p><a href='{os.path.relpath(csv, dest.parent)}'>{name}.csv</a></p>")
+    return parts
+
+
+def write_run_page(folder: Path, html_pages: list[Path], dest: Path | None = None) -> Path:
+    """One run's page: its status and data, Tables 1–3, figures, notebooks and provenance — nothing of other runs."""
+    folder = Path(folder)
+    dest = Path(dest or folder / "index.html")
+    prov = read_provenance(folder)
+    title = ("SYNTHETIC DATA — " if prov.get("synthetic") else "") + f"facelib run {folder.name}"
+    parts = _head(title) + [f"<p>Status: <b>{html.escape(run_state(folder))}</b>. "
+                            "<a href='../../index.html'>All runs</a></p>"]
+    if prov.get("synthetic"):
+        parts.append("<p class='warn'>These numbers come from the synthetic KDEF-like set, not real faces.</p>")
+    if prov:
+        parts.append(f"<p>{html.escape(context_line(prov))}; profile {html.escape(str(prov.get('profile')))}. "
+                     "Full provenance at the bottom.</p>")
+    parts += tables_html(folder, dest)
+    report_figures = [folder / "figures" / f for f in FIGURE_FILES if (folder / "figures" / f).exists()]
+    others = sorted(p for p in (folder / "figures").glob("*.png") if p not in report_figures)
+    if report_figures or others:
+        parts.append("<h2>Figures</h2>")
+    for png in report_figures + others:
+        parts.append(f"<img src='{os.path.relpath(png, dest.parent)}' alt='{html.escape(png.stem)}'>")
     parts.append("<h2>Notebooks</h2><ol>")
     parts += [f"<li><a href='{os.path.relpath(p, dest.parent)}'>{html.escape(p.stem)}</a></li>" for p in html_pages]
     parts.append("</ol>")
     if prov:
         parts.append("<h2>Provenance</h2><pre>" + html.escape(json.dumps(prov, indent=2, default=str)) + "</pre>")
     parts.append("</body></html>")
-    dest.write_text("\n".join(parts), encoding="utf-8")
-    return dest
+    return atomic_write_text("\n".join(parts), dest)
 
+
+def write_overview(reports_dir: Path) -> Path:
+    """``reports/index.html``: every run (name, date, data, profile, device, status, link), then the latest
+    finished run's Tables 1–3."""
+    reports_dir = Path(reports_dir)
+    dest = reports_dir / "index.html"
+    listed = runs(reports_dir)
+    parts = _head("facelib: 3DMM coefficients vs images — runs")
+    parts.append("<table><tr><th>run</th><th>started (UTC)</th><th>data</th><th>profile</th><th>device</th>"
+                 "<th>status</th></tr>")
+    for r in listed:
+        cls = r["state"].split()[0]
+        link = f"<a href='{os.path.relpath(r['page'], reports_dir)}'>{html.escape(r['name'])}</a>" \
+            if r["page"].exists() else html.escape(r["name"])
+        parts.append(f"<tr><td>{link}</td><td>{html.escape(r['started'])}</td><td>{html.escape(r['data'])}</td>"
+                     f"<td>{html.escape(r['profile'])}</td><td>{html.escape(r['device'])}</td>"
+                     f"<td class='{cls}'>{html.escape(r['state'])}</td></tr>")
+    parts.append("</table>")
+    latest = next((r for r in listed if r["state"] == "finished"), None)
+    if latest:
+        prov = read_provenance(latest["folder"])
+        parts.append(f"<h2>Latest finished run: {html.escape(latest['name'])}</h2>")
+        if prov.get("synthetic"):
+            parts.append("<p class='warn'>SYNTHETIC DATA — these numbers describe rendered faces, not KDEF/FEI.</p>")
+        parts.append(f"<p>{html.escape(context_line(prov))}. Figures, notebooks and provenance on "
+                     f"<a href='{os.path.relpath(latest['page'], reports_dir)}'>its page</a>.</p>")
+        parts += tables_html(latest["folder"], dest)
+    else:
+        parts.append("<p>No run has finished yet.</p>")
+    parts.append("</body></html>")
+    return atomic_write_text("\n".join(parts), dest)

@@ -9,7 +9,7 @@ Outputs in ``out_dir``:
   the paper's (Apple M1/MPS) times beside ours.
 * ``table3.csv`` — 7×7 percent (rows true AF AN DI HA NE SA SU, columns predicted; each row sums to 100),
   ``table3_counts.csv`` — the counts summed over folds; ``table3.md`` with the paper's diagonal.
-* ``table3_heatmap.png``, ``per_angle_accuracy.png``, ``training_time.png``.
+* the figures drawn from these tables are made by ``figures.write_report_figures`` (no plotting here).
 * ``provenance.json`` — the ``provenance`` dict (backend, asset checksums, image counts, device, parameters,
   seed, ``synthetic``); each Markdown file starts with it as an HTML comment. When ``provenance["synthetic"]``
   is true every title says SYNTHETIC.
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..io import atomic_path, atomic_write_json, save_figure
+from ..io import atomic_path, atomic_write_json
 from ..vocab import EXPRESSIONS
 
 TABLE1_COLUMNS = ["task", "protocol", "input", "model", "backend", "accuracy_mean", "accuracy_std", "n_folds",
@@ -199,78 +199,6 @@ def table3_markdown(percent: pd.DataFrame, counts: pd.DataFrame, provenance: dic
             + f"\n\nRows: true expression; columns: predicted. {src}. `paper_diagonal`: the paper's diagonal.\n")
 
 
-# ---------------------------------------------------------------------------------------------------- figures
-def _plt():
-    # No backend forcing: matplotlib picks Agg by itself on a headless machine, and forcing it would stop
-    # figures from showing inline in the notebooks.
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _finish(fig, out: Path) -> Path:
-    """Lay out, save as PNG and release the figure (report figures are files, not notebook output)."""
-    fig.tight_layout()
-    return save_figure(fig, out, dpi=120, close=True)
-
-
-def plot_table3(percent: pd.DataFrame, out: Path, provenance: dict) -> Path:
-    import seaborn as sns
-
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
-    sns.heatmap(percent.astype(float), annot=True, fmt=".1f", cmap="Blues", vmin=0, vmax=100, ax=ax,
-                cbar_kws={"label": "% of true row"})
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(_title("Table 3 — expression confusion (%)", provenance), fontsize=10)
-    return _finish(fig, out)
-
-
-def plot_per_angle(results: list[dict], out: Path, provenance: dict) -> Path | None:
-    rows = [(f"{r['task']}/{r['protocol']}/{r['input']}/{r['model']}", a, acc)
-            for r in results for a, acc in (r.get("per_angle_accuracy") or {}).items()
-            if r["task"] == "expression"]
-    if not rows:
-        return None
-    plt = _plt()
-    d = pd.DataFrame(rows, columns=["run", "angle", "accuracy"])
-    order = [a for a in ("FL", "HL", "S", "HR", "FR") if a in set(d["angle"])] + \
-        sorted(set(d["angle"]) - {"FL", "HL", "S", "HR", "FR"})
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for run, g in d.groupby("run", sort=True):
-        g = g.set_index("angle").reindex(order)
-        ax.plot(order, 100 * g["accuracy"], marker="o", label=run)
-    ax.set_xlabel("KDEF view (FL full left … FR full right)")
-    ax.set_ylabel("expression accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title(_title("Expression accuracy per view angle", provenance), fontsize=10)
-    return _finish(fig, out)
-
-
-def plot_training_time(t2: pd.DataFrame, out: Path, provenance: dict) -> Path | None:
-    if not len(t2):
-        return None
-    plt = _plt()
-    labels = [f"{r.task}\n{r.input}/{r.model}\n{r.device}" for r in t2.itertuples()]
-    vals = list(1000 * t2["seconds_per_input"].astype(float))
-    colors = ["tab:blue"] * len(vals)
-    for task, kinds in PAPER_TABLE2.items():
-        for kind, v in kinds.items():
-            labels.append(f"{task}\n{kind}\npaper M1")
-            vals.append(1000 * v["seconds_per_input"])
-            colors.append("tab:gray")
-    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(vals)), 4.5))
-    ax.bar(range(len(vals)), vals, color=colors)
-    ax.set_xticks(range(len(vals)), labels, fontsize=6)
-    ax.set_yscale("log")
-    ax.set_ylabel("training ms per input per epoch (log)")
-    ax.set_title(_title("Training time per input: ours (blue) vs the paper (grey)", provenance), fontsize=10)
-    return _finish(fig, out)
-
-
 # ------------------------------------------------------------------------------------------------------ write
 def _csv(df: pd.DataFrame, dest: Path, index: bool = False) -> Path:
     with atomic_path(dest) as tmp:
@@ -303,11 +231,7 @@ def write_table1(results: list[dict], out_dir: str | Path, provenance: dict | No
 def write_table2(results: list[dict], out_dir: str | Path, provenance: dict | None = None) -> dict:
     out_dir, provenance = Path(out_dir), dict(provenance or {})
     t2 = table2(results)
-    paths = _write_csv_md("table2", t2, table2_markdown(t2, provenance), out_dir, provenance)
-    png = plot_training_time(t2, out_dir / "training_time.png", provenance)
-    if png:
-        paths["training_time_png"] = png
-    return paths
+    return _write_csv_md("table2", t2, table2_markdown(t2, provenance), out_dir, provenance)
 
 
 def write_table3(results: list[dict] | dict, out_dir: str | Path, provenance: dict | None = None) -> dict:
@@ -319,12 +243,7 @@ def write_table3(results: list[dict] | dict, out_dir: str | Path, provenance: di
     percent, counts = table3(source)
     paths.update(table3_csv=_csv(percent, out_dir / "table3.csv", index=True),
                  table3_counts_csv=_csv(counts, out_dir / "table3_counts.csv", index=True),
-                 table3_md=_text(table3_markdown(percent, counts, provenance, source), out_dir / "table3.md"),
-                 table3_png=plot_table3(percent, out_dir / "table3_heatmap.png", provenance))
-    if not isinstance(results, dict):
-        png = plot_per_angle(results, out_dir / "per_angle_accuracy.png", provenance)
-        if png:
-            paths["per_angle_png"] = png
+                 table3_md=_text(table3_markdown(percent, counts, provenance, source), out_dir / "table3.md"))
     return paths
 
 

@@ -1,0 +1,207 @@
+"""The study runner: --set overrides, --device, the profile chosen by device, run status (finished / failed at
+notebook N), one run in reports/tables, the CLI's help, the assets command, and nbval skipping other data."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from facelib import config, study
+from facelib.cli import build_parser
+from facelib.report import tables
+from facelib.run import read_status
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ------------------------------------------------------------------------------------------------- overrides
+def test_set_overrides_parse_yaml_values():
+    params = study.apply_overrides({"seed": 0, "models": ["resnet34"]},
+                                   ["seed=1", "models=[logreg, svm]", "device=cuda", "epochs=null", "n_folds="])
+    assert params == {"seed": 1, "models": ["logreg", "svm"], "device": "cuda", "epochs": None, "n_folds": None}
+
+
+@pytest.mark.parametrize("bad, message", [("seed", "expected key=value"), ("sede=1", "not a notebook parameter")])
+def test_set_rejects_malformed_and_unknown(bad, message):
+    with pytest.raises(SystemExit, match=message):
+        study.apply_overrides({}, [bad])
+
+
+def test_prepare_params_device_and_image_size(tmp_path, monkeypatch):
+    monkeypatch.delenv("FACELIB_DEVICE", raising=False)
+    profile = tmp_path / "p.yaml"
+    profile.write_text(yaml.safe_dump({"run_name": "p", "seed": 0, "device": "cuda"}))
+    params, used = study.prepare_params(profile, sets=["seed=4"], device="cpu")
+    assert used == profile and params["device"] == "cpu" and params["seed"] == 4
+    assert "image_size" in params and params["image_size"] is None  # left to the device (64 CPU, 224 GPU)
+    params, _ = study.prepare_params(profile, sets=["image_size=224", "device=cpu"])
+    assert params["image_size"] == 224
+    if not __import__("torch").cuda.is_available():
+        with pytest.raises(SystemExit, match="device: .*cuda"):
+            study.prepare_params(profile)  # the profile asks for cuda: one clear line, no traceback
+
+
+def test_profile_follows_the_device(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "PARAMS_DIR", tmp_path)
+    (tmp_path / "paper.yaml").write_text("run_name: paper\n")
+    monkeypatch.setattr(config, "resolve_device", lambda d=None: {"gpu": "cuda"}.get(d, "cpu"))
+    assert study.choose_profile("cpu").name == "paper.yaml"  # no CPU profile yet: the paper's
+    (tmp_path / "cpu.yaml").write_text("run_name: cpu\n")  # a temporary CPU profile
+    assert study.choose_profile("cpu").name == "cpu.yaml"
+    assert study.choose_profile("gpu").name == "paper.yaml"
+
+
+def test_committed_profiles_leave_image_size_to_the_device():
+    for path in sorted((ROOT / "notebooks" / "params").glob("*.yaml")):
+        if path.name != "ci.yaml":  # the CI run pins its small size on purpose
+            assert study.load_params(path).get("image_size") is None, path.name
+
+
+# ------------------------------------------------------------------------------------------ a run, end to end
+def _fake_study(tmp_path, monkeypatch, fail_at: str | None):
+    reports = tmp_path / "reports"
+    monkeypatch.setattr(config, "REPORTS_DIR", reports)
+    nbs = [tmp_path / "01_a.ipynb", tmp_path / "02_b.ipynb"]
+    monkeypatch.setattr(study, "notebooks", lambda: nbs)
+    monkeypatch.setattr(study, "missing_inputs", lambda params: [])
+    monkeypatch.setattr(study, "kernel_name", lambda: "python3")
+
+    def execute(nb, out, params, kernel):
+        if nb.stem == fail_at:
+            raise study.NotebookFailed(f"notebook {nb.name} failed in cell 3: ValueError: boom")
+        run = Path(params["out_dir"]) if Path(params["out_dir"]).is_absolute() else ROOT / params["out_dir"]
+        tables.write_table1([], run / "tables")
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# x")]), str(out))
+
+    monkeypatch.setattr(study, "_execute", execute)
+    profile = tmp_path / "prof.yaml"
+    profile.write_text(yaml.safe_dump({"run_name": "t", "out_dir": str(reports / "runs" / "t"),
+                                       "kdef_root": str(tmp_path), "device": "cpu"}))
+    return reports, profile
+
+
+def test_failed_run_is_recorded_and_listed(tmp_path, monkeypatch):
+    reports, profile = _fake_study(tmp_path, monkeypatch, fail_at="02_b")
+    with pytest.raises(SystemExit, match="02_b.ipynb failed in cell 3"):
+        study.run_study(profile)
+    status = read_status(reports / "runs" / "t")
+    assert status["status"] == "failed" and status["notebook"] == "02_b" and "01_a" in status["elapsed"]
+    assert status["profile"].endswith("prof.yaml") and status["device"] == "cpu"
+    assert "failed at notebook 02_b" in (reports / "index.html").read_text()
+    assert not (reports / "tables").exists()  # a failed run never publishes its tables
+
+
+def test_finished_run_replaces_the_published_tables(tmp_path, monkeypatch, capsys):
+    reports, profile = _fake_study(tmp_path, monkeypatch, fail_at=None)
+    (reports / "tables").mkdir(parents=True)
+    (reports / "tables" / "stale_from_another_run.csv").write_text("x\n")
+    study.run_study(profile)
+    assert read_status(reports / "runs" / "t")["status"] == "finished"
+    assert sorted(p.name for p in (reports / "tables").iterdir()) == ["RUN.txt", "provenance.json", "table1.csv",
+                                                                        "table1.md"]
+    out = capsys.readouterr().out
+    assert "time per notebook: 01_a" in out and "02_b" in out
+    assert ">t<" in (reports / "index.html").read_text()
+
+
+def test_stage_is_the_heading_above_the_cell():
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# 02 · Reconstruction"), nbformat.v4.new_code_cell("x = 1"),
+        nbformat.v4.new_markdown_cell("Some prose, no heading."), nbformat.v4.new_code_cell("y = 2"),
+        nbformat.v4.new_markdown_cell("## Fitting\nwith text"), nbformat.v4.new_code_cell("z = 3")])
+    assert [study._stage(nb, i) for i in (1, 3, 5)] == ["02 · Reconstruction", "02 · Reconstruction", "Fitting"]
+
+
+def test_committed_notebooks_use_the_project_kernel_and_tags_not_comments():
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        nb = nbformat.read(str(path), as_version=4)
+        assert nb.metadata["kernelspec"]["name"] == study.KERNEL_NAME, path.name
+        assert not any("# NBVAL_" in c.source for c in nb.cells), path.name
+        assert sum(study.CI_BANNER_TAG in c.metadata.get("tags", []) for c in nb.cells) == 1, path.name
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+def _actions(parser, name="facelib"):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub, p in action.choices.items():
+                yield from _actions(p, f"{name} {sub}")
+        elif not isinstance(action, argparse._HelpAction):
+            yield name, action
+
+
+def test_every_flag_has_help_and_shows_its_default():
+    parser = build_parser()
+    missing = [(n, a.option_strings) for n, a in _actions(parser) if not a.help]
+    assert not missing
+    args = parser.parse_args(["study", "--set", "seed=1", "--set", "device=cpu", "--device", "cpu"])
+    assert args.set == ["seed=1", "device=cpu"] and args.device == "cpu" and args.params is None
+    out = subprocess.run([sys.executable, "-m", "facelib", "study", "--help"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120).stdout
+    assert "--set KEY=VALUE" in out and "(default: None)" in out
+
+
+def test_assets_command_says_what_is_needed_and_fails_when_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACELIB_OFFLINE", "1")
+    out = subprocess.run([sys.executable, "-m", "facelib", "assets", "--assets", str(tmp_path / "empty")],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 1
+    needed = out.stdout.split("not needed for this choice:")[0]
+    assert "mb05_120x120.pth" in needed and "epoch_20.pth" not in needed
+    assert f"put it at {tmp_path / 'empty'}/3ddfa_v2/" in out.stdout
+
+
+# -------------------------------------------------------------------------------------------- nbval and data
+def _notebook_conftest():
+    spec = importlib.util.spec_from_file_location("nb_conftest", ROOT / "notebooks" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_nbval_skips_the_notebooks_with_other_data(tmp_path):
+    conftest = _notebook_conftest()
+    other = tmp_path / "KDEF"
+    (other / "AF01").mkdir(parents=True)
+    (other / "AF01" / "AF01AFS.JPG").write_bytes(b"\xff\xd8 not the dev data")
+    fingerprint = tmp_path / "fp.json"
+    fingerprint.write_text(json.dumps({"FACELIB_KDEF": {"files": 699, "sha256": "0" * 64},
+                                       "FACELIB_FEI": {"files": 1, "sha256": "1" * 64}}))
+    env = {"FACELIB_KDEF": str(other), "FACELIB_FEI": str(tmp_path), "FACELIB_ASSETS": str(tmp_path)}
+    reason = conftest.skip_reason(env, fingerprint)
+    assert reason.startswith("committed notebook outputs were made from the dev data (699 files)")
+    assert f"FACELIB_KDEF={other} holds other data (1 files)" in reason
+    assert "not set or absent" in conftest.skip_reason({}, fingerprint)
+
+
+def test_the_dev_data_matches_the_committed_fingerprint(kdef_root, fei_root, assets_dir):
+    conftest = _notebook_conftest()
+    env = {"FACELIB_KDEF": str(kdef_root), "FACELIB_FEI": str(fei_root), "FACELIB_ASSETS": str(assets_dir)}
+    if "kdef_dev" not in str(kdef_root):
+        pytest.skip("FACELIB_KDEF is not the dev subset")
+    assert conftest.skip_reason(env) is None
+
+
+def test_ci_banner_only_on_the_committed_copies(tmp_path):
+    executed = tmp_path / "run" / "01_x.ipynb"
+    executed.parent.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# 01 · Title"),
+                                         nbformat.v4.new_markdown_cell(study.CI_BANNER,
+                                                                       metadata={"tags": [study.CI_BANNER_TAG]}),
+                                         nbformat.v4.new_code_cell("x = 1")])
+    nbformat.write(nb, str(executed))
+    study.drop_banner(executed)  # a run's notebook: not the CI run, no banner
+    cells = nbformat.read(str(executed), as_version=4).cells
+    assert [c.cell_type for c in cells] == ["markdown", "code"]
+    committed = tmp_path / "01_x.ipynb"
+    study.with_banner(executed, committed)
+    again = nbformat.read(str(committed), as_version=4)
+    assert again.cells[1].source == study.CI_BANNER and again.metadata["kernelspec"]["name"] == "facelib"
+    assert sum(study.CI_BANNER_TAG in c.metadata.get("tags", []) for c in again.cells) == 1
