@@ -13,19 +13,23 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from .. import config
-from ..io import atomic_write_table
-
+from ..errors import FacelibError
+from ..io import atomic_write_table, decode_image
 from ..vocab import ANGLE_NAMES, EXPRESSION_NAMES
 from ..vocab import ANGLES as ANGLE_CODE_ORDER
 from ..vocab import EXPRESSIONS as EXPRESSION_CODE_ORDER
+from .labels import TASK_COLUMN, label_columns
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+# A folder dataset also takes files by content: any name (``subject01.happy``) whose first bytes are an image's.
+FOLDER_EXTENSIONS = IMAGE_EXTENSIONS | {".gif", ".pgm", ".ppm", ".pbm", ".pnm", ".jp2"}
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*", b"BM", b"RIFF",
+                b"\x00\x00\x00\x0cjP")
 
 EXPRESSIONS = EXPRESSION_NAMES  # code → name
 EXPRESSION_CODES = EXPRESSION_CODE_ORDER
@@ -46,8 +50,8 @@ MANIFEST_COLUMNS = ["image_id", "path", "relpath", "dataset", "sha256", "width",
                     "session", "expression", "expression_name", "angle", "usable", "reason"]
 
 
-class DatasetError(ValueError):
-    """A dataset that cannot be loaded at all (missing folder, missing labels)."""
+class DatasetError(FacelibError, ValueError):
+    """A dataset that cannot be loaded at all (missing folder, missing labels, unreadable CSV)."""
 
 
 # --------------------------------------------------------------------------------------------- image checks
@@ -74,17 +78,13 @@ def check_image(path: Path) -> ImageCheck:
     if not data:
         return ImageCheck(None, None, None, "empty_file: zero bytes")
     digest = hashlib.sha256(data).hexdigest()
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    image = decode_image(data)
     height, width = image.shape[:2] if image is not None else (None, None)
     # libjpeg fills a truncated stream with grey and only warns; a JPEG must end with its EOI marker.
     if data[:2] == b"\xff\xd8" and len(data) > 64 and not data.rstrip(b"\x00\n\r ").endswith(b"\xff\xd9"):
         return ImageCheck(digest, width, height, "truncated_jpeg: file ends before the end-of-image marker")
     if image is None:
         return ImageCheck(digest, None, None, "corrupt_image: cannot be decoded")
-    if image.dtype != np.uint8:
-        image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-    if image.ndim == 3 and image.shape[2] == 4:
-        image = image[:, :, :3]
     if is_black(image):
         return ImageCheck(digest, width, height, "black_image: all-black placeholder")
     return ImageCheck(digest, width, height, "")
@@ -93,6 +93,24 @@ def check_image(path: Path) -> ImageCheck:
 def _list_images(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def looks_like_image(path: Path) -> bool:
+    """An image by its name (known extension) or, whatever its name, by its first bytes."""
+    if path.suffix.lower() in FOLDER_EXTENSIONS:
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return False
+    netpbm = head[:1] == b"P" and head[1:2] in b"123456" and head[2:3] in (b" ", b"\t", b"\r", b"\n")
+    return netpbm or (head.startswith(_IMAGE_MAGIC) and (not head.startswith(b"RIFF") or head[8:12] == b"WEBP"))
+
+
+def _list_any_images(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts) and looks_like_image(p))
 
 
 def _require_dir(root: str | Path | None, what: str, env: str) -> Path:
@@ -104,8 +122,9 @@ def _require_dir(root: str | Path | None, what: str, env: str) -> Path:
     return root
 
 
-def _check_all(rows: list[dict], root: Path, progress: bool) -> pd.DataFrame:
-    """Fill checksum/size/usable/reason for every row; mark byte-identical copies as duplicates."""
+def _check_all(rows: list[dict], root: Path, progress: bool, ids_from_names: bool = True) -> pd.DataFrame:
+    """Fill checksum/size/usable/reason for every row; mark byte-identical copies as duplicates (and, where the
+    id comes from the file name — KDEF, FEI — two files of the same name)."""
     first_by_sha: dict[str, str] = {}
     first_by_id: dict[tuple[str, str], str] = {}
     # Decoding dominates and OpenCV releases the GIL, so threads give a real speed-up.
@@ -117,7 +136,7 @@ def _check_all(rows: list[dict], root: Path, progress: bool) -> pd.DataFrame:
         reason = row.get("reason") or check.reason
         if not reason and check.sha256 in first_by_sha:
             reason = f"duplicate: same bytes as {first_by_sha[check.sha256]}"
-        if not reason and row.get("image_id"):
+        if not reason and ids_from_names and row.get("image_id"):
             key = (row["dataset"], row["image_id"].upper())
             if key in first_by_id:
                 reason = f"duplicate: another file is also named {row['image_id']} ({first_by_id[key]})"
@@ -261,38 +280,99 @@ def load_fei(root: str | Path | None, which: str = "frontal", labels_csv: str | 
 
 
 # ------------------------------------------------------------------------------------------------ generic
-def load_folder(root: str | Path, csv: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
-    """Any labelled face folder: ``root/<label>/<image>`` (column ``label``), or a CSV ``path,<label columns>``
-    with paths relative to the CSV's folder. Columns named ``subject``/``gender``/``expression``/``angle`` keep
-    their meaning in the study's protocols."""
-    root = _require_dir(root, "image", "--root")
+# Manifest columns a CSV may not use as labels (they are the loader's own).
+RESERVED_COLUMNS = {"image_id", "relpath", "dataset", "sha256", "width", "height", "usable", "reason"}
+
+
+def read_label_csv(csv: str | Path) -> pd.DataFrame:
+    """A folder dataset's CSV: a ``path`` column (relative to the CSV's folder, or absolute) and label columns,
+    every label read as text (``1`` and ``"1"`` are the same subject). Clear errors for what cannot be used."""
+    csv = Path(csv).expanduser()
+    if not csv.is_file():
+        raise DatasetError(f"label CSV {csv} does not exist",
+                           hint="pass --csv <file> with columns path,<label columns> (paths relative to the CSV)")
+    try:
+        table = pd.read_csv(csv, dtype=str, keep_default_na=False, na_values=[""], skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"cannot read {csv} as CSV: {str(exc).strip().splitlines()[0]}",
+                           hint="a header line path,<label columns>, then one line per picture") from None
+    table.columns = [str(c).strip() for c in table.columns]
+    if "path" not in table.columns:
+        raise DatasetError(f"{csv} has no 'path' column (columns: {', '.join(table.columns) or 'none'})",
+                           hint="the first line must name the columns, e.g. path,subject,expression")
+    clash = sorted(RESERVED_COLUMNS & set(table.columns))
+    if clash:
+        raise DatasetError(f"{csv}: column(s) {', '.join(clash)} are reserved for the manifest",
+                           hint="rename them in the CSV")
+    table = table[table["path"].notna()]
+    if table.empty:
+        raise DatasetError(f"{csv} lists no pictures")
+    return table
+
+
+def _select_labels(available: list[str], labels, where: str) -> list[str]:
+    if labels is None:
+        return available
+    labels = [labels] if isinstance(labels, str) else list(labels)
+    unknown = [c for c in labels if c not in available]
+    if unknown:
+        raise DatasetError(f"unknown label column {', '.join(map(repr, unknown))} in {where}",
+                           hint=f"label columns there: {', '.join(available) or 'none'}")
+    return labels
+
+
+def load_folder(root: str | Path | None = None, csv: str | Path | None = None, progress: bool = True,
+                labels=None, label_name: str = "label") -> pd.DataFrame:
+    """Any labelled face folder, in one of two layouts:
+
+    * ``root/<label>/<picture>``: the folder name is the label, in column ``label_name`` (``label`` by default;
+      name it ``subject``, ``expression`` or ``gender`` to give it that meaning);
+    * a CSV ``path,<label columns>`` with paths relative to the CSV's folder (``root`` not needed).
+
+    Pictures are taken by content, whatever their name (``subject01.happy`` holding a GIF), in any format OpenCV
+    or Pillow reads. A picture's ``image_id`` is its path relative to the dataset (unique); only byte-identical
+    copies count as duplicates. Columns ``subject``/``gender``/``expression``/``angle`` keep their study meaning
+    (see :mod:`facelib.data.labels`); ``labels`` keeps only those label columns (an unknown one is an error).
+    """
     rows = []
     if csv:
-        table = pd.read_csv(csv)
-        if "path" not in table.columns:
-            raise DatasetError(f"{csv} must have a 'path' column; has {list(table.columns)}")
-        base = Path(csv).resolve().parent
+        table = read_label_csv(csv)
+        base = Path(csv).expanduser().resolve().parent
+        root = Path(root).expanduser().resolve() if root else base
+        keep = _select_labels([c for c in table.columns if c != "path"], labels, str(csv))
         for rec in table.to_dict("records"):
-            path = (base / rec["path"]).resolve()
-            row = {**rec, "path": str(path), "relpath": str(rec["path"]), "dataset": "folder",
-                   "image_id": Path(rec["path"]).stem, "reason": ""}
+            given = Path(str(rec["path"]).strip()).expanduser()
+            path = (given if given.is_absolute() else base / given).resolve()
+            rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
+            row = {c: (None if pd.isna(rec[c]) else str(rec[c]).strip()) for c in keep}
+            row.update(path=str(path), relpath=rel, dataset="folder", image_id=rel, reason="")
             if not path.is_file():
                 row["reason"] = "missing_file: listed in the CSV but not on disk"
             rows.append(row)
     else:
-        for path in _list_images(root):
+        root = _require_dir(root, "image", "--root")
+        if labels is not None:
+            _select_labels([label_name], labels, f"{root} (per-folder labels are in column {label_name!r})")
+        for path in _list_any_images(root):
             rel = path.relative_to(root)
-            row = {"path": str(path.resolve()), "relpath": str(rel), "dataset": "folder",
-                   "image_id": path.stem, "reason": ""}
+            row = {"path": str(path.resolve()), "relpath": rel.as_posix(), "dataset": "folder",
+                   "image_id": rel.as_posix(), "reason": ""}
             if len(rel.parts) < 2:
-                row["reason"] = "missing_label: image is not inside a <label>/ folder"
+                row["reason"] = "missing_label: picture is not inside a <label>/ folder"
             else:
-                row["label"] = rel.parts[0]
+                row[label_name] = rel.parts[0]
             rows.append(row)
-    if not rows:
-        raise DatasetError(f"no images found under {root}")
-    df = _check_all([r for r in rows if not r["reason"].startswith("missing_file")], root, progress)
+        if not rows:
+            raise DatasetError(f"no pictures found under {root}",
+                               hint="put them in one folder per label (root/<label>/<picture>) or list them in "
+                                    "a CSV (--csv)")
+    present = [r for r in rows if not r["reason"].startswith("missing_file")]
     missing_files = [r for r in rows if r["reason"].startswith("missing_file")]
+    if not present:
+        raise DatasetError(f"none of the {len(rows)} pictures listed in {csv} exists "
+                           f"(first: {missing_files[0]['path']})",
+                           hint="paths in the CSV are relative to the CSV's own folder")
+    df = _check_all(present, root, progress, ids_from_names=False)
     if missing_files:
         df = pd.concat([df, pd.DataFrame(missing_files).assign(usable=False)], ignore_index=True)
     df.attrs["missing"] = [r["relpath"] for r in missing_files]
@@ -307,7 +387,7 @@ def load(dataset: str, root: str | Path | None = None, progress: bool = True, **
         return load_fei(root or config.fei_root(), progress=progress, **kwargs)
     if dataset == "folder":
         return load_folder(root, progress=progress, **kwargs)
-    raise ValueError(f"unknown dataset {dataset!r}: use kdef, fei or folder")
+    raise DatasetError(f"unknown dataset {dataset!r}", hint="use kdef, fei or folder")
 
 
 # ------------------------------------------------------------------------------------------ save / summary
@@ -336,6 +416,7 @@ def summarize(df: pd.DataFrame) -> dict:
         "by_expression": counts("expression"),
         "by_angle": counts("angle"),
         "by_session": counts("session"),
+        "by_label": {c: counts(c) for c in label_columns(df) if c not in TASK_COLUMN.values()},
         "subjects_by_gender": ({str(g): int(n) for g, n in usable.groupby("gender")["subject"].nunique().items()}
                                if "gender" in usable and usable["gender"].notna().any() else {}),
         "excluded": [{"path": str(p), "reason": str(r)} for p, r in
@@ -350,6 +431,8 @@ def format_summary(summary: dict) -> str:
     for key in ("subjects_by_gender", "by_gender", "by_expression", "by_angle", "by_session"):
         if summary.get(key):
             lines.append(f"{key.replace('_', ' ')}: " + ", ".join(f"{k} {v}" for k, v in summary[key].items()))
+    for column, by in summary.get("by_label", {}).items():
+        lines.append(f"by {column}: " + ", ".join(f"{k} {v}" for k, v in by.items()))
     lines.append(f"excluded: {len(summary['excluded'])}")
     lines += [f"  {e['path']}: {e['reason']}" for e in summary["excluded"]]
     lines.append(f"missing expected files: {len(summary['missing'])}")
