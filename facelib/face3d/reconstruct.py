@@ -241,7 +241,8 @@ def qa_figure(table: pd.DataFrame, per_group: int = 4, group: str | None = "angl
             ax.scatter(lm[:68] - cx0, lm[68:] - cy0, s=3, c="lime")
             ax.add_patch(plt.Rectangle((x0 - cx0, y0 - cy0), x1 - x0, y1 - y0, fill=False, ec="red", lw=0.8))
             ax.set_title(f"{Path(str(row['image_id'])).name[-22:]} ({row['box_source']})", fontsize=7)
-        axes[r, 0].text(-0.1, 0.5, "" if g is None else str(g), transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=11)
+        axes[r, 0].text(-0.1, 0.5, "" if g is None else str(g), transform=axes[r, 0].transAxes, ha="right",
+                        va="center", fontsize=11)
     fig.tight_layout()
     fig.qa_note = note
     if out:
