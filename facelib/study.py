@@ -12,7 +12,9 @@ from pathlib import Path
 import yaml
 
 from . import assets, config
+from .data.datasets import folder_problems
 from .data.synthetic import generate_synthetic
+from .errors import notebook_failure
 from .report.index import notebook_html, write_index
 from .run import project_path, run_dir
 
@@ -35,7 +37,10 @@ def missing_inputs(params: dict) -> list[str]:
     """Everything the study needs that is not there, each with where to get it and where to put it."""
 
     problems = []
-    if not params.get("synthetic"):
+    if params.get("dataset") == "folder":  # your own dataset instead of KDEF + FEI
+        problems += folder_problems(*[project_path(v) if v else None
+                                      for v in (params.get("data_root"), params.get("data_csv"))])
+    elif not params.get("synthetic"):
         for key, env, what in (("kdef_root", "FACELIB_KDEF", "KDEF images (https://kdef.se, non-commercial)"),
                                ("fei_root", "FACELIB_FEI", "FEI frontal images + fei_gender.csv "
                                                            "(https://fei.edu.br/~cet/facedatabase.html)")):
@@ -64,8 +69,7 @@ def _execute(nb: Path, out: Path, params: dict) -> None:
         pm.execute_notebook(str(nb), str(out), parameters=params, cwd=str(NOTEBOOK_DIR), kernel_name="python3",
                             progress_bar=False, log_output=False)
     except pm.PapermillExecutionError as exc:
-        raise SystemExit(f"\nnotebook {nb.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
-                         f"executed notebook (with the traceback): {out}") from None
+        raise SystemExit(notebook_failure(nb.name, exc.exec_count, exc.ename, exc.evalue, out)) from None
 
 
 def run_study(params_file: str | Path, run_name: str | None = None, refresh_committed: bool = False,
@@ -78,7 +82,7 @@ def run_study(params_file: str | Path, run_name: str | None = None, refresh_comm
         params["device"] = os.environ["FACELIB_DEVICE"]
     configured = [params.get(k) or os.environ.get(env) for k, env in (("kdef_root", "FACELIB_KDEF"),
                                                                        ("fei_root", "FACELIB_FEI"))]
-    if not params.get("synthetic") and not any(configured):
+    if not params.get("synthetic") and params.get("dataset") != "folder" and not any(configured):
         print("[study] no dataset configured (FACELIB_KDEF, FACELIB_FEI): running the whole study on the "
               "SYNTHETIC set rendered from the morphable model. Every table says so. See data/README.md to use "
               "KDEF and FEI.", flush=True)

@@ -103,3 +103,24 @@ def require_task(table: pd.DataFrame, task: str) -> LabelTask:
         raise UnknownLabel(f"task {task!r} cannot run: {found[task].reason}",
                            hint="label more pictures, or choose another task")
     return found[task]
+
+
+def describe(table: pd.DataFrame) -> str:
+    """One line per label column: the task it gives and its classes, or why it cannot run."""
+    lines = []
+    for t in tasks_for(table):
+        what = f"{t.task} (column {t.column!r}, input {t.input})"
+        lines.append(f"{what}: {t.n_classes} classes, {t.n_pictures} labelled pictures" if t.runnable else
+                     f"{what}: not run — {t.reason}")
+    return "\n".join(lines) or "no label columns: nothing to classify (add a CSV column or per-label folders)"
+
+
+def colour_column(table: pd.DataFrame, prefer: str) -> str | None:
+    """The label to colour a figure by: ``prefer`` when the table has it, else its first label column."""
+    columns = label_columns(table)
+    return prefer if prefer in columns else (columns[0] if columns else None)
+
+
+def has_values(table: pd.DataFrame, column: str) -> bool:
+    """Whether a (condition) column such as ``angle`` is present with at least one value."""
+    return column in table.columns and bool(table[column].notna().any())
