@@ -191,3 +191,35 @@ def test_too_few_pictures_for_a_task(tmp_path, capsys):
     assert rc == EXIT_EXPECTED and "task 'identity' cannot run: column 'subject' has 1 class(es)" in err
     rc, _, err = _run(capsys, ["classify", "--coeffs", str(tmp_path / "c.parquet"), "--task", "gender"])
     assert rc == EXIT_EXPECTED and "needs a label column 'gender'" in err and "subject (identity), mood" in err
+
+
+# ------------------------------------------------------------------------------------------ labels and study
+def test_tasks_follow_the_label_columns():
+    table = pd.DataFrame({"image_id": list("abcdef"), "usable": True, "status": "ok", "angle": None,
+                          "subject": ["s1", "s1", "s2", "s2", "s3", "s3"], "mood": list("xxyyxy"),
+                          "alpha": [[0.0]] * 6, "fit_losses": [None] * 6, "session": "A"})
+    tasks = {t.task: t for t in labels.tasks_for(table)}
+    assert set(tasks) == {"identity", "mood"}  # no gender / expression column, angle and session are conditions
+    assert (tasks["identity"].column, tasks["identity"].input, tasks["identity"].n_classes) == ("subject", "alpha", 3)
+    assert (tasks["mood"].column, tasks["mood"].input, tasks["mood"].n_pictures) == ("mood", "alpha+beta", 6)
+    table.loc[0, "status"] = "no_face"  # s1 keeps one picture: still 2 classes with 2+ pictures
+    assert labels.require_task(table, "identity").n_classes == 2
+    assert "identity (column 'subject', input alpha): 2 classes" in labels.describe(table)
+
+
+def test_study_inputs_of_a_folder_dataset(tmp_path):
+    from facelib import study
+    from facelib.errors import notebook_failure
+
+    assert datasets.study_datasets(None) == ("kdef", "fei") and datasets.study_datasets("folder") == ("folder",)
+    with pytest.raises(datasets.DatasetError, match="unknown dataset parameter 'yale'"):
+        datasets.study_datasets("yale")
+    problems = study.missing_inputs({"dataset": "folder"})
+    assert any(p.startswith("your dataset: not configured") for p in problems)
+    assert not any("KDEF" in p for p in problems)  # KDEF and FEI are not needed for your own dataset
+    problems = study.missing_inputs({"dataset": "folder", "data_csv": str(tmp_path / "none.csv")})
+    assert f"your dataset: label CSV {tmp_path / 'none.csv'} does not exist" in problems[0]
+    msg = notebook_failure("04_classification.ipynb", 7, "ProtocolUnavailable", "too few pictures\nmore", "out.ipynb")
+    assert msg.splitlines() == ["error: notebook 04_classification.ipynb failed in cell 7: ProtocolUnavailable: "
+                                "too few pictures", "hint: the executed notebook out.ipynb shows the cell and its "
+                                "traceback"]
