@@ -42,6 +42,13 @@ def cmd_assets(args) -> int:
     return 1 if bad else 0
 
 
+def _require_file(path, what: str, hint: str) -> Path:
+    """An input file the command reads: a clear error (exit 2) when it is not there."""
+    if not Path(path).expanduser().is_file():
+        raise FacelibError(f"{what} {path} does not exist", hint=hint)
+    return Path(path).expanduser()
+
+
 def _load_dataset(args, progress: bool) -> pd.DataFrame:
     """The manifest of ``--dataset`` (with ``--root``, and for a folder dataset ``--csv``/``--labels``)."""
     kwargs = {}
@@ -90,9 +97,7 @@ def cmd_reconstruct(args) -> int:
     backend = make_backend(args.backend, resolve_device(args.device), args.assets, args.landmarks,
                            not args.no_fallback)
     if args.manifest:
-        if not Path(args.manifest).is_file():
-            raise datasets.DatasetError(f"manifest {args.manifest} does not exist",
-                                        hint="write one with `python -m facelib data check … --out <file>`")
+        _require_file(args.manifest, "manifest", "write one with `python -m facelib data check … --out <file>`")
         manifest = pd.read_parquet(args.manifest)
     else:
         manifest = _load_dataset(args, progress=True)
@@ -106,6 +111,7 @@ def cmd_reconstruct(args) -> int:
 
 
 def cmd_fit(args) -> int:
+    _require_file(args.table, "coefficient table", "make one with `python -m facelib reconstruct … --out <file>`")
     table = pd.read_parquet(args.table)
     if args.texture == "build":
         tex_path = Path(args.out).with_name(Path(args.out).stem + "_texture.npz")
@@ -144,9 +150,7 @@ def _classify_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_classify(args) -> int:
-    if not Path(args.coeffs).is_file():
-        raise datasets.DatasetError(f"coefficient table {args.coeffs} does not exist",
-                                    hint="make one with `python -m facelib reconstruct … --out <file>`")
+    _require_file(args.coeffs, "coefficient table", "make one with `python -m facelib reconstruct … --out <file>`")
     df = read_coeffs(args.coeffs)
     task = labels.require_task(df, args.task)
     if args.task not in TASK_LABEL:
@@ -180,6 +184,7 @@ def classify_main(argv: list[str] | None = None) -> int:
 
 
 def cmd_study(args) -> int:
+    _require_file(args.params, "parameter file", f"use one of {PARAMS_DIR}/*.yaml or a copy of it")
     run_study(args.params, args.run, args.refresh_committed, args.only)
     return 0
 

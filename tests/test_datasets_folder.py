@@ -156,6 +156,10 @@ def test_bad_inputs_one_line_errors(tmp_path, capsys):
     cases.append((["data", "check", "--dataset", "folder", "--csv", str(tmp_path / "gone.csv")],
                   "none of the 1 pictures listed"))
     cases.append((["data", "check", "--dataset", "folder"], "error: a folder dataset needs --root"))
+    (tmp_path / "binary.csv").write_bytes(bytes(range(256)) * 4)
+    cases.append((["data", "check", "--dataset", "folder", "--csv", str(tmp_path / "binary.csv")],
+                  "error: cannot read"))
+    cases.append((["study", "--params", str(tmp_path / "nope.yaml")], "error: parameter file"))
     cases.append((["data", "check", "--dataset", "folder", "--root", str(tmp_path / "void")],
                   "does not exist"))
     cases.append((["classify", "--coeffs", str(tmp_path / "none.parquet"), "--task", "identity"],
