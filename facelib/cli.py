@@ -81,7 +81,8 @@ def cmd_data_check(args) -> int:
     summary = datasets.summarize(df)
     if args.out:
         datasets.save_manifest(df, args.out)
-    print(json.dumps(summary, indent=2) if args.json else datasets.format_summary(summary))
+    print(json.dumps(summary, indent=2) if args.json else
+          datasets.format_summary(summary) + "\ntasks its labels allow:\n" + labels.describe(df))
     return 0
 
 
