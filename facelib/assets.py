@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import config
+from .errors import FacelibError
 
 TDDFA_URL = "https://github.com/cleardusk/3DDFA_V2/raw/master"
 DEEP3D_URL = "https://github.com/sicxu/Deep3DFaceRecon_pytorch/raw/master/BFM"
@@ -120,7 +121,7 @@ MANIFEST: tuple[Asset, ...] = (
 BY_NAME = {a.name: a for a in MANIFEST}
 
 
-class AssetError(RuntimeError):
+class AssetError(FacelibError, RuntimeError):
     pass
 
 

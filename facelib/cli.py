@@ -1,4 +1,9 @@
-"""``python -m facelib …`` — the study's command line. Each subcommand is a thin wrapper over a library call."""
+"""``python -m facelib …`` — the study's command line. Each subcommand is a thin wrapper over a library call.
+
+Expected failures (:class:`facelib.errors.FacelibError`: missing or bad asset, missing data, unreadable CSV,
+unknown label column, a protocol the data cannot support) print ``error: …`` / ``hint: …`` and exit with code 2;
+``--debug`` shows the traceback instead.
+"""
 from __future__ import annotations
 
 import argparse
@@ -14,9 +19,11 @@ from .classify import protocols as P
 from .classify.experiment import TASK_LABEL, run_task
 from .classify.results import read_coeffs, save_result
 from .classify.trainer import INPUTS, MODELS
-from .data import datasets
+from .config import resolve_device
+from .data import datasets, labels
 from .data.synthetic import generate_synthetic
-from .face3d.reconstruct import BACKENDS, qa_figure, reconstruct_manifest, summarize
+from .errors import EXIT_EXPECTED, FacelibError, format_error
+from .face3d.reconstruct import BACKENDS, make_backend, qa_figure, reconstruct_manifest, summarize
 from .fitting import ict_fit
 from .fitting.fitter import MODES
 from .fitting.table import fit_figure, fit_table, loss_summary
@@ -49,21 +56,48 @@ def cmd_assets(args) -> int:
     return 1 if bad or mismatch else 0
 
 
-def cmd_data_check(args) -> int:
+def _require_file(path, what: str, hint: str) -> Path:
+    """An input file the command reads: a clear error (exit 2) when it is not there."""
+    if not Path(path).expanduser().is_file():
+        raise FacelibError(f"{what} {path} does not exist", hint=hint)
+    return Path(path).expanduser()
+
+
+def _load_dataset(args, progress: bool) -> pd.DataFrame:
+    """The manifest of ``--dataset`` (with ``--root``, and for a folder dataset ``--csv``/``--labels``)."""
     kwargs = {}
     if args.dataset == "fei":
-        kwargs["which"] = args.fei_set
-    if args.dataset == "folder" and args.csv:
-        kwargs["csv"] = args.csv
-    try:
-        df = datasets.load(args.dataset, args.root, progress=not args.json, **kwargs)
-    except datasets.DatasetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        kwargs["which"] = getattr(args, "fei_set", "frontal")
+    if args.dataset == "folder":
+        if not args.root and not args.csv:
+            raise datasets.DatasetError("a folder dataset needs --root <folder> (one sub-folder per label) "
+                                        "or --csv <file> (path,<label columns>)")
+        kwargs.update(csv=args.csv, labels=args.labels, label_name=args.label_name)
+    elif args.csv or args.labels:
+        raise datasets.DatasetError(f"--csv and --labels are for --dataset folder, not {args.dataset}")
+    return datasets.load(args.dataset, args.root, progress=progress, **kwargs)
+
+
+def _add_dataset_arguments(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument("--dataset", choices=["kdef", "fei", "folder"], default=default, required=default is None,
+                   help="which loader: KDEF, FEI, or a folder dataset of your own")
+    p.add_argument("--root", default=None,
+                   help="dataset folder (default: $FACELIB_KDEF / $FACELIB_FEI; a folder dataset with --csv: the "
+                        "CSV's folder)")
+    p.add_argument("--csv", default=None, help="folder dataset: CSV of path,<label columns>, paths relative to it")
+    p.add_argument("--labels", nargs="+", default=None, help="folder dataset: keep only these label columns")
+    p.add_argument("--label-name", default="label",
+                   help="folder dataset in <root>/<label>/ folders: the column the folder name goes to "
+                        "(subject, expression, gender or any name; default label)")
+
+
+def cmd_data_check(args) -> int:
+    df = _load_dataset(args, progress=not args.json)
     summary = datasets.summarize(df)
     if args.out:
         datasets.save_manifest(df, args.out)
-    print(json.dumps(summary, indent=2) if args.json else datasets.format_summary(summary))
+    print(json.dumps(summary, indent=2) if args.json else
+          datasets.format_summary(summary) + "\ntasks its labels allow:\n" + labels.describe(df))
     return 0
 
 
@@ -75,21 +109,25 @@ def cmd_synthetic(args) -> int:
 
 
 def cmd_reconstruct(args) -> int:
+    # The model files first: a missing or bad one stops the command before the dataset is scanned.
+    backend = make_backend(args.backend, resolve_device(args.device), args.assets, args.landmarks,
+                           not args.no_fallback)
     if args.manifest:
+        _require_file(args.manifest, "manifest", "write one with `python -m facelib data check … --out <file>`")
         manifest = pd.read_parquet(args.manifest)
     else:
-        kwargs = {"csv": args.csv} if args.dataset == "folder" and args.csv else {}
-        manifest = datasets.load(args.dataset, args.root, progress=True, **kwargs)
-    table = reconstruct_manifest(manifest, args.backend, out=args.out, batch_size=args.batch_size,
-                                 device=args.device, assets_folder=args.assets, landmarks=args.landmarks,
-                                 fallback=not args.no_fallback)
+        manifest = _load_dataset(args, progress=True)
+    table = reconstruct_manifest(manifest, backend, out=args.out, batch_size=args.batch_size,
+                                 assets_folder=args.assets)
     print(json.dumps(summarize(table), indent=2))
     if args.qa:
-        qa_figure(table, out=args.qa)
+        fig = qa_figure(table, out=args.qa)
+        print(f"QA figure: {args.qa} ({fig.qa_note})", file=sys.stderr)
     return 0
 
 
 def cmd_fit(args) -> int:
+    _require_file(args.table, "coefficient table", "make one with `python -m facelib reconstruct … --out <file>`")
     table = pd.read_parquet(args.table)
     if args.texture == "build":
         tex_path = Path(args.out).with_name(Path(args.out).stem + "_texture.npz")
@@ -120,10 +158,12 @@ def cmd_ict(args) -> int:
 
 def _classify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coeffs", required=True, help="coefficient table (parquet or CSV)")
-    p.add_argument("--task", required=True, choices=list(TASK_LABEL), help="what to classify")
+    p.add_argument("--task", required=True,
+                   help="identity, expression, gender, or the name of any other label column of the table")
     p.add_argument("--protocol", default="paper",
                    choices=sorted({k for v in P.PROTOCOLS.values() for k in v}), help="train/test split rule")
-    p.add_argument("--input", default=None, choices=list(INPUTS), help="default: alpha (identity, gender), beta")
+    p.add_argument("--input", default=None, choices=list(INPUTS),
+                   help="default: alpha (identity, gender), beta (expression), alpha+beta (other labels)")
     p.add_argument("--model", default="resnet34", choices=list(MODELS), help="classifier")
     p.add_argument("--out", default="results", help="folder for the result JSON and predictions CSV")
     p.add_argument("--n-folds", type=int, default=None, help="folds (None: the protocol's default)")
@@ -140,15 +180,16 @@ def _classify_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_classify(args) -> int:
+    _require_file(args.coeffs, "coefficient table", "make one with `python -m facelib reconstruct … --out <file>`")
     df = read_coeffs(args.coeffs)
-    try:
-        result = run_task(df, args.task, args.protocol, args.input, args.model, backend=args.backend,
-                          n_folds=args.n_folds, epochs=args.epochs, seed=args.seed, device=args.device,
-                          image_size=args.image_size, batch_size=args.batch_size, lr=args.lr,
-                          patience=args.patience, num_threads=args.threads, verbose=not args.quiet)
-    except P.ProtocolUnavailable as exc:
-        print(f"not available: {exc}", file=sys.stderr)
-        return 3
+    task = labels.require_task(df, args.task)
+    if args.task not in TASK_LABEL:
+        raise labels.UnknownLabel(f"task {args.task!r} (label column {task.column!r}) is not one this version's "
+                                  f"classifier runs", hint=f"tasks it runs: {', '.join(TASK_LABEL)}")
+    result = run_task(df, args.task, args.protocol, args.input, args.model, backend=args.backend,
+                      n_folds=args.n_folds, epochs=args.epochs, seed=args.seed, device=args.device,
+                      image_size=args.image_size, batch_size=args.batch_size, lr=args.lr,
+                      patience=args.patience, num_threads=args.threads, verbose=not args.quiet)
     path = save_result(result, args.out)
     print(f"{result['task']}/{result['protocol']}/{result['input']}/{result['model']}: accuracy "
           f"{result['accuracy_mean']:.4f} ± {result['accuracy_std']:.4f} over {result['n_folds']} folds "
@@ -167,10 +208,14 @@ def classify_main(argv: list[str] | None = None) -> int:
     """``python -m facelib classify --coeffs FILE --task T --protocol P --input I --model M --out DIR``."""
     p = Parser(prog="python -m facelib classify", description=run_task.__doc__.split("\n")[0])
     _classify_arguments(p)
-    return cmd_classify(p.parse_args(argv))
+    p.add_argument("--debug", action="store_true", help="show the traceback of an expected error")
+    args = p.parse_args(argv)
+    return _guarded(cmd_classify, args)
 
 
 def cmd_study(args) -> int:
+    if args.params:
+        _require_file(args.params, "parameter file", f"use one of {PARAMS_DIR}/*.yaml or a copy of it")
     run_study(args.params, args.run, args.refresh_committed, args.only, sets=args.set, device=args.device)
     return 0
 
@@ -186,6 +231,7 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m facelib", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="show the traceback of an expected error")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     a = sub.add_parser("assets", help="the model files the chosen backend needs: state, where each goes; "
@@ -198,10 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="dataset commands")
     dsub = d.add_subparsers(dest="data_command", required=True)
     c = dsub.add_parser("check", help="load a dataset, print counts and every excluded or missing file")
-    c.add_argument("--dataset", choices=["kdef", "fei", "folder"], required=True, help="which loader")
-    c.add_argument("--root", default=None, help="dataset folder (default: $FACELIB_KDEF / $FACELIB_FEI)")
+    _add_dataset_arguments(c)
     c.add_argument("--fei-set", default="frontal", choices=["frontal", "original", "all"], help="FEI subset")
-    c.add_argument("--csv", default=None, help="folder dataset: CSV of path,<label columns>")
     c.add_argument("--json", action="store_true", help="print the summary as JSON")
     c.add_argument("--out", default=None, help="also save the manifest as <out>.parquet and <out>.csv")
     c.set_defaults(func=cmd_data_check)
@@ -230,9 +274,7 @@ def _add_synthetic(sub) -> None:
 
 def _add_reconstruct(sub) -> None:
     r = sub.add_parser("reconstruct", help="3DMM coefficients for every image of a dataset (cached)")
-    r.add_argument("--dataset", choices=["kdef", "fei", "folder"], default="kdef", help="which loader")
-    r.add_argument("--root", default=None, help="dataset folder (default: $FACELIB_KDEF / $FACELIB_FEI)")
-    r.add_argument("--csv", default=None, help="folder dataset: CSV of path,<label columns>")
+    _add_dataset_arguments(r, default="kdef")
     r.add_argument("--manifest", default=None, help="use a saved manifest (.parquet) instead of --dataset/--root")
     r.add_argument("--backend", choices=BACKENDS, default="tddfa", help="coefficient regressor")
     r.add_argument("--landmarks", choices=["model", "dlib", "fan"], default="model", help="68-point landmarker")
@@ -294,7 +336,21 @@ def _add_study(sub) -> None:
     s.set_defaults(func=cmd_study)
 
 
+def _guarded(func, args) -> int:
+    """Run a command; an expected failure becomes ``error: …`` on stderr and exit code 2 (``--debug``: raise)."""
+    try:
+        return int(func(args) or 0)
+    except FacelibError as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(format_error(exc), file=sys.stderr)
+        return EXIT_EXPECTED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    return _guarded(args.func, args)
 

@@ -1,6 +1,8 @@
-"""Atomic file writes: a crash never leaves a half-written table under its final name."""
+"""Atomic file writes (a crash never leaves a half-written table under its final name), the resumable shard
+cache, figure saving, and the one image reader (:func:`read_image`, :func:`decode_image`)."""
 from __future__ import annotations
 
+import io as _bytes_io
 import json
 import os
 import tempfile
@@ -8,7 +10,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pandas as pd
+from PIL import Image, UnidentifiedImageError
 
 
 def current_umask() -> int:
@@ -93,3 +98,35 @@ def save_figure(fig, out: str | os.PathLike, dpi: int, close: bool = False, **sa
 
         plt.close(fig)
     return out
+
+
+# ------------------------------------------------------------------------------------------------ images
+def decode_image(data: bytes, gray: bool = False) -> np.ndarray | None:
+    """Decode an image file's bytes, whatever its name: OpenCV first (JPEG, PNG, TIFF, PGM, BMP, WebP, GIF on
+    recent builds), Pillow for the rest (GIF, multi-page TIFF: first frame). 8-bit BGR ``(h, w, 3)`` — grayscale
+    files as 3 equal channels — or ``(h, w)`` with ``gray``; 16-bit images are scaled to 8 bits. None when
+    neither library can decode it."""
+    if not data:
+        return None
+    flags = cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags | cv2.IMREAD_ANYDEPTH)
+    if image is None:
+        try:
+            with Image.open(_bytes_io.BytesIO(data)) as pil:
+                pil.seek(0)
+                rgb = np.asarray(pil.convert("L" if gray else "RGB"))
+        except (UnidentifiedImageError, OSError, ValueError, EOFError):
+            return None
+        image = rgb if gray else np.ascontiguousarray(rgb[:, :, ::-1])
+    if image.dtype != np.uint8:
+        image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    return image
+
+
+def read_image(path: str | os.PathLike, gray: bool = False) -> np.ndarray | None:
+    """Read one picture (see :func:`decode_image`); None when the file is missing or cannot be decoded."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return None
+    return decode_image(data, gray=gray)

@@ -23,7 +23,8 @@ PROVENANCE_FILE = "provenance.json"
 # --------------------------------------------------------------------------------------- notebook run context
 PARAMETER_NAMES = ("run_name", "out_dir", "kdef_root", "fei_root", "assets", "backend", "landmarks", "device",
                    "seed", "n_folds", "epochs", "image_epochs", "image_size", "batch_size", "identity_session",
-                   "identity_max_sets", "models", "image_baseline", "synthetic", "fit_modes", "ict_modes")
+                   "identity_max_sets", "models", "image_baseline", "synthetic", "fit_modes", "ict_modes",
+                   "dataset", "data_root", "data_csv")
 
 
 

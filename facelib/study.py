@@ -24,7 +24,9 @@ import yaml
 from papermill.engines import NBClientEngine, papermill_engines
 
 from . import assets, config
+from .data.datasets import folder_problems
 from .data.synthetic import generate_synthetic
+from .errors import notebook_failure
 from .face3d import ict
 from .report.index import notebook_html, write_overview, write_run_page
 from .run import PARAMETER_NAMES, PROVENANCE_FILE, project_path, read_status, run_dir, write_status
@@ -73,7 +75,10 @@ def choose_profile(device: str | None = None) -> Path:
 def missing_inputs(params: dict) -> list[str]:
     """Everything the study needs that is not there, each with where to get it and where to put it."""
     problems = []
-    if not params.get("synthetic"):
+    if params.get("dataset") == "folder":  # your own dataset instead of KDEF + FEI
+        problems += folder_problems(*[project_path(v) if v else None
+                                      for v in (params.get("data_root"), params.get("data_csv"))])
+    elif not params.get("synthetic"):
         for key, env, what in (("kdef_root", "FACELIB_KDEF", "KDEF images (https://kdef.se, non-commercial)"),
                                ("fei_root", "FACELIB_FEI", "FEI frontal images + fei_gender.csv "
                                                            "(https://fei.edu.br/~cet/facedatabase.html)")):
@@ -163,8 +168,7 @@ def _execute(nb: Path, out: Path, params: dict, kernel: str) -> None:
                             kernel_name=kernel, engine_name="facelib", progress_bar=False, log_output=False,
                             stderr_file=sys.stderr)
     except pm.PapermillExecutionError as exc:
-        raise NotebookFailed(f"\nnotebook {nb.name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
-                             f"executed notebook (with the traceback): {out}") from None
+        raise NotebookFailed(notebook_failure(nb.name, exc.exec_count, exc.ename, exc.evalue, out)) from None
     finally:
         if out.exists():
             drop_banner(out)
@@ -207,7 +211,7 @@ def run_study(params_file: str | Path | None = None, run_name: str | None = None
     params, profile = prepare_params(params_file, run_name, sets, device)
     configured = [params.get(k) or os.environ.get(env) for k, env in (("kdef_root", "FACELIB_KDEF"),
                                                                        ("fei_root", "FACELIB_FEI"))]
-    if not params.get("synthetic") and not any(configured):
+    if not params.get("synthetic") and params.get("dataset") != "folder" and not any(configured):
         print("[study] no dataset configured (FACELIB_KDEF, FACELIB_FEI): running the whole study on the "
               "SYNTHETIC set rendered from the morphable model. Every table says so. See data/README.md to use "
               "KDEF and FEI.", flush=True)

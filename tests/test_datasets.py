@@ -116,8 +116,9 @@ def test_generic_folder_and_csv(tmp_path):
     _write(root / "bob" / "2.png", face_like_image(2))
     _write(root / "stray.png", face_like_image(3))
     df = datasets.load_folder(root, progress=False)
-    assert dict(zip(df["image_id"], df["label"].fillna(""))) == {"1": "alice", "2": "bob", "stray": ""}
-    assert df.set_index("image_id").loc["stray", "reason"].startswith("missing_label")
+    assert dict(zip(df["image_id"], df["label"].fillna(""))) == {"alice/1.png": "alice", "bob/2.png": "bob",
+                                                                  "stray.png": ""}
+    assert df.set_index("image_id").loc["stray.png", "reason"].startswith("missing_label")
     pd.DataFrame({"path": ["alice/1.png", "bob/2.png", "carol/9.png"], "gender": ["F", "M", "F"]}).to_csv(
         root / "labels.csv", index=False)
     df = datasets.load_folder(root, csv=root / "labels.csv", progress=False)

@@ -43,6 +43,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from ..errors import FacelibError
 from ..vocab import ANGLES, EXPRESSIONS
 from .aggregate import Aggregator, k_subsets
 
@@ -51,7 +52,7 @@ KDEF_FULL_COUNT, PAPER_EXPR_TRAIN, PAPER_EXPR_TEST = 4900, 2975, 1925
 PAPER_EXPR_TEST_FRACTION = PAPER_EXPR_TEST / KDEF_FULL_COUNT
 
 
-class ProtocolUnavailable(RuntimeError):
+class ProtocolUnavailable(FacelibError, RuntimeError):
     """The protocol cannot run on this data (e.g. cross-session on a single-session set)."""
 
 

@@ -34,6 +34,7 @@ from torch import nn  # noqa: E402
 from ..config import resolve_device  # noqa: E402
 from ..face3d.cameras import square_crop  # noqa: E402
 from ..face3d.reconstruct import coeff_matrix  # noqa: E402
+from ..io import read_image  # noqa: E402
 from .models import SKLEARN_MODELS, TORCH_VECTOR_MODELS, baseline, image_resnet34, vector_model  # noqa: E402
 
 INPUTS = ("alpha", "beta", "alpha+beta", "image")
@@ -244,7 +245,7 @@ def load_image(path: str, image_size: int, box=None) -> np.ndarray:
     hit = _IMAGE_CACHE.get(key)
     if hit is not None:
         return hit
-    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    img = read_image(path, gray=True)
     if img is None:
         raise FileNotFoundError(f"cannot decode image {path}")
     if box is not None:

@@ -5,27 +5,27 @@ and a ``reason``. Column meanings are documented in docs/ARCHITECTURE.md.
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from .. import config
 from ..io import atomic_write_table
-
 from ..vocab import ANGLE_NAMES, EXPRESSION_NAMES
 from ..vocab import ANGLES as ANGLE_CODE_ORDER
 from ..vocab import EXPRESSIONS as EXPRESSION_CODE_ORDER
+from .checks import (IMAGE_EXTENSIONS, MANIFEST_COLUMNS, DatasetError, ImageCheck, check_all, check_image, is_black,
+                     require_dir)
+from .folder import (FOLDER_EXTENSIONS, RESERVED_COLUMNS, folder_problems, load_folder, looks_like_image,
+                     read_label_csv)
+from .labels import TASK_COLUMN, label_columns
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+__all__ = ["IMAGE_EXTENSIONS", "MANIFEST_COLUMNS", "DatasetError", "ImageCheck", "check_image", "is_black",
+           "FOLDER_EXTENSIONS", "RESERVED_COLUMNS", "folder_problems", "load_folder", "looks_like_image",
+           "read_label_csv", "load", "load_kdef", "load_fei", "study_datasets", "save_manifest", "summarize",
+           "format_summary"]
 
 EXPRESSIONS = EXPRESSION_NAMES  # code → name
 EXPRESSION_CODES = EXPRESSION_CODE_ORDER
@@ -42,99 +42,10 @@ _FEI_FRONTAL = re.compile(r"^(?P<id>\d{1,3})(?P<kind>[ab])$", re.IGNORECASE)
 _FEI_ORIGINAL = re.compile(r"^(?P<id>\d{1,3})-(?P<pose>\d{2})$")
 FEI_FRONTAL_EXPRESSION = {"a": "neutral", "b": "smiling"}
 
-MANIFEST_COLUMNS = ["image_id", "path", "relpath", "dataset", "sha256", "width", "height", "subject", "gender",
-                    "session", "expression", "expression_name", "angle", "usable", "reason"]
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be loaded at all (missing folder, missing labels)."""
-
-
-# --------------------------------------------------------------------------------------------- image checks
-@dataclass
-class ImageCheck:
-    sha256: str | None
-    width: int | None
-    height: int | None
-    reason: str  # "" when usable
-
-
-def is_black(image: np.ndarray, level: int = 20, max_fraction: float = 0.01) -> bool:
-    """KDEF's placeholders are black frames with a few stray bright pixels: <1% of pixels above ``level``."""
-    gray = image if image.ndim == 2 else image.max(axis=2)
-    return float((gray > level).mean()) < max_fraction
-
-
-def check_image(path: Path) -> ImageCheck:
-    """Read a file once: checksum, decodability, truncation, size, and all-black placeholders."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return ImageCheck(None, None, None, f"unreadable_file: {exc.strerror or exc}")
-    if not data:
-        return ImageCheck(None, None, None, "empty_file: zero bytes")
-    digest = hashlib.sha256(data).hexdigest()
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    height, width = image.shape[:2] if image is not None else (None, None)
-    # libjpeg fills a truncated stream with grey and only warns; a JPEG must end with its EOI marker.
-    if data[:2] == b"\xff\xd8" and len(data) > 64 and not data.rstrip(b"\x00\n\r ").endswith(b"\xff\xd9"):
-        return ImageCheck(digest, width, height, "truncated_jpeg: file ends before the end-of-image marker")
-    if image is None:
-        return ImageCheck(digest, None, None, "corrupt_image: cannot be decoded")
-    if image.dtype != np.uint8:
-        image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-    if image.ndim == 3 and image.shape[2] == 4:
-        image = image[:, :, :3]
-    if is_black(image):
-        return ImageCheck(digest, width, height, "black_image: all-black placeholder")
-    return ImageCheck(digest, width, height, "")
-
 
 def _list_images(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
-
-
-def _require_dir(root: str | Path | None, what: str, env: str) -> Path:
-    if root is None:
-        raise DatasetError(f"no {what} folder given: pass it explicitly or set {env} (see data/README.md)")
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DatasetError(f"{what} folder {root} does not exist (set {env} or see data/README.md)")
-    return root
-
-
-def _check_all(rows: list[dict], root: Path, progress: bool) -> pd.DataFrame:
-    """Fill checksum/size/usable/reason for every row; mark byte-identical copies as duplicates."""
-    first_by_sha: dict[str, str] = {}
-    first_by_id: dict[tuple[str, str], str] = {}
-    # Decoding dominates and OpenCV releases the GIL, so threads give a real speed-up.
-    with ThreadPoolExecutor(max_workers=min(4, (os.cpu_count() or 1) + 1)) as pool:
-        checks = list(tqdm(pool.map(check_image, [Path(r["path"]) for r in rows]), total=len(rows),
-                           desc=f"checking {root.name}", disable=not progress, unit="img"))
-    for row, check in zip(rows, checks):
-        row.update(sha256=check.sha256, width=check.width, height=check.height)
-        reason = row.get("reason") or check.reason
-        if not reason and check.sha256 in first_by_sha:
-            reason = f"duplicate: same bytes as {first_by_sha[check.sha256]}"
-        if not reason and row.get("image_id"):
-            key = (row["dataset"], row["image_id"].upper())
-            if key in first_by_id:
-                reason = f"duplicate: another file is also named {row['image_id']} ({first_by_id[key]})"
-            else:
-                first_by_id[key] = row["relpath"]
-        if not reason:
-            first_by_sha[check.sha256] = row["relpath"]
-        row["reason"] = reason
-        row["usable"] = not reason
-    df = pd.DataFrame(rows)
-    for col in MANIFEST_COLUMNS:
-        if col not in df.columns:
-            df[col] = None
-    extra = [c for c in df.columns if c not in MANIFEST_COLUMNS]
-    df = df[MANIFEST_COLUMNS + extra]
-    df["usable"] = df["usable"].astype(bool)
-    return df
 
 
 # --------------------------------------------------------------------------------------------------- KDEF
@@ -154,7 +65,7 @@ def load_kdef(root: str | Path | None, progress: bool = True) -> pd.DataFrame:
     ``df.attrs["missing"]`` lists the expected files that are absent: for every (session, person) present, all
     7 expressions × 5 angles (a complete KDEF has 4900 files).
     """
-    root = _require_dir(root, "KDEF", "FACELIB_KDEF")
+    root = require_dir(root, "KDEF", "FACELIB_KDEF")
     rows = []
     for path in _list_images(root):
         stem = path.stem
@@ -173,7 +84,7 @@ def load_kdef(root: str | Path | None, progress: bool = True) -> pd.DataFrame:
         rows.append(row)
     if not rows:
         raise DatasetError(f"no images found under KDEF folder {root}")
-    df = _check_all(rows, root, progress)
+    df = check_all(rows, root, progress)
     df.attrs["missing"] = kdef_missing(df)
     return df
 
@@ -212,7 +123,7 @@ def load_fei(root: str | Path | None, which: str = "frontal", labels_csv: str | 
     """
     if which not in ("frontal", "original", "all"):
         raise ValueError("which must be 'frontal', 'original' or 'all'")
-    root = _require_dir(root, "FEI", "FACELIB_FEI")
+    root = require_dir(root, "FEI", "FACELIB_FEI")
     labels_path = Path(labels_csv) if labels_csv else find_fei_labels(root)
     labels = pd.read_csv(labels_path)
     if not {"subject_id", "gender"} <= set(labels.columns):
@@ -255,48 +166,22 @@ def load_fei(root: str | Path | None, which: str = "frontal", labels_csv: str | 
     for r in rows:
         if "subject_id" in r:
             r["gender"] = gender_of[r["subject_id"]]
-    df = _check_all(rows, root, progress)
+    df = check_all(rows, root, progress)
     df.attrs["missing"] = []
     return df
 
 
-# ------------------------------------------------------------------------------------------------ generic
-def load_folder(root: str | Path, csv: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
-    """Any labelled face folder: ``root/<label>/<image>`` (column ``label``), or a CSV ``path,<label columns>``
-    with paths relative to the CSV's folder. Columns named ``subject``/``gender``/``expression``/``angle`` keep
-    their meaning in the study's protocols."""
-    root = _require_dir(root, "image", "--root")
-    rows = []
-    if csv:
-        table = pd.read_csv(csv)
-        if "path" not in table.columns:
-            raise DatasetError(f"{csv} must have a 'path' column; has {list(table.columns)}")
-        base = Path(csv).resolve().parent
-        for rec in table.to_dict("records"):
-            path = (base / rec["path"]).resolve()
-            row = {**rec, "path": str(path), "relpath": str(rec["path"]), "dataset": "folder",
-                   "image_id": Path(rec["path"]).stem, "reason": ""}
-            if not path.is_file():
-                row["reason"] = "missing_file: listed in the CSV but not on disk"
-            rows.append(row)
-    else:
-        for path in _list_images(root):
-            rel = path.relative_to(root)
-            row = {"path": str(path.resolve()), "relpath": str(rel), "dataset": "folder",
-                   "image_id": path.stem, "reason": ""}
-            if len(rel.parts) < 2:
-                row["reason"] = "missing_label: image is not inside a <label>/ folder"
-            else:
-                row["label"] = rel.parts[0]
-            rows.append(row)
-    if not rows:
-        raise DatasetError(f"no images found under {root}")
-    df = _check_all([r for r in rows if not r["reason"].startswith("missing_file")], root, progress)
-    missing_files = [r for r in rows if r["reason"].startswith("missing_file")]
-    if missing_files:
-        df = pd.concat([df, pd.DataFrame(missing_files).assign(usable=False)], ignore_index=True)
-    df.attrs["missing"] = [r["relpath"] for r in missing_files]
-    return df
+STUDY_DATASETS = {None: ("kdef", "fei"), "paper": ("kdef", "fei"), "kdef": ("kdef",), "fei": ("fei",),
+                  "folder": ("folder",)}
+
+
+def study_datasets(dataset: str | None) -> tuple[str, ...]:
+    """The manifests a study run makes, from its ``dataset`` parameter: None (or ``paper``) → KDEF and FEI, as
+    the paper; ``folder`` → one dataset of your own (``data_root`` / ``data_csv``); ``kdef`` or ``fei`` alone."""
+    if dataset not in STUDY_DATASETS:
+        raise DatasetError(f"unknown dataset parameter {dataset!r}",
+                           hint="use null (KDEF + FEI), kdef, fei or folder (with data_root or data_csv)")
+    return STUDY_DATASETS[dataset]
 
 
 def load(dataset: str, root: str | Path | None = None, progress: bool = True, **kwargs) -> pd.DataFrame:
@@ -307,7 +192,7 @@ def load(dataset: str, root: str | Path | None = None, progress: bool = True, **
         return load_fei(root or config.fei_root(), progress=progress, **kwargs)
     if dataset == "folder":
         return load_folder(root, progress=progress, **kwargs)
-    raise ValueError(f"unknown dataset {dataset!r}: use kdef, fei or folder")
+    raise DatasetError(f"unknown dataset {dataset!r}", hint="use kdef, fei or folder")
 
 
 # ------------------------------------------------------------------------------------------ save / summary
@@ -336,6 +221,7 @@ def summarize(df: pd.DataFrame) -> dict:
         "by_expression": counts("expression"),
         "by_angle": counts("angle"),
         "by_session": counts("session"),
+        "by_label": {c: counts(c) for c in label_columns(df) if c not in TASK_COLUMN.values()},
         "subjects_by_gender": ({str(g): int(n) for g, n in usable.groupby("gender")["subject"].nunique().items()}
                                if "gender" in usable and usable["gender"].notna().any() else {}),
         "excluded": [{"path": str(p), "reason": str(r)} for p, r in
@@ -350,6 +236,8 @@ def format_summary(summary: dict) -> str:
     for key in ("subjects_by_gender", "by_gender", "by_expression", "by_angle", "by_session"):
         if summary.get(key):
             lines.append(f"{key.replace('_', ' ')}: " + ", ".join(f"{k} {v}" for k, v in summary[key].items()))
+    for column, by in summary.get("by_label", {}).items():
+        lines.append(f"by {column}: " + ", ".join(f"{k} {v}" for k, v in by.items()))
     lines.append(f"excluded: {len(summary['excluded'])}")
     lines += [f"  {e['path']}: {e['reason']}" for e in summary["excluded"]]
     lines.append(f"missing expected files: {len(summary['missing'])}")

@@ -13,14 +13,15 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from .. import assets, config
-from ..io import append_shard, atomic_write_table, read_shards, save_figure
+from ..errors import FacelibError
+from ..io import append_shard, atomic_write_table, read_image, read_shards, save_figure
+from ..vocab import ANGLES
 from .deep3d import Deep3DRegressor
 from .detect import FaceBoxesDetector, pick_face
 from .landmarks import make_landmarker
@@ -44,10 +45,8 @@ def coeff_matrix(df: pd.DataFrame, column: str) -> np.ndarray:
     return np.stack([np.asarray(v, dtype=np.float32) for v in df[column]])
 
 
-def read_image(path: str) -> np.ndarray | None:
-    """BGR uint8; grayscale files come back as 3 identical channels. None when it cannot be decoded."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    return img
+__all__ = ["BACKENDS", "coeff_matrix", "make_backend", "qa_figure", "read_image", "reconstruct_manifest",
+           "summarize"]  # read_image is facelib.io's, re-exported for the stages that read pictures through here
 
 
 # ------------------------------------------------------------------------------------------------- backends
@@ -76,19 +75,26 @@ class TDDFABackend:
         return {k: out[k] for k in ("alpha", "beta", "pose", "landmarks")}
 
 
-class Deep3DBackend(TDDFABackend):
+class Deep3DBackend:
     """The paper's pipeline: FaceBoxes → 68 landmarks (3DDFA's, dlib or FAN) → 5-point alignment → R-Net
-    (ResNet-50, ``epoch_20.pth``): α 80, β 64, texture 80, angles 3, γ 27, translation 3."""
+    (ResNet-50, ``epoch_20.pth``): α 80, β 64, texture 80, angles 3, γ 27, translation 3.
+
+    The face box and the 68 landmarks come from a :class:`TDDFABackend` it holds (composition: it *uses* that
+    pipeline for detection and landmarks; it is not one)."""
 
     name = "deep3d"
     asset_names = TDDFABackend.asset_names + ("deep3d_epoch20", "lm3d_std")
 
     def __init__(self, device: str = "cpu", assets_folder=None, landmarks: str = "model", fallback: bool = True):
         self.rnet = Deep3DRegressor(device=device, assets_folder=assets_folder)  # clear error if gated file absent
-        super().__init__(device, assets_folder, landmarks, fallback)
+        self.front = TDDFABackend(device, assets_folder, landmarks, fallback)
+        self.settings = self.front.settings
+
+    def detect(self, images: list[np.ndarray]) -> list[tuple[np.ndarray | None, str]]:
+        return self.front.detect(images)
 
     def regress(self, images, boxes):
-        lm = super().regress(images, boxes)["landmarks"]
+        lm = self.front.regress(images, boxes)["landmarks"]
         lm68 = [np.stack([row[:68], row[68:]], axis=1) for row in lm]
         out = self.rnet(images, lm68)
         out["landmarks"] = lm
@@ -199,16 +205,35 @@ def summarize(table: pd.DataFrame) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ QA figure
-def qa_figure(table: pd.DataFrame, per_group: int = 4, group: str = "angle", out: str | Path | None = None,
-              seed: int = 0):
-    """A grid: one row per angle (or other group), a few images each, detector box and 68 landmarks drawn."""
+def qa_groups(ok: pd.DataFrame, group: str | None = "angle") -> tuple[str | None, list]:
+    """The column the QA figure's rows follow and its values: ``group`` when the table has it with a value, else
+    the first of angle / expression / subject / another label that does, else one row of everything (None)."""
+    candidates = [group] + [c for c in ("angle", "expression", "subject", "label") if c != group]
+    for column in candidates:
+        if column and column in ok.columns and ok[column].notna().any():
+            values = set(ok[column].dropna().astype(str))
+            return column, [a for a in ANGLES if a in values] or sorted(values)
+    return None, [None]
+
+
+def qa_figure(table: pd.DataFrame, per_group: int = 4, group: str | None = "angle", out: str | Path | None = None,
+              seed: int = 0, max_groups: int = 8):
+    """A grid: one row per angle (or ``group``; see :func:`qa_groups` when the table lacks it), a few images
+    each, detector box and 68 landmarks drawn. ``fig.qa_note`` says which grouping was used and why."""
     import matplotlib.pyplot as plt
 
     ok = table[table["status"] == "ok"]
-    groups = [g for g in ["FL", "HL", "S", "HR", "FR"] if g in set(ok[group])] or sorted(ok[group].dropna().unique())
+    if ok.empty:
+        raise FacelibError("no picture was reconstructed (status ok): nothing to show in the QA figure",
+                           hint=f"statuses: {dict(table['status'].value_counts())}")
+    column, groups = qa_groups(ok, group)
+    groups = groups[:max_groups]
+    note = (f"rows: {column}" if column == group else
+            f"no {group!r} column with values: rows by {column}" if column else
+            f"no {group!r} (nor any label) column: one row of pictures")
     fig, axes = plt.subplots(len(groups), per_group, figsize=(2.2 * per_group, 2.6 * len(groups)), squeeze=False)
     for r, g in enumerate(groups):
-        rows = ok[ok[group] == g]
+        rows = ok if column is None else ok[ok[column].astype(str) == g]
         rows = rows.sample(min(per_group, len(rows)), random_state=seed) if len(rows) else rows
         for c in range(per_group):
             ax = axes[r, c]
@@ -216,7 +241,10 @@ def qa_figure(table: pd.DataFrame, per_group: int = 4, group: str = "angle", out
             if c >= len(rows):
                 continue
             row = rows.iloc[c]
-            img = read_image(row["path"])[:, :, ::-1]
+            img = read_image(row["path"])
+            if img is None:
+                continue
+            img = img[:, :, ::-1]
             x0, y0, x1, y1 = np.asarray(row["box"])[:4]
             pad = 0.25 * max(x1 - x0, y1 - y0)
             h, w = img.shape[:2]
@@ -226,9 +254,11 @@ def qa_figure(table: pd.DataFrame, per_group: int = 4, group: str = "angle", out
             lm = np.asarray(row["landmarks"])
             ax.scatter(lm[:68] - cx0, lm[68:] - cy0, s=3, c="lime")
             ax.add_patch(plt.Rectangle((x0 - cx0, y0 - cy0), x1 - x0, y1 - y0, fill=False, ec="red", lw=0.8))
-            ax.set_title(f"{row['image_id']} ({row['box_source']})", fontsize=7)
-        axes[r, 0].text(-0.1, 0.5, str(g), transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=11)
+            ax.set_title(f"{Path(str(row['image_id'])).name[-22:]} ({row['box_source']})", fontsize=7)
+        axes[r, 0].text(-0.1, 0.5, "" if g is None else str(g), transform=axes[r, 0].transAxes, ha="right",
+                        va="center", fontsize=11)
     fig.tight_layout()
+    fig.qa_note = note
     if out:
         save_figure(fig, out, dpi=110)
     return fig

@@ -44,6 +44,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import FacelibError
 from ..face3d.landmarks import face_recognition_models_dir
 
 MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
@@ -51,7 +52,7 @@ CHIP_SIZE = 150
 CHIP_PADDING = 0.25
 
 
-class DlibModelFormatError(ValueError):
+class DlibModelFormatError(FacelibError, ValueError):
     """The .dat file is not (or no longer) a valid serialised dlib face-recognition network."""
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import FuncFormatter
 
-from ..io import save_figure
+from ..io import read_image, save_figure
 from ..vocab import ANGLE_NAMES, ANGLES, EXPRESSION_NAMES, EXPRESSIONS
 from .tables import PAPER_DEVICE, PAPER_TABLE2, pick_table3_result, table2, table3
 
@@ -57,7 +57,7 @@ def image_grid(manifest: pd.DataFrame, rows: str | None = "expression", cols: st
             ax.set_xticks([])
             ax.set_yticks([])
             if c < len(row) and len(row[c]):
-                img = cv2.imread(row[c]["path"].iloc[0], cv2.IMREAD_COLOR)
+                img = read_image(row[c]["path"].iloc[0])
                 if img is not None:
                     h, w = img.shape[:2]
                     img = cv2.resize(img, (thumb, int(thumb * h / w)), interpolation=cv2.INTER_AREA)
