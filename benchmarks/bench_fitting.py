@@ -1,6 +1,9 @@
 """Seconds per image of facelib.fitting.fitter: landmark mode and full mode, batch 8, 2 threads, on KDEF dev images.
 
-    python benchmarks/bench_fitting.py [--iterations-landmarks 60] [--iterations-full 40] [--size 160]
+    python benchmarks/bench_fitting.py [--iterations-landmarks 60] [--iterations-full 40] [--size 160] [--ict]
+
+``--ict`` also times the ICT Face Model (``facelib.fitting.ict_fit``: α 100, β 53, 6706-vertex narrow face area),
+landmark mode from its neutral start (``ict_fit.ITERATIONS``) and full mode.
 
 Uses FACELIB_KDEF / FACELIB_ASSETS (or ../shared). The tddfa start comes from the backend (detect + regress);
 the landmark targets are the backend's own landmarks displaced by 2 px (the timing does not depend on them).
@@ -31,6 +34,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=160)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--ict", action="store_true", help="also time the ICT Face Model (ict backend)")
     args = ap.parse_args()
     torch.set_num_threads(2)
 
@@ -61,6 +65,22 @@ def main() -> None:
     dt = (time.perf_counter() - t) / len(imgs)
     print(f"full mode:      {dt:.3f} s/image ({args.iterations_full} iterations, {args.size}² crop, batch "
           f"{len(imgs)}, 2 threads, no skin model)")
+    if args.ict:
+        from facelib.fitting.ict_fit import ITERATIONS, ICTFitter
+
+        icf = ICTFitter(device=args.device, image_size=args.size)
+        start = icf.initial(out["pose"])
+        icf.fitter.fit(start, rois, tl, mode="landmarks", iterations=2)  # warm-up
+        t = time.perf_counter()
+        res = icf.fitter.fit(start, rois, tl, mode="landmarks", iterations=ITERATIONS["landmarks"])
+        dt = (time.perf_counter() - t) / len(imgs)
+        print(f"ict landmarks:  {dt:.3f} s/image ({ITERATIONS['landmarks']} iterations from the neutral start)")
+        t = time.perf_counter()
+        icf.fitter.fit({"alpha": res.alpha, "beta": res.beta, "pose": res.pose}, rois, tl, crops, mode="full",
+                       iterations=args.iterations_full)
+        dt = (time.perf_counter() - t) / len(imgs)
+        print(f"ict full:       {dt:.3f} s/image ({args.iterations_full} iterations after the landmark fit, "
+              f"{args.size}² crop, no skin model)")
 
 
 if __name__ == "__main__":

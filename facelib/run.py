@@ -16,8 +16,8 @@ from . import __version__, config
 # --------------------------------------------------------------------------------------- notebook run context
 PARAMETER_NAMES = ("run_name", "out_dir", "kdef_root", "fei_root", "assets", "backend", "landmarks", "device",
                    "seed", "n_folds", "epochs", "image_epochs", "image_size", "batch_size", "identity_session",
-                   "identity_max_sets", "models", "image_baseline", "synthetic", "fit_modes", "rnet", "rnet_settings",
-                   "aggregators")
+                   "identity_max_sets", "models", "image_baseline", "synthetic", "fit_modes", "ict_modes", "rnet",
+                   "rnet_settings", "aggregators")
 
 
 
@@ -61,9 +61,17 @@ class Run:
         return self.dir / "coeffs" / f"{dataset}_{variant}.parquet"
 
     def coefficient_variants(self, dataset: str) -> list[Path]:
-        """Raw first, then one table per fitting mode in ``fit_modes``, then R-Net's (``rnet``)."""
+        """Raw first, then one table per fitting mode in ``fit_modes``, then the ICT variants (``ict_modes``), then
+        R-Net's (``rnet``)."""
         return ([self.coeffs(dataset)] + [self.coeffs(dataset, m) for m in (self.params.get("fit_modes") or [])]
+                + [self.ict_coeffs(dataset, m) for m in (self.params.get("ict_modes") or [])]
                 + ([self.coeffs(dataset, rnet=True)] if self.params.get("rnet") else []))
+
+    def ict_coeffs(self, dataset: str, mode: str) -> Path:
+        """ICT Face Model coefficient table (:mod:`facelib.fitting.ict_fit`): ``ict`` (landmark fit) or
+        ``ict+fit_full``."""
+        variant = "ict" if mode == "landmarks" else f"ict+fit_{mode}"
+        return self.dir / "coeffs" / f"{dataset}_{variant}.parquet"
 
     @property
     def tables(self) -> Path:

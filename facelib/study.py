@@ -13,6 +13,7 @@ import yaml
 
 from . import assets, config
 from .data.synthetic import generate_synthetic
+from .face3d import ict
 from .report.index import notebook_html, write_index
 from .run import project_path, run_dir
 
@@ -49,6 +50,11 @@ def missing_inputs(params: dict) -> list[str]:
               "bfm_keypoints"]
     if backend == "deep3d":
         needed += ["deep3d_epoch20", "lm3d_std"]
+    if params.get("ict_modes") or backend == "ict":
+        try:
+            ict.locate(None, params.get("assets"))
+        except assets.AssetError as exc:
+            problems.append(str(exc))
     for name in needed:
         try:
             assets.resolve(name, params.get("assets"))

@@ -8,6 +8,7 @@ with nothing new only reads the shards.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +26,11 @@ from .detect import FaceBoxesDetector, pick_face
 from .landmarks import make_landmarker
 from .tddfa import TDDFARegressor
 
-BACKENDS = ("tddfa", "deep3d")
+BACKENDS = ("tddfa", "deep3d", "ict")
+# Backends built in a later stage (the ict backend fits with facelib.fitting) register themselves with
+# ``register_backend``; face3d imports none of them, ``make_backend`` imports the named module on first use.
+LATER_BACKENDS = {"ict": "facelib.fitting.ict_fit"}
+_REGISTERED: dict[str, object] = {}
 RESULT_COLUMNS = ["status", "backend", "box", "box_source", "landmarks", "alpha", "beta", "pose", "texture",
                   "angles", "gamma", "translation"]
 VECTOR_COLUMNS = ["box", "landmarks", "alpha", "beta", "pose", "texture", "angles", "gamma", "translation"]
@@ -91,8 +96,17 @@ class Deep3DBackend(TDDFABackend):
         return out
 
 
+def register_backend(name: str, factory) -> None:
+    """``factory(device, assets_folder, landmarks, fallback)`` → a backend (``detect``, ``regress``, ``name``, …)."""
+    _REGISTERED[name] = factory
+
+
 def make_backend(name: str, device: str = "cpu", assets_folder=None, landmarks: str = "model",
                  fallback: bool = True):
+    if name in LATER_BACKENDS and name not in _REGISTERED:
+        importlib.import_module(LATER_BACKENDS[name])
+    if name in _REGISTERED:
+        return _REGISTERED[name](device, assets_folder, landmarks, fallback)
     if name == "tddfa":
         return TDDFABackend(device, assets_folder, landmarks, fallback)
     if name == "deep3d":

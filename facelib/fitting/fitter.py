@@ -153,8 +153,9 @@ def axis_angle(omega: torch.Tensor) -> torch.Tensor:
 class Fitter:
     """Batched analysis-by-synthesis fitting on one device.
 
-    ``model``: a 53215-vertex 3DDFA-layout :class:`MorphableModel` (default ``from_3ddfa``), optionally with a
-    texture basis (:func:`facelib.fitting.texture.with_texture`). ``skin_model``: :class:`facelib.fitting.skin.SkinModel` or None
+    ``model``: a 53215-vertex 3DDFA-layout :class:`MorphableModel` (default ``from_3ddfa``) or another model whose
+    layout starts with pose 12 (ICT, :mod:`facelib.fitting.ict_fit`: its σ from ``extras["sigma_alpha"/"sigma_beta"]``,
+    β kept in ``extras["beta_bounds"]``), optionally with a texture basis (:func:`facelib.fitting.texture.with_texture`). ``skin_model``: :class:`facelib.fitting.skin.SkinModel` or None
     (attention = 1). ``embedder``: callable (B, 3, H, W) RGB 0–1 → (B, D) embeddings for the perceptual term (None
     switches the term off).
     """
@@ -164,15 +165,20 @@ class Fitter:
         self.device = torch.device(config.resolve_device(device))
         if model is None:
             model = MorphableModel.from_3ddfa(assets_folder, device=self.device)
-        if model.layout != "3ddfa":
-            raise ValueError("Fitter works in 3DDFA's parameter space (layout '3ddfa')")
+        if model.coeff_layout[0] != ("pose", 12):
+            raise ValueError("Fitter works with 3DDFA's camera: a layout starting with pose 12 ('3ddfa', 'ict')")
         model = model.to(self.device)
         self.model = model
         noneck = model.extras.get("noneck_ids")
         ids = noneck if noneck is not None else torch.arange(model.n_vertices)
         self.mesh = restrict_model(model, ids.cpu().numpy())
         self.kp = restrict_model(model, model.keypoint_ids.cpu().numpy(), triangles=np.array([[0, 1, 2]]))
-        sa, sb = coefficient_sigma(assets_folder)
+        if "sigma_alpha" in model.extras:  # a model that carries its coefficient scales (ICT: 1)
+            sa, sb = (model.extras[k].cpu().numpy() for k in ("sigma_alpha", "sigma_beta"))
+        else:
+            sa, sb = coefficient_sigma(assets_folder)
+        bounds = model.extras.get("beta_bounds")  # box constraint on β (ICT's ARKit weights: [0, 1])
+        self.beta_bounds = None if bounds is None else tuple(float(b) for b in bounds.cpu())
         self.sigma_alpha = torch.from_numpy(sa.astype(np.float32)).to(self.device)
         self.sigma_beta = torch.from_numpy(sb.astype(np.float32)).to(self.device)
         self.skin_vertices = skin_vertex_mask(model, assets_folder)[self.mesh.extras["parent_ids"]]
@@ -254,6 +260,7 @@ class Fitter:
             opt.zero_grad(set_to_none=True)
             total.backward()
             opt.step()
+            self.project(params, batch)
         with torch.no_grad():
             terms_last = self._per_image(hybrid, inputs)
         B = batch.size
@@ -336,6 +343,16 @@ class Fitter:
             else:
                 params["gain"] = torch.zeros(B, 3, device=dev)
         return params
+
+    def project(self, params: dict[str, torch.Tensor], batch: FitBatch) -> None:
+        """After a step: keep β = β₀ + z·σ inside the model's ``beta_bounds`` (projected gradient; none for BFM)."""
+        if self.beta_bounds is None:
+            return
+        lo, hi = self.beta_bounds
+        with torch.no_grad():
+            z = params["beta"]
+            z.copy_(torch.maximum(torch.minimum(z, (hi - batch.beta0) / self.sigma_beta),
+                                  (lo - batch.beta0) / self.sigma_beta))
 
     def forward(self, params: dict[str, torch.Tensor], batch: FitBatch, visibility=None) -> dict:
         """params → rendered: coefficients, pose, landmarks (crop pixels) and, in full mode, the rendered crop.

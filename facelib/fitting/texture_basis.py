@@ -66,10 +66,12 @@ def sample_albedo(fitter, result, images_bgr: list[np.ndarray], rois, min_facing
 def build_from_table(coeff_table: pd.DataFrame, out=None, angle: str | None = "S", max_images: int | None = None,
                      k: int = MAX_K, iterations: int = 40, batch_size: int = 8, image_size: int = 160,
                      keep_quantile: float = 0.8, device: str | None = None, assets_folder=None, skin_model=None,
-                     progress: bool = True, return_albedos: bool = False):
+                     progress: bool = True, return_albedos: bool = False, fitter=None):
     """Fit the ``angle`` rows (ok) of a tddfa coefficient table (full mode, grey albedo + gain), sample and de-light
     their albedo, keep the well-fitted ones and PCA them. Returns the basis dict (saved to ``out`` when given);
-    with ``return_albedos`` also the (n, N, 3) albedos used."""
+    with ``return_albedos`` also the (n, N, 3) albedos used. ``fitter``: a :class:`facelib.fitting.fitter.Fitter`
+    of another model whose coefficients the table holds (e.g. the ICT model and an ``ict`` table); default: the
+    3DDFA BFM."""
     rows = coeff_table[coeff_table["status"] == "ok"]
     if angle is not None and "angle" in rows.columns:
         rows = rows[rows["angle"] == angle]
@@ -78,10 +80,13 @@ def build_from_table(coeff_table: pd.DataFrame, out=None, angle: str | None = "S
         rows = rows.iloc[:max_images]
     if len(rows) < 2:
         raise ValueError("need at least 2 ok images to build a texture basis")
-    if skin_model is None:
-        skin_model = skin_model_for_table(coeff_table)
-    fitter = Fitter(device=device, assets_folder=assets_folder, skin_model=skin_model or None,
-                    image_size=image_size)
+    own_model = fitter is None
+    if own_model:
+        if skin_model is None:
+            skin_model = skin_model_for_table(coeff_table)
+        fitter = Fitter(device=device, assets_folder=assets_folder, skin_model=skin_model or None,
+                        image_size=image_size)
+    image_size = fitter.image_size
     albedos, photo, ids = [], [], []
     bar = tqdm(total=len(rows), desc="texture basis", disable=not progress, unit="img")
     for start in range(0, len(rows), batch_size):
@@ -108,7 +113,8 @@ def build_from_table(coeff_table: pd.DataFrame, out=None, angle: str | None = "S
             "fit": {"iterations": iterations, "image_size": image_size, "mode": "full", "albedo": "grey+gain"},
             "keep_quantile": keep_quantile, "photo_threshold": float(np.quantile(photo, keep_quantile)),
             "assets": {n: assets.checksum(assets.resolve(n, assets_folder))
-                       for n in ("bfm_u_shp", "bfm_w_shp", "bfm_w_exp", "tri", "indices")}}
+                       for n in ("bfm_u_shp", "bfm_w_shp", "bfm_w_exp", "tri", "indices")} if own_model
+            else {"model": fitter.model.source, **{k: str(v) for k, v in fitter.model.provenance.items()}}}
     basis = build_texture_basis(albedos[keep], k=k, provenance=prov)
     if out is not None:
         save_texture_basis(out, basis)

@@ -100,7 +100,7 @@ def pick_table3_result(results: list[dict]) -> dict | None:
 
     def rank(r):
         return (r.get("protocol") != "paper", r.get("input") != "beta", r.get("model") != "resnet34",
-                "+fit" in str(r.get("backend")))
+                "+fit" in str(r.get("backend")), str(r.get("backend")).startswith("ict"))
 
     return sorted(expr, key=rank)[0]
 
