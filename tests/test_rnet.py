@@ -203,6 +203,12 @@ def test_parts_are_subject_disjoint_and_balanced():
         crossfit.assign_parts(["a", "a"], 2)
 
 
+def test_unknown_settings_are_named():
+    with pytest.raises(ValueError, match="unknown R-Net settings \\['epoch'\\]"):
+        crossfit.make_settings({"epoch": 3})
+    assert crossfit.make_settings({"epochs": 3}).epochs == 3
+
+
 def test_cache_key_changes_with_training_pictures():
     s = crossfit.RNetSettings().key_dict()
     a = crossfit.weights_key(["x", "y"], s, {"mb05": "1"})

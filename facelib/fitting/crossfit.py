@@ -79,6 +79,16 @@ class RNetSettings:
         return d if cnet else {k: v for k, v in d.items() if not k.startswith("cnet")}
 
 
+def make_settings(settings: dict | None) -> RNetSettings:
+    """:class:`RNetSettings` from a parameter dict; unknown names are an error that lists the known ones."""
+    known = set(RNetSettings.__dataclass_fields__)
+    unknown = set(settings or {}) - known
+    if unknown:
+        raise ValueError(f"unknown R-Net settings {sorted(unknown)}; known: {sorted(known)} (+ parts, texture, "
+                         "texture_images in notebook 02's rnet_settings)")
+    return RNetSettings(**(settings or {}))
+
+
 # ----------------------------------------------------------------------------------------------- parts and keys
 def assign_parts(subjects, k: int = 2, seed: int = 0, strata=None) -> np.ndarray:
     """Part (0..k−1) of every row: all rows of a person share a part; people of each stratum (e.g. dataset) are
@@ -134,7 +144,7 @@ def rnet_tables(tables: dict[str, pd.DataFrame], k: int = 2, settings: RNetSetti
     ``texture``: a texture basis .npz (:mod:`facelib.texture`; None: an RGB albedo gain head). ``skin_model``:
     SkinModel, None → trained on the tables (cached), False → no attention. ``log`` collects one record per part
     (training history summary, seconds, cache hit)."""
-    s = settings if isinstance(settings, RNetSettings) else RNetSettings(**(settings or {}))
+    s = settings if isinstance(settings, RNetSettings) else make_settings(settings)
     dev = config.resolve_device(device)
     ok = pd.concat([t[t["status"] == "ok"].assign(_table=name) for name, t in tables.items()], ignore_index=True)
     ok = ok.drop_duplicates("sha256")
