@@ -72,10 +72,10 @@ class RNetSettings:
     cnet_lr: float = 1e-3
 
     def key_dict(self, cnet: bool = True) -> dict:
-        """Settings entering a cache key (R-Net's leave the C-Net settings out). ``max_seconds`` is left out: a
-        cap that stops training early is recorded in the saved network's summary."""
+        """Settings entering a cache key (R-Net's leave the C-Net settings out; ``max_seconds`` only when set)."""
         d = asdict(self)
-        d.pop("max_seconds")
+        if d["max_seconds"] is None:
+            d.pop("max_seconds")
         return d if cnet else {k: v for k, v in d.items() if not k.startswith("cnet")}
 
 
