@@ -141,7 +141,7 @@ def rnet_tables(tables: dict[str, pd.DataFrame], k: int = 2, settings: RNetSetti
                 progress: bool = True, log: list | None = None) -> dict[str, pd.DataFrame]:
     """Cross-fitted R-Net (+ C-Net) coefficient tables for tddfa tables ``{name: table}`` (one study).
 
-    ``texture``: a texture basis .npz (:mod:`facelib.texture`; None: an RGB albedo gain head). ``skin_model``:
+    ``texture``: a texture basis .npz (:mod:`facelib.fitting.texture`; None: an RGB albedo gain head). ``skin_model``:
     SkinModel, None → trained on the tables (cached), False → no attention. ``log`` collects one record per part
     (training history summary, seconds, cache hit)."""
     s = settings if isinstance(settings, RNetSettings) else make_settings(settings)
