@@ -24,7 +24,8 @@ PROVENANCE_FILE = "provenance.json"
 PARAMETER_NAMES = ("run_name", "out_dir", "kdef_root", "fei_root", "assets", "backend", "landmarks", "device",
                    "seed", "n_folds", "epochs", "image_epochs", "image_size", "batch_size", "identity_session",
                    "identity_max_sets", "models", "image_baseline", "synthetic", "fit_modes", "ict_modes",
-                   "dataset", "data_root", "data_csv")
+                   "dataset", "data_root", "data_csv",
+                   "rnet", "rnet_settings", "aggregators")
 
 
 
@@ -61,15 +62,18 @@ class Run:
     def manifest(self, dataset: str) -> Path:
         return self.dir / "manifests" / f"{dataset}.parquet"
 
-    def coeffs(self, dataset: str, fit: str | None = None) -> Path:
-        """Coefficient table of a dataset: the backend's raw output, or refined by a fitting mode."""
-        variant = self.params["backend"] + (f"+fit_{fit}" if fit else "")
+    def coeffs(self, dataset: str, fit: str | None = None, rnet: bool = False) -> Path:
+        """Coefficient table of a dataset: the backend's raw output, refined by a fitting mode, or coded by the
+        cross-fitted R-Net (``rnet``)."""
+        variant = self.params["backend"] + (f"+fit_{fit}" if fit else "") + ("+rnet" if rnet else "")
         return self.dir / "coeffs" / f"{dataset}_{variant}.parquet"
 
     def coefficient_variants(self, dataset: str) -> list[Path]:
-        """Raw first, then one table per fitting mode in ``fit_modes``, then the ICT variants (``ict_modes``)."""
+        """Raw first, then one table per fitting mode in ``fit_modes``, then the ICT variants (``ict_modes``), then
+        R-Net's (``rnet``)."""
         return ([self.coeffs(dataset)] + [self.coeffs(dataset, m) for m in (self.params.get("fit_modes") or [])]
-                + [self.ict_coeffs(dataset, m) for m in (self.params.get("ict_modes") or [])])
+                + [self.ict_coeffs(dataset, m) for m in (self.params.get("ict_modes") or [])]
+                + ([self.coeffs(dataset, rnet=True)] if self.params.get("rnet") else []))
 
     def ict_coeffs(self, dataset: str, mode: str) -> Path:
         """ICT Face Model coefficient table (:mod:`facelib.fitting.ict_fit`): ``ict`` (landmark fit) or

@@ -29,8 +29,9 @@ def test_write_tables(tmp_path, results):
     prov = {"synthetic": True, "seed": 0, "backend": "synthetic", "device": "cpu"}
     paths = tables.write_tables(results, tmp_path, prov)
     t1 = pd.read_csv(tmp_path / "table1.csv")
-    assert list(t1.columns) == ["task", "protocol", "input", "model", "backend", "accuracy_mean", "accuracy_std",
-                                "n_folds", "n_train", "n_test"]
+    assert list(t1.columns) == ["task", "protocol", "input", "model", "backend", "aggregator", "accuracy_mean",
+                                "accuracy_std", "n_folds", "n_train", "n_test"]
+    assert t1["aggregator"].isna().all()  # only results on aggregated sets name an aggregator
     assert len(t1) == 4 and t1["accuracy_mean"].between(0, 1).all()
     t2 = pd.read_csv(tmp_path / "table2.csv")
     assert list(t2.columns) == ["task", "input", "model", "device", "seconds_per_input", "seconds_per_epoch"]

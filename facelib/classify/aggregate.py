@@ -3,7 +3,11 @@
 The paper builds identity training samples by aggregating every 3-subset of a person's 20 training α's
 (C(20,3) = 1140) with its C-Net, and says the plain mean is only slightly worse. Here a *set* is a row of
 indices into the coefficient table; an *aggregator* maps ``X_sets`` of shape ``(n_sets, k, d)`` to ``(n_sets, d)``.
-:func:`aggregate_mean` is the default; a C-Net aggregator (confidence-weighted mean) has the same signature.
+:func:`aggregate_mean` is the default. Aggregators behind one parameter (:data:`AGGREGATORS`,
+:func:`make_aggregator`): ``mean``, ``median`` (element-wise) and ``cnet`` (the confidence-weighted mean with each
+picture's C-Net confidences, column ``confidence`` of a table coded by :mod:`facelib.fitting.crossfit`). Each has
+``aggregate_sets(X (n, d), sets (n_sets, k)) → (n_sets, d)``; for ``cnet`` the first ``d_conf`` columns of X (α)
+are weighted by the confidences and any further columns (β of an ``alpha+beta`` input) are averaged.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 Aggregator = Callable[[np.ndarray], np.ndarray]
+AGGREGATORS = ("mean", "median", "cnet")
 
 
 def k_subsets(indices, k: int, max_sets: int | None = None, seed: int = 0) -> np.ndarray:
@@ -60,12 +65,81 @@ def aggregate_weighted(X_sets: np.ndarray, confidences: np.ndarray, eps: float =
 
 
 def aggregate_sets(X: np.ndarray, sets: np.ndarray, aggregator: Aggregator | None = None) -> np.ndarray:
-    """Aggregate rows of ``X`` (n, d) over index ``sets`` (n_sets, k) → (n_sets, d). 1-D ``sets`` = single rows."""
+    """Aggregate rows of ``X`` (n, d) over index ``sets`` (n_sets, k) → (n_sets, d). 1-D ``sets`` = single rows.
+    An aggregator with an ``aggregate_sets(X, sets)`` method (:class:`ConfidenceAggregator`) gets rows and indices."""
     X = np.asarray(X)
     sets = np.asarray(sets, dtype=np.int64)
     if sets.ndim == 1:
         return X[sets]
+    if hasattr(aggregator, "aggregate_sets"):  # needs the rows themselves, e.g. C-Net's per-picture confidences
+        return aggregator.aggregate_sets(X, sets)
     return (aggregator or aggregate_mean)(X[sets])
+
+
+# ----------------------------------------------------------------------------------------------- named aggregators
+class MeanAggregator:
+    """``aggregate_sets(X, sets)``; also callable on stacked sets ``(n_sets, k, d) → (n_sets, d)``."""
+
+    name = "mean"
+
+    def __call__(self, X_sets: np.ndarray) -> np.ndarray:
+        X_sets = np.asarray(X_sets)
+        if X_sets.ndim != 3:
+            raise ValueError(f"expected (n_sets, k, d), got shape {X_sets.shape}")
+        return X_sets.mean(axis=1) if self.name == "mean" else np.median(X_sets, axis=1)
+
+    def aggregate_sets(self, X: np.ndarray, sets: np.ndarray) -> np.ndarray:
+        return self(np.asarray(X)[np.asarray(sets, np.int64)])
+
+    def __repr__(self) -> str:
+        return f"<aggregator {self.name}>"
+
+
+class MedianAggregator(MeanAggregator):
+    name = "median"
+
+
+class ConfidenceAggregator(MeanAggregator):
+    """C-Net's rule with per-picture confidences ``C`` (n, d_conf), rows aligned with X's rows."""
+
+    name = "cnet"
+
+    def __init__(self, confidences: np.ndarray):
+        C = np.asarray(confidences, np.float64)
+        if C.ndim != 2 or not np.isfinite(C).all() or (C <= 0).any():
+            raise ValueError("C-Net confidences must be a finite, positive (n, d) matrix")
+        self.C = C
+
+    def __call__(self, X_sets: np.ndarray) -> np.ndarray:
+        raise TypeError("the cnet aggregator needs the sets' row indices: call aggregate_sets(X, sets)")
+
+    def aggregate_sets(self, X: np.ndarray, sets: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, np.float64)
+        sets = np.asarray(sets, np.int64)
+        if len(X) != len(self.C):
+            raise ValueError(f"{len(X)} rows but {len(self.C)} confidence rows")
+        d = self.C.shape[1]
+        if X.shape[1] < d:
+            raise ValueError(f"X has {X.shape[1]} columns, fewer than the {d} confidences")
+        c = self.C[sets]
+        head = (c * X[sets][..., :d]).sum(1) / c.sum(1)
+        tail = X[sets][..., d:].mean(1)
+        return np.concatenate([head, tail], axis=1).astype(np.float32)
+
+
+def make_aggregator(name: str, df=None) -> MeanAggregator:
+    """``mean`` / ``median`` / ``cnet`` (``cnet`` reads the ``confidence`` column of the coefficient table ``df``,
+    rows aligned with the rows the classifier uses)."""
+    if name == "mean":
+        return MeanAggregator()
+    if name == "median":
+        return MedianAggregator()
+    if name == "cnet":
+        if df is None or "confidence" not in df.columns or df["confidence"].isna().any():
+            raise ValueError("the cnet aggregator needs a coefficient table with a C-Net 'confidence' for every "
+                             "row (code it with facelib.fitting.crossfit.rnet_tables, C-Net on)")
+        return ConfidenceAggregator(np.stack([np.asarray(v, np.float64) for v in df["confidence"]]))
+    raise ValueError(f"aggregator must be one of {AGGREGATORS}, got {name!r}")
 
 
 def aggregation_curve(X: np.ndarray, subjects, ks=(1, 2, 3, 5), n_splits: int = 5, max_sets: int = 300,

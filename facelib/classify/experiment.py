@@ -14,7 +14,7 @@ import torch
 
 from ..config import resolve_device
 from . import protocols as P
-from .aggregate import aggregate_sets
+from .aggregate import aggregate_sets, make_aggregator
 from .models import SKLEARN_MODELS
 from .trainer import (DEFAULT_EPOCHS, INPUTS, MODELS, default_batch_size, input_matrix, n_threads,
                       train_image_model, train_vector_model)
@@ -107,6 +107,9 @@ def _run_task(coeffs_df, *, task, protocol, input, model, backend, n_folds, epoc
     df = _task_table(coeffs_df, task)
     if not len(df):
         raise ValueError(f"no usable rows for task {task}")
+    agg_name = aggregator if isinstance(aggregator, str) else getattr(aggregator, "name", None)
+    if isinstance(aggregator, str):  # "mean", "median", "cnet" (C-Net confidences of the table's rows)
+        aggregator = make_aggregator(aggregator, df)
     backend = backend or (str(df["backend"].iloc[0]) if "backend" in df.columns else "unknown")
     n_folds = int(n_folds or DEFAULT_N_FOLDS.get(protocol, 3))
     epochs = int(epochs or DEFAULT_EPOCHS[(kind, task)])
@@ -194,6 +197,7 @@ def _run_task(coeffs_df, *, task, protocol, input, model, backend, n_folds, epoc
     angle_order = [a for a in P.ANGLES if a in angle_hits] + sorted(set(angle_hits) - set(P.ANGLES))
     return {
         "task": task, "protocol": protocol, "input": input, "model": model, "backend": backend,
+        "aggregator": (agg_name or "mean") if kind == "vector" and any(f.train.ndim == 2 for f in folds) else None,
         "device": device, "torch_threads": threads, "torch_version": torch.__version__, "seed": seed,
         "epochs": epochs, "n_folds": len(folds), "batch_size": batch_sizes[0] if batch_sizes else None,
         "batch_sizes": batch_sizes, "lr": lr,

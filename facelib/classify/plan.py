@@ -39,22 +39,28 @@ def run_plan(coeffs: dict[str, pd.DataFrame | list[pd.DataFrame]], plan: list[di
              n_folds=None,
              epochs=None, image_epochs=None, image_size=None, seed: int = 0, device=None, batch_size=None,
              identity_max_sets: int | None = None, identity_session: str | None = "A",
-             progress: bool = True) -> pd.DataFrame:
+             aggregators=("mean",), progress: bool = True) -> pd.DataFrame:
     """Run every plan entry, save each result as JSON in ``results_dir``; protocols the data cannot support
     (e.g. cross-session on a one-session set) are logged as skipped with the reason. Returns a summary table.
 
     ``coeffs[dataset]`` may be a list of coefficient tables of the same images (raw backend output, then fitted
     variants): coefficient inputs run on each (their ``backend`` column tells them apart in Table 1), the image
-    baseline once."""
+    baseline once. ``aggregators`` (``mean``, ``median``, ``cnet``): the paper's identity rows on coefficients
+    (3-subsets) run once per aggregator (``cnet`` only on tables with C-Net confidences, i.e. R-Net-coded ones)."""
     jobs = []
     for entry in plan:
         tables = coeffs[entry["dataset"]]
         tables = tables if isinstance(tables, (list, tuple)) else [tables]
         for df in (tables[:1] if entry["input"] == "image" else tables):
-            jobs.append((entry, df))
+            sets = entry["task"] == "identity" and entry["protocol"] == "paper" and entry["input"] != "image"
+            has_conf = "confidence" in df.columns and df["confidence"].notna().any()
+            for agg in (list(aggregators or ["mean"]) if sets else ["mean"]):  # only the paper's has k-sets
+                if agg != "cnet" or has_conf:
+                    jobs.append(({**entry, "aggregator": agg}, df))
     rows = []
     for entry, df in tqdm(jobs, desc="classification runs", disable=not progress):
         entry = {**entry, "backend": str(df["backend"].iloc[0])}
+        agg = entry.pop("aggregator")
         is_image = entry["input"] == "image"
         kwargs = {}
         if entry["task"] == "identity" and entry["protocol"] == "paper" and identity_max_sets:
@@ -66,12 +72,14 @@ def run_plan(coeffs: dict[str, pd.DataFrame | list[pd.DataFrame]], plan: list[di
             result = run_task(df, entry["task"], entry["protocol"], entry["input"], entry["model"],
                               backend=entry["backend"], n_folds=folds,
                               epochs=image_epochs if is_image else epochs, seed=seed, device=device,
-                              image_size=image_size, batch_size=batch_size, protocol_kwargs=kwargs or None)
+                              image_size=image_size, batch_size=batch_size, protocol_kwargs=kwargs or None,
+                              aggregator=None if agg == "mean" else agg)
         except P.ProtocolUnavailable as exc:
             rows.append({**entry, "status": f"skipped: {exc}"})
             continue
         save_result(result, results_dir)
-        rows.append({**entry, "status": "ok", "accuracy_mean": result["accuracy_mean"],
+        rows.append({**entry, "aggregator": result.get("aggregator"), "status": "ok",
+                     "accuracy_mean": result["accuracy_mean"],
                      "accuracy_std": result["accuracy_std"], "n_folds": result["n_folds"],
                      "seconds_per_input": result["seconds_per_input"]})
     return pd.DataFrame(rows)

@@ -25,8 +25,9 @@ def read_coeffs(path: str | Path) -> pd.DataFrame:
 
 def result_name(result: dict) -> str:
     backend = str(result.get("backend") or "").replace("+", "_")
+    agg = result.get("aggregator")
     return (f"{result['task']}__{result['protocol']}__{result['input'].replace('+', '_')}__{result['model']}"
-            + (f"__{backend}" if backend else ""))
+            + (f"__{backend}" if backend else "") + (f"__{agg}" if agg and agg != "mean" else ""))
 
 
 

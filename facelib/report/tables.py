@@ -26,8 +26,8 @@ import pandas as pd
 from ..io import atomic_path, atomic_write_json
 from ..vocab import EXPRESSIONS
 
-TABLE1_COLUMNS = ["task", "protocol", "input", "model", "backend", "accuracy_mean", "accuracy_std", "n_folds",
-                  "n_train", "n_test"]
+TABLE1_COLUMNS = ["task", "protocol", "input", "model", "backend", "aggregator", "accuracy_mean", "accuracy_std",
+                  "n_folds", "n_train", "n_test"]
 TABLE2_COLUMNS = ["task", "input", "model", "device", "seconds_per_input", "seconds_per_epoch"]
 
 # The paper's figures (REFERENCE.md). Table 1: accuracy (0–1) with images vs with 3DMM coefficients.
@@ -160,8 +160,9 @@ def table1_display(t1: pd.DataFrame) -> pd.DataFrame:
         return f"{100 * p[kind]:.1f} %"
 
     d["paper"] = d.apply(paper, axis=1) if len(d) else []
-    cols = ["task", "protocol", "input", "model", "backend", "accuracy", "paper", "n_folds", "n_train", "n_test"]
-    return d[cols]
+    cols = ["task", "protocol", "input", "model", "backend", "aggregator", "accuracy", "paper", "n_folds", "n_train",
+            "n_test"]
+    return d[[c for c in cols if c in d.columns]]  # tables written before the aggregator column have none
 
 
 def table1_markdown(t1: pd.DataFrame, provenance: dict) -> str:
