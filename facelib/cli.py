@@ -92,16 +92,17 @@ def cmd_fit(args) -> int:
 
 def _classify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coeffs", required=True, help="coefficient table (parquet or CSV)")
-    p.add_argument("--task", required=True, choices=list(TASK_LABEL))
+    p.add_argument("--task", required=True,
+                   help=f"{', '.join(TASK_LABEL)}, or any other label column of the table (a generic task)")
     p.add_argument("--protocol", default="paper",
-                   choices=sorted({k for v in P.PROTOCOLS.values() for k in v}))
+                   choices=sorted({k for v in P.PROTOCOLS.values() for k in v} | set(P.GENERIC_PROTOCOLS)))
     p.add_argument("--input", default=None, choices=list(INPUTS), help="default: alpha (identity, gender), beta")
     p.add_argument("--model", default="resnet34", choices=list(MODELS))
     p.add_argument("--out", default="results", help="folder for the result JSON and predictions CSV")
     p.add_argument("--n-folds", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=None, help="default: the recipe's (facelib.classify.trainer.RECIPE)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, mps or auto (default $FACELIB_DEVICE / auto)")
     p.add_argument("--image-size", type=int, default=None, help="image input: default 64 on CPU, 224 on GPU")
@@ -116,14 +117,17 @@ def cmd_classify(args) -> int:
     try:
         result = run_task(df, args.task, args.protocol, args.input, args.model, backend=args.backend,
                           n_folds=args.n_folds, epochs=args.epochs, seed=args.seed, device=args.device,
-                          image_size=args.image_size, batch_size=args.batch_size, lr=args.lr,
+                          image_size=args.image_size, batch_size=args.batch_size,
+                          **({"lr": args.lr} if args.lr else {}),
                           patience=args.patience, num_threads=args.threads, verbose=not args.quiet)
     except P.ProtocolUnavailable as exc:
         print(f"not available: {exc}", file=sys.stderr)
         return 3
     path = save_result(result, args.out)
+    spread = f"± {result.accuracy_std:.4f}" if result.accuracy_std is not None else \
+        f"[{result.accuracy_ci[0]:.4f}, {result.accuracy_ci[1]:.4f}]"
     print(f"{result['task']}/{result['protocol']}/{result['input']}/{result['model']}: accuracy "
-          f"{result['accuracy_mean']:.4f} ± {result['accuracy_std']:.4f} over {result['n_folds']} folds "
+          f"{result['accuracy_mean']:.4f} {spread} over {result['n_folds']} {result.split_kind} "
           f"({result['seconds_per_epoch']:.2f} s/epoch, {1000 * result['seconds_per_input']:.3f} ms/input) → {path}")
     return 0
 

@@ -7,33 +7,43 @@ column exists) are never used. ``fold.train`` / ``fold.test`` are either 1-D (on
 ``fold.train_images`` / ``fold.test_images`` are always the underlying 1-D image positions (what an image model or
 a single-image classifier uses).
 
-Protocols (``PROTOCOLS[task]``):
+Repeated random splits are called *repeats* (``split_kind`` in the results), partitions *folds*.
+Every generator raises :class:`ProtocolUnavailable` (one line, with the fix) when the data cannot support it.
+
+Protocols (``PROTOCOLS[task]``; any other label column is a generic task with ``GENERIC_PROTOCOLS``):
 
 =========== ========================= =============================================================================
 task        name                      split
 =========== ========================= =============================================================================
-identity    ``paper``                 :func:`paper_identity`: 10 KDEF people, per person 20 train / 15 test pictures
-                                      (random per fold), every 3-subset averaged → 1140 / 455 samples per person.
+identity    ``paper``                 :func:`paper_identity`: KDEF's 10 people (any other table: every person),
+                                      per person 20 train / 15 test pictures (random per repeat; fewer pictures:
+                                      split 20:15), every 3-subset averaged → 1140 / 455 samples per person.
                                       Same people in train and test (it is identification), but the *pictures* are
                                       random: the same expression at a neighbouring angle is usually on both sides.
-identity    ``cross_session``         :func:`cross_session_identity`: train session A, test session B — needs the
-                                      full KDEF; raises :class:`ProtocolUnavailable` on single-session data.
-identity    ``cross_angle``           :func:`cross_angle_identity`: leave-one-angle-out (5 folds): test pictures are
-                                      a view never seen in training. Available on the dev set.
+identity    ``cross_session``         :func:`cross_session_identity`: train session A, test session B — the
+                                      leak-free identity protocol on a full KDEF; raises
+                                      :class:`ProtocolUnavailable` on single-session data.
+identity    ``cross_angle``           :func:`cross_angle_identity`: 3 folds, each holds out a view *and its mirror*
+                                      ({FL, FR}, {HL, HR}, {S}); image models train without flips.
 identity    ``leave_expression_out``  :func:`leave_expression_out_identity`: 7 folds, each holds out one
-                                      expression. Available on the dev set.
+                                      expression.
 expression  ``paper``                 :func:`paper_expression`: all pictures, stratified 2975/1925 proportion,
                                       repeated with seeds. Leaks identity: a person's other expressions (and the
                                       same expression at other angles) are in training.
 expression  ``subject_independent``   :func:`subject_independent_expression`: GroupKFold by subject.
-gender      ``paper``                 :func:`paper_gender`: FEI, 50 M + 50 F *subjects* train (both their images),
-                                      other 50 M + 50 F subjects test. Our reading: the paper says "100 training
-                                      pictures"; FEI's frontal set has 2 images per subject, so we split subjects
-                                      and use all their images (200 train / 200 test images) — already
-                                      subject-disjoint.
+gender      ``paper``                 :func:`paper_gender`: FEI as the paper wrote it — one (neutral) picture per
+                                      subject, 50 M + 50 F train, the other 50 M + 50 F test; subject-disjoint.
+gender      ``two_picture``           :func:`two_picture_gender`: the same subject split with both FEI frontal
+                                      pictures of each subject (200 / 200).
 gender      ``subject_independent``   :func:`subject_independent_gender`: GroupKFold by subject, stratified by
                                       gender at subject level.
+any         ``subject_independent``   :func:`subject_independent`: GroupKFold by subject (stratified by the label
+                                      when it is constant per subject); with or without a gender column.
+any         ``random``                :func:`random_split`: stratified random picture split, repeated.
 =========== ========================= =============================================================================
+
+The module is over ~400 lines because it is the one place every protocol, its leakage note and the task registry
+live (one owner per idea); each generator is short.
 """
 from __future__ import annotations
 
