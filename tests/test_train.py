@@ -167,3 +167,37 @@ def test_cli(tmp_path, synth):
     rc = classify_main(["--coeffs", str(coeffs), "--task", "identity", "--protocol", "cross_session",
                           "--model", "logreg", "--out", str(tmp_path / "res2"), "--quiet"])
     assert rc == 3
+
+
+def test_picture_features_on_real_kdef(kdef_root):
+    """HOG / pixels / dlib descriptors of real KDEF pictures: shapes, and dlib's descriptor is closer within a
+    person (two expressions, frontal) than across people."""
+    from facelib.data.datasets import load_kdef
+    from facelib.face3d.landmarks import DlibLandmarker
+
+    man = load_kdef(kdef_root)
+    pick = man[(man["angle"] == "S") & man["expression"].isin(["NE", "HA"])].sort_values("image_id")
+    pick = pick[pick["subject"].isin(sorted(set(pick["subject"]))[:2])].reset_index(drop=True)
+    assert len(pick) == 4
+    assert I.picture_features(pick, "hog").shape == (4, 1764)
+    assert I.picture_features(pick, "pixels").shape == (4, 1024)
+    try:
+        import dlib
+
+        lm, detector = DlibLandmarker(), dlib.get_frontal_face_detector()
+    except Exception as exc:  # dlib runtime or model missing
+        pytest.skip(f"dlib landmarker unavailable: {exc}")
+    marks = []
+    for f in pick["path"]:
+        bgr = cv2.imread(f)
+        d = max(detector(np.ascontiguousarray(bgr[:, :, ::-1]), 1), key=lambda r: r.area())
+        p = lm([bgr], [np.array([d.left(), d.top(), d.right(), d.bottom()])])[0]
+        marks.append(np.concatenate([p[:, 0], p[:, 1]]).tolist())
+    pick["landmarks"] = marks
+    D = I.picture_features(pick, "dlib")
+    assert D.shape == (4, 128)
+    dist = np.linalg.norm(D[:, None] - D[None], axis=-1)
+    subj = pick["subject"].to_numpy()
+    same = dist[(subj[:, None] == subj[None]) & ~np.eye(4, dtype=bool)].max()
+    other = dist[subj[:, None] != subj[None]].min()
+    assert same < other, (same, other)
