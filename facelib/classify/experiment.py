@@ -297,14 +297,15 @@ def _run_task(coeffs_df, *, task, protocol, input, model, backend=None, n_folds=
         acc["n_te"].append(int(len(yte)))
         acc["tr_pic"].append(int(len(fold.train_images)))
         acc["te_pic"].append(int(len(test_pics)))
-        acc["tr_set"].append(int(len(fit)) if fold.is_sets else 0)
+        acc["tr_set"].append(int(len(fit)) if fold.is_sets and kind == "coefficients" else 0)  # pictures train
         acc["te_set"].append(int(len(fold.test)) if fold.is_sets else 0)
         acc["n_val"].append(int(len(val)))
         acc["spi"].append(res["seconds_per_input"])
         acc["spe"].append(res["seconds_per_epoch"])
         acc["tsec"].append(res["train_seconds"])
-        acc["best"].append(int(res["best_epoch"]))
-        acc["run"].append(int(res["epochs_run"]))
+        epoch_based = model not in SKLEARN_MODELS
+        acc["best"].append(int(res["best_epoch"]) if epoch_based else None)
+        acc["run"].append(int(res["epochs_run"]) if epoch_based else None)
         acc["C"].append(res.get("C"))
         acc["bs"].append(bs)
         np.add.at(conf, (yte, pred), 1)

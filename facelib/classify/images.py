@@ -86,9 +86,21 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, flip: bool = True, scal
     return (img - IMAGENET_MEAN) / IMAGENET_STD
 
 
+_FEATURES: dict[tuple, np.ndarray] = {}
+
+
 def picture_features(df, kind: str, boxes=None) -> np.ndarray:
-    """Per-picture feature matrix (n, d) of the table's pictures for a classic / pretrained baseline."""
+    """Per-picture feature matrix (n, d) of the table's pictures for a classic / pretrained baseline; cached in
+    memory per (kind, pictures, boxes), so the protocols of one study compute each picture's features once."""
     paths = df["path"].astype(str).tolist()
+    key = (kind, tuple(paths), None if boxes is None else tuple(None if b is None else tuple(map(float, b[:4]))
+                                                               for b in boxes))
+    if key not in _FEATURES:
+        _FEATURES[key] = _features(df, kind, paths, boxes)
+    return _FEATURES[key]
+
+
+def _features(df, kind: str, paths: list[str], boxes) -> np.ndarray:
     if kind == "hog":
         from skimage.feature import hog
 

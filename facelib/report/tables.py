@@ -2,6 +2,8 @@
 
 Inputs are the :class:`~facelib.classify.experiment.TaskResult` dicts (``to_dict()``, or the JSON files
 ``facelib.classify.results.save_result`` writes). ``write_tables`` first clears the previous run's table files.
+The module is over ~400 lines because it is the one owner of Tables 1–3: the paper's figures, the tables, their
+display forms (used by notebook 05 and the index page) and their figures.
 Outputs in ``out_dir``:
 
 * ``table1.csv`` — ``TABLE1_COLUMNS``: one row per result and k (accuracy as a 0–1 fraction; ``accuracy_std``
