@@ -49,6 +49,13 @@ def test_per_angle_plot_with_fitted_variants(tmp_path, results):
     assert out.stat().st_size > 1000
     t1 = tables.table1([r, fitted])
     assert len(tables.table1_pivot(t1).columns) == 2  # backends stay apart
+    assert set(tables.table1_best(t1)["backend"]) <= {r["backend"], fitted["backend"]}
+    rn = dict(r, model="resnet34")
+    t2 = tables.table2([rn, dict(fitted, model="resnet34"), dict(rn, input="image", kind="images",
+                                                                   seconds_per_input=1.0)])
+    ratio = tables.table2_ratio(t2)
+    assert len(ratio) == 2 and np.allclose(ratio["image / vector"], 1.0 / ratio["vector"])
+    assert tables.table2_ratio(tables.table2([rn]))["image"].isna().all()  # no image run: no ratio, no crash
 
 
 def test_single_split_shows_interval_and_tables_hold_one_run(tmp_path, results):

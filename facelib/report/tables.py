@@ -281,7 +281,8 @@ def table2_ratio(t2: pd.DataFrame) -> pd.DataFrame:
     r = t2[t2["model"] == "resnet34"]
     img = r[r["input"] == "image"].groupby("task")["seconds_per_input"].mean()
     vec = r[r["input"] != "image"].groupby(["task", "backend"])["seconds_per_input"].mean().rename("vector")
-    out = vec.reset_index().assign(image=lambda x: x["task"].map(img))
+    out = vec.reset_index()
+    out["image"] = pd.to_numeric(out["task"].map(img.to_dict()), errors="coerce").astype(float)
     return out.assign(**{"image / vector": out["image"] / out["vector"]})
 
 
