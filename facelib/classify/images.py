@@ -63,8 +63,11 @@ def to_tensor(X: np.ndarray) -> torch.Tensor:
 
 def augment_batch(x: torch.Tensor, gen: torch.Generator, flip: bool = True, scale=(0.75, 1.0),
                   ratio=(0.9, 1.1), jitter: float = 0.2) -> torch.Tensor:
-    """Random resized crop + colour jitter (+ horizontal flip) of a normalised batch (B, 3, S, S)."""
+    """Random resized crop + colour jitter (+ horizontal flip) of a normalised batch (B, 3, S, S), on the batch's
+    device (random numbers drawn on the CPU from ``gen``, so a run is seeded the same on every device)."""
     B, _, S, _ = x.shape
+    dev = x.device
+    mean, std = IMAGENET_MEAN.to(dev), IMAGENET_STD.to(dev)
     u = torch.rand(B, 6, generator=gen)
     area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
     r = ratio[0] + (ratio[1] - ratio[0]) * u[:, 1]
@@ -73,17 +76,17 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, flip: bool = True, scal
     sx = torch.where(u[:, 4] < 0.5, -w, w) if flip else w
     theta = torch.zeros(B, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, cx, h, cy
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(dev), list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     # colour jitter in [0, 1] space
-    img = out * IMAGENET_STD + IMAGENET_MEAN
-    j = 1 + jitter * (2 * torch.rand(B, 3, 1, 1, 1, generator=gen) - 1)
+    img = out * std + mean
+    j = (1 + jitter * (2 * torch.rand(B, 3, 1, 1, 1, generator=gen) - 1)).to(dev)
     img = img * j[:, 0]
-    mean = img.mean(dim=(1, 2, 3), keepdim=True)
-    img = (img - mean) * j[:, 1] + mean
+    m = img.mean(dim=(1, 2, 3), keepdim=True)
+    img = (img - m) * j[:, 1] + m
     gray = img.mean(dim=1, keepdim=True)
     img = ((img - gray) * j[:, 2] + gray).clamp(0, 1)
-    return (img - IMAGENET_MEAN) / IMAGENET_STD
+    return (img - mean) / std
 
 
 _FEATURES: dict[tuple, np.ndarray] = {}

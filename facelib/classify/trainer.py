@@ -149,10 +149,9 @@ def _fit_torch(model, X_fit, y_fit, X_val, y_val, X_test, to_tensor, *, epochs, 
         t0 = time.perf_counter()
         total, n_seen = 0.0, 0
         for b in _batches(len(X_fit), batch_size, gen):
-            xb = to_tensor(X_fit[b])
+            xb, yb = to_tensor(X_fit[b]).to(device), y_fit_t[b].to(device)
             if augment is not None:
                 xb = augment(xb, gen)
-            xb, yb = xb.to(device), y_fit_t[b].to(device)
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(xb), yb)
             loss.backward()
