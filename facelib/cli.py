@@ -159,17 +159,19 @@ def cmd_ict(args) -> int:
 def _classify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coeffs", required=True, help="coefficient table (parquet or CSV)")
     p.add_argument("--task", required=True,
-                   help="identity, expression, gender, or the name of any other label column of the table")
+                   help=f"{', '.join(TASK_LABEL)}, or any other label column of the table (a generic task)")
     p.add_argument("--protocol", default="paper",
-                   choices=sorted({k for v in P.PROTOCOLS.values() for k in v}), help="train/test split rule")
+                   choices=sorted({k for v in P.PROTOCOLS.values() for k in v} | set(P.GENERIC_PROTOCOLS)),
+                   help="train/test split rule")
     p.add_argument("--input", default=None, choices=list(INPUTS),
                    help="default: alpha (identity, gender), beta (expression), alpha+beta (other labels)")
     p.add_argument("--model", default="resnet34", choices=list(MODELS), help="classifier")
     p.add_argument("--out", default="results", help="folder for the result JSON and predictions CSV")
-    p.add_argument("--n-folds", type=int, default=None, help="folds (None: the protocol's default)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (None: per-task default)")
+    p.add_argument("--n-folds", type=int, default=None, help="folds or repeats (None: the protocol's default)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="cap on epochs; networks stop early on the inner validation split (None: the recipe's cap)")
     p.add_argument("--batch-size", type=int, default=None, help="None: 128 for vectors (32 on small sets), 32 for images")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (Adam)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (None: the recipe's, facelib.classify.trainer.RECIPE)")
     p.add_argument("--seed", type=int, default=0, help="random seed (splits, initialisation)")
     p.add_argument("--device", default=None, help="cpu, cuda, mps or auto (default $FACELIB_DEVICE / auto)")
     p.add_argument("--image-size", type=int, default=None, help="image input: default 64 on CPU, 224 on GPU")
@@ -182,17 +184,17 @@ def _classify_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_classify(args) -> int:
     _require_file(args.coeffs, "coefficient table", "make one with `python -m facelib reconstruct … --out <file>`")
     df = read_coeffs(args.coeffs)
-    task = labels.require_task(df, args.task)
-    if args.task not in TASK_LABEL:
-        raise labels.UnknownLabel(f"task {args.task!r} (label column {task.column!r}) is not one this version's "
-                                  f"classifier runs", hint=f"tasks it runs: {', '.join(TASK_LABEL)}")
+    labels.require_task(df, args.task)
     result = run_task(df, args.task, args.protocol, args.input, args.model, backend=args.backend,
                       n_folds=args.n_folds, epochs=args.epochs, seed=args.seed, device=args.device,
-                      image_size=args.image_size, batch_size=args.batch_size, lr=args.lr,
+                      image_size=args.image_size, batch_size=args.batch_size,
+                      **({"lr": args.lr} if args.lr else {}),
                       patience=args.patience, num_threads=args.threads, verbose=not args.quiet)
     path = save_result(result, args.out)
+    spread = f"± {result.accuracy_std:.4f}" if result.accuracy_std is not None else \
+        f"[{result.accuracy_ci[0]:.4f}, {result.accuracy_ci[1]:.4f}]"
     print(f"{result['task']}/{result['protocol']}/{result['input']}/{result['model']}: accuracy "
-          f"{result['accuracy_mean']:.4f} ± {result['accuracy_std']:.4f} over {result['n_folds']} folds "
+          f"{result['accuracy_mean']:.4f} {spread} over {result['n_folds']} {result.split_kind} "
           f"({result['seconds_per_epoch']:.2f} s/epoch, {1000 * result['seconds_per_input']:.3f} ms/input) → {path}")
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from math import comb
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from facelib.classify import protocols as P
@@ -98,12 +99,18 @@ def test_subject_independent_gender_balanced(both):
         assert (both["dataset"].iloc[f.train] == "fei").all()
 
 
-def test_paper_gender_subjects(both):
+def test_paper_gender_one_picture_per_subject(both):
+    """The paper's protocol as written: 50 M + 50 F pictures train, 50 M + 50 F test, one (neutral) each."""
     for f in P.paper_gender(both, n_folds=2):
         tr, te = both.iloc[f.train], both.iloc[f.test]
-        assert (tr.drop_duplicates("subject")["gender"].value_counts() == 50).all()
-        assert (te.drop_duplicates("subject")["gender"].value_counts() == 50).all()
-        assert len(tr) == 200 and len(te) == 200
+        assert (tr["gender"].value_counts() == 50).all() and (te["gender"].value_counts() == 50).all()
+        assert len(tr) == 100 and len(te) == 100
+        assert tr["subject"].is_unique and te["subject"].is_unique
+        assert set(tr["expression"]) == set(te["expression"]) == {"neutral"}
+        assert not set(tr["subject"]) & set(te["subject"])
+    for f in P.two_picture_gender(both, n_folds=2):  # the two-picture variant keeps its own name
+        tr, te = both.iloc[f.train], both.iloc[f.test]
+        assert len(tr) == 200 and len(te) == 200 and f.name.startswith("two_picture_gender")
         assert not set(tr["subject"]) & set(te["subject"])
 
 
@@ -117,10 +124,12 @@ def test_cross_session(kdef, both):
 
 def test_cross_angle_and_leave_expression_out(kdef):
     folds = P.cross_angle_identity(kdef)
-    assert [f.info["test_angle"] for f in folds] == list(P.ANGLES)
-    for f in folds:
-        assert set(kdef["angle"].iloc[f.test]) == {f.info["test_angle"]}
-        assert f.info["test_angle"] not in set(kdef["angle"].iloc[f.train])
+    assert [f.info["test_angles"] for f in folds] == [["FL", "FR"], ["HL", "HR"], ["S"]]
+    for f in folds:  # a view and its mirror are held out together, and image flips are off
+        test_views = set(kdef["angle"].iloc[f.test])
+        assert test_views == set(f.info["test_angles"]) and not test_views & set(kdef["angle"].iloc[f.train])
+        assert f.info["flip"] is False
+    assert sorted(np.concatenate([f.test for f in folds])) == list(range(len(kdef)))
     folds = P.leave_expression_out_identity(kdef, k=3, max_sets=20)
     assert len(folds) == 7 and folds[0].train.shape == (200, 3)
     for f in folds:
@@ -131,3 +140,40 @@ def test_make_folds_registry(kdef):
     assert len(P.make_folds(kdef, "expression", "paper", n_folds=2, seed=0)) == 2
     with pytest.raises(ValueError, match="unknown task/protocol"):
         P.make_folds(kdef, "identity", "nope")
+
+
+def test_usable_mask_honours_manifest_flag(kdef):
+    df = kdef.copy()
+    df["usable"] = True
+    df.loc[df.index[:3], "usable"] = False
+    df.loc[df.index[3], "status"] = "no_face"
+    m = P.usable_mask(df)
+    assert m.sum() == len(df) - 4 and not m[:4].any()
+    folds = P.paper_expression(df, n_folds=1)
+    assert not set(range(4)) & set(np.concatenate([folds[0].train, folds[0].test]))
+
+
+def test_generic_dataset_without_gender_or_kdef_people():
+    """Any labelled set: identity/paper draws from whoever is there; subject-independent without gender."""
+    rows = [dict(image_id=f"p{s}_{i}", subject=f"person{s}", smile=("yes" if i % 2 else "no"), status="ok")
+            for s in range(6) for i in range(8)]
+    df = pd.DataFrame(rows)
+    (f,) = P.paper_identity(df, n_folds=1)
+    assert set(df["subject"].iloc[f.train_images]) == {f"person{s}" for s in range(6)}
+    assert not set(f.train_images) & set(f.test_images)
+    folds = P.make_folds(df, "identity", "paper", n_folds=1)
+    assert folds[0].info["pictures_per_subject"]["person0"] == (5, 3)  # 8 pictures split 20:15
+    assert P.tasks_for(df) == ["identity", "smile"]
+    for f in P.make_folds(df, "smile", "subject_independent", n_folds=3):
+        assert not set(df["subject"].iloc[f.train]) & set(df["subject"].iloc[f.test])
+    for f in P.make_folds(df, "expression" if False else "smile", "random", n_folds=2):
+        assert not set(f.train) & set(f.test)
+    assert len(P.subject_independent_expression(df.assign(expression="x"), n_folds=3)) == 3
+
+
+def test_too_few_pictures_is_one_clear_error():
+    df = pd.DataFrame([dict(image_id=f"{s}{i}", subject=s, status="ok") for s in "ab" for i in range(4)])
+    with pytest.raises(P.ProtocolUnavailable, match="too few.*lower k"):
+        P.paper_identity(df, n_folds=1)
+    with pytest.raises(P.ProtocolUnavailable, match="lower n_folds"):
+        P.subject_independent(df, n_folds=3)

@@ -9,6 +9,7 @@ import pytest
 
 from facelib.classify import protocols as P
 from facelib.classify import experiment as E
+from facelib.classify import images as I
 from facelib.classify import trainer as T
 from facelib.cli import classify_main
 from tests.fixtures import synthetic_coeff_table
@@ -39,8 +40,10 @@ def test_vector_resnet_learns_easy_problem():
     X, y = _blobs(n_per=60)
     r = T.train_vector_model(X[:120], y[:120], X[120:], y[120:], epochs=10, batch_size=32, seed=0)
     assert r["accuracy"] > 0.9, r["history"]
-    assert 1 <= r["best_epoch"] <= 10 and r["n_val"] == 12 and r["n_fit"] == 108
-    assert r["seconds_per_input"] == pytest.approx(r["seconds_per_epoch"] / 108)
+    assert 1 <= r["best_epoch"] <= 10 and r["n_val"] == 18 and r["n_fit"] == 102
+    assert r["seconds_per_input"] == pytest.approx(r["seconds_per_epoch"] / 102)
+    assert r["scores"].shape == (60, 3) and np.allclose(r["scores"].sum(1), 1, atol=1e-5)
+    assert r["history"][0]["lr"] > r["history"][-1]["lr"]  # the cosine schedule decays
 
 
 def test_vector_resnet_shuffled_labels_near_chance():
@@ -57,14 +60,18 @@ def test_determinism_and_standardisation_on_training_only():
     assert (a["predictions"] == b["predictions"]).all()
     assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
     # the scaler saw the fit split only (not the validation carve-out, not the test set)
-    fit, _ = T.carve_validation(y[:60], 0.1, 5)
+    fit, _ = T.carve_validation(y[:60], T.RECIPE["val_fraction"], 5)
     assert np.allclose(a["standardize_mean"], X[:60][fit].mean(0), rtol=1e-5)
 
 
 def test_baselines_and_early_stopping():
     X, y = _blobs()
-    for m in ("logreg", "svm"):
-        assert T.train_vector_model(X[:200], y[:200], X[200:], y[200:], model=m)["accuracy"] > 0.9
+    for m in ("logreg", "svm", "linsvm", "fisherfaces"):
+        r = T.train_vector_model(X[:200], y[:200], X[200:], y[200:], model=m)
+        assert r["accuracy"] > 0.9 and r["C"] in T.C_GRID, m
+        assert [h["C"] for h in r["history"]] == list(T.C_GRID)  # C chosen on the validation split
+        best = max(r["history"], key=lambda h: h["val_accuracy"])
+        assert r["best_val_accuracy"] == best["val_accuracy"]
     y_shuf = np.random.default_rng(1).permutation(y)  # nothing to learn: validation stops improving
     r = T.train_vector_model(X[:200], y_shuf[:200], X[200:], y_shuf[200:], model="mlp", epochs=50, patience=2)
     assert r["epochs_run"] < 50 and r["best_epoch"] == r["epochs_run"] - 2
@@ -78,11 +85,14 @@ def synth():
 def test_run_task_identity_paper(synth):
     r = E.run_task(synth, "identity", "paper", model="logreg", n_folds=2,
                    protocol_kwargs={"max_sets": 100})
-    assert r["n_folds"] == 2 and r["n_train"] == 1000 and r["n_test"] == 1000
+    assert isinstance(r, E.TaskResult) and r.split_kind == "repeats" and r.k == 3
+    assert r["n_folds"] == 2 and r["n_test"] == 1000 and r.n_test_pictures == [150, 150]
+    assert r.n_train_pictures == [200, 200] and r.n_val == [100, 100]  # 5 held-out pictures → C(5,3) sets
     assert r["accuracy_mean"] > 0.9 and len(r["fold_accuracies"]) == 2
+    assert set(r.accuracy_by_k) == {"1", "3"} and r.accuracy_by_k["1"]["n_test"] == [150, 150]
     assert r["per_angle_accuracy"] == {} and "+" in r["predictions"][0]["image_id"]
     assert np.asarray(r["confusion"]).sum() == 2000
-    json.dumps(r)  # JSON-able
+    json.dumps(r.to_dict())  # JSON-able
 
 
 def test_run_task_expression_keys(synth):
@@ -95,7 +105,11 @@ def test_run_task_expression_keys(synth):
     assert set(r["per_angle_accuracy"]) == set(P.ANGLES)
     assert np.asarray(r["confusion"]).shape == (7, 7) and np.asarray(r["confusion"]).sum() == 350
     r2 = E.run_task(synth, "gender", "paper", input="alpha+beta", model="logreg", n_folds=2)
-    assert r2["classes"] == ["F", "M"] and r2["n_train"] == 20  # FEI rows only
+    assert r2["classes"] == ["F", "M"] and r2.n_train_pictures == [10, 10]  # FEI rows, one picture per subject
+    r3 = E.run_task(synth, "gender", "paper", input="alpha", model="logreg", n_folds=1)
+    assert r3.accuracy_std is None and r3.split_kind == "single split"
+    lo, hi = r3.accuracy_ci
+    assert lo <= r3.accuracy_mean <= hi
 
 
 def test_run_task_unavailable(synth):
@@ -118,11 +132,27 @@ def test_image_model_and_cache(tmp_path, synth):
     r = T.train_image_model(rows[:16], y[:16], rows[16:], y[16:], image_size=32, epochs=2, batch_size=8,
                             boxes_train=[[0, 0, 40, 48, 1.0]] * 16, boxes_test=[[0, 0, 40, 48, 1.0]] * 8)
     assert r["image_size"] == 32 and len(r["predictions"]) == 8 and 0 <= r["accuracy"] <= 1
-    assert T.load_image(rows[0], 32).shape == (32, 32)
+    assert I.load_image(rows[0], 32).shape == (32, 32, 3) and I.load_image(rows[0], 32, gray=True).shape == (32, 32)
+    assert I.load_image(rows[0], 32, [0, 0, 40, 48, 1.0]).shape == (32, 32, 3)  # colour head crop
     df = synth[synth["dataset"] == "fei"].copy().reset_index(drop=True).iloc[:24]
     df["path"] = rows
-    res = E.run_task(df, "gender", "paper", input="image", n_folds=1, epochs=1, image_size=32)
-    assert res["image_size"] == 32 and res["input"] == "image"
+    res = E.run_task(df, "gender", "two_picture", input="image", n_folds=1, epochs=1, image_size=32)
+    assert res["image_size"] == 32 and res["input"] == "image" and res.flip is True
+    for feat, model in (("hog", "linsvm"), ("pixels", "fisherfaces")):
+        r = E.run_task(df, "gender", "two_picture", input=feat, model=model, n_folds=1)
+        assert r.kind == "features" and 0 <= r.accuracy_mean <= 1 and r.accuracy_ci is not None
+
+
+def test_augmentation_keeps_shape_and_flip_off_is_unflipped():
+    import torch
+
+    x = torch.randn(4, 3, 16, 16)
+    g = torch.Generator().manual_seed(0)
+    out = I.augment_batch(x, g, flip=False, scale=(1.0, 1.0), ratio=(1.0, 1.0), jitter=0.0)
+    assert out.shape == x.shape
+    # identity crop, no jitter, no flip: the batch comes back (up to the [0, 1] clamp)
+    img = (x * I.IMAGENET_STD + I.IMAGENET_MEAN).clamp(0, 1)
+    assert torch.allclose(out, (img - I.IMAGENET_MEAN) / I.IMAGENET_STD, atol=1e-4)
 
 
 def test_cli(tmp_path, synth):
@@ -137,3 +167,37 @@ def test_cli(tmp_path, synth):
     rc = classify_main(["--coeffs", str(coeffs), "--task", "identity", "--protocol", "cross_session",
                           "--model", "logreg", "--out", str(tmp_path / "res2"), "--quiet"])
     assert rc == 2  # an expected failure: "error: …", exit code 2 (facelib.errors)
+
+
+def test_picture_features_on_real_kdef(kdef_root):
+    """HOG / pixels / dlib descriptors of real KDEF pictures: shapes, and dlib's descriptor is closer within a
+    person (two expressions, frontal) than across people."""
+    from facelib.data.datasets import load_kdef
+    from facelib.face3d.landmarks import DlibLandmarker
+
+    man = load_kdef(kdef_root)
+    pick = man[(man["angle"] == "S") & man["expression"].isin(["NE", "HA"])].sort_values("image_id")
+    pick = pick[pick["subject"].isin(sorted(set(pick["subject"]))[:2])].reset_index(drop=True)
+    assert len(pick) == 4
+    assert I.picture_features(pick, "hog").shape == (4, 1764)
+    assert I.picture_features(pick, "pixels").shape == (4, 1024)
+    try:
+        import dlib
+
+        lm, detector = DlibLandmarker(), dlib.get_frontal_face_detector()
+    except Exception as exc:  # dlib runtime or model missing
+        pytest.skip(f"dlib landmarker unavailable: {exc}")
+    marks = []
+    for f in pick["path"]:
+        bgr = cv2.imread(f)
+        d = max(detector(np.ascontiguousarray(bgr[:, :, ::-1]), 1), key=lambda r: r.area())
+        p = lm([bgr], [np.array([d.left(), d.top(), d.right(), d.bottom()])])[0]
+        marks.append(np.concatenate([p[:, 0], p[:, 1]]).tolist())
+    pick["landmarks"] = marks
+    D = I.picture_features(pick, "dlib")
+    assert D.shape == (4, 128)
+    dist = np.linalg.norm(D[:, None] - D[None], axis=-1)
+    subj = pick["subject"].to_numpy()
+    same = dist[(subj[:, None] == subj[None]) & ~np.eye(4, dtype=bool)].max()
+    other = dist[subj[:, None] != subj[None]].min()
+    assert same < other, (same, other)

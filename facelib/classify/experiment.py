@@ -1,12 +1,20 @@
-"""One experiment: a task × protocol × input × model over every fold (:func:`run_task`), the unit of Table 1.
+"""One experiment: a task × protocol × input × model over every split (:func:`run_task` → :class:`TaskResult`),
+the unit of Table 1.
 
-Tasks and their labels, the default input per task, and the default number of folds per protocol live here.
+Inputs come in three kinds: **coefficients** (``alpha``, ``beta``, ``alpha+beta``; a set sample is its members'
+aggregate), **images** (ResNet-34 on the colour head crops) and per-picture **features** (``hog``, ``pixels``,
+``dlib``). Per-picture models (images, features) train on the fold's pictures; on a set protocol (the paper's
+identity) they are also scored on the test *sets* — the mean of the members' class scores — and set-trained
+coefficient models are also scored on single test pictures, so every model has a k = 1 and a k = 3 figure
+(``accuracy_by_k``). Every split gets an inner validation split (:mod:`facelib.classify.validation`) for model
+selection; the test side is used once, at the end.
 """
 from __future__ import annotations
 
 import json
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -15,171 +23,295 @@ import torch
 from ..config import resolve_device
 from . import protocols as P
 from .aggregate import aggregate_sets, make_aggregator
+from .images import FEATURE_INPUTS, picture_features
 from .models import SKLEARN_MODELS
-from .trainer import (DEFAULT_EPOCHS, INPUTS, MODELS, default_batch_size, input_matrix, n_threads,
-                      train_image_model, train_vector_model)
+from .trainer import (INPUTS, MODELS, RECIPE, default_batch_size, input_matrix, n_threads, train_image_model,
+                      train_vector_model)
+from .validation import inner_split
 
-TASK_LABEL = {"identity": "subject", "expression": "expression", "gender": "gender"}
+TASK_LABEL = P.TASK_LABEL
 TASK_DEFAULT_INPUT = {"identity": "alpha", "expression": "beta", "gender": "alpha"}
 EXPRESSION_ORDER = P.EXPRESSIONS
-DEFAULT_N_FOLDS = {"paper": 3, "subject_independent": 5, "cross_session": 1, "cross_angle": 5,
-                   "leave_expression_out": 7}
+DEFAULT_N_FOLDS = {"paper": 5, "random": 5, "two_picture": 5, "subject_independent": 5, "cross_session": 1,
+                   "cross_angle": 3, "leave_expression_out": 7}
+CPU_IMAGE_SIZE, GPU_IMAGE_SIZE = 64, 224
+N_BOOTSTRAP = 1000
+FEATURE_SIZE = {"hog": 64, "pixels": 32, "dlib": 150}  # crop side (px) each feature is computed on
+
+
+@dataclass
+class TaskResult:
+    """One Table-1 cell (all splits). ``to_dict()`` is JSON-able; ``r["key"]`` / ``r.get`` read fields."""
+    task: str
+    protocol: str
+    input: str
+    model: str
+    backend: str
+    kind: str                      # coefficients / images / features
+    device: str
+    classes: list
+    k: int                         # the protocol's set size (1: single pictures)
+    split_kind: str                # repeats (random splits), folds (a partition), single split
+    fold_names: list
+    fold_accuracies: list
+    accuracy_mean: float
+    accuracy_std: float | None     # None for a single split (see accuracy_ci)
+    accuracy_ci: list | None       # bootstrap 95 % interval (single split), else None
+    accuracy_by_k: dict            # "1"/"3" → {fold_accuracies, mean, std, ci, n_test}
+    n_folds: int
+    n_train: float                 # training samples (fit + validation) per split, mean
+    n_test: float
+    n_train_pictures: list
+    n_test_pictures: list
+    n_train_sets: list
+    n_test_sets: list
+    n_val: list
+    validation: str                # how the inner validation split was drawn
+    epochs_max: int | None
+    epochs_run: list
+    best_epochs: list
+    C: list
+    recipe: dict
+    batch_size: int | None
+    batch_sizes: list
+    image_size: int | None
+    crop_to_box: bool
+    flip: bool | None
+    pretrained: bool
+    seconds_per_input: float
+    seconds_per_epoch: float
+    train_seconds: float
+    wall_seconds: float
+    confusion: list
+    per_angle_accuracy: dict
+    per_angle_counts: dict
+    leak_free: bool
+    leakage: str
+    transductive: str
+    protocol_info: dict
+    seed: int = 0
+    torch_threads: int = 1
+    torch_version: str = torch.__version__
+    aggregator: str | None = None   # identity sets: mean / median / cnet (None: no sets)
+    predictions: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return _jsonable(asdict(self))
+
+    def __getitem__(self, key):
+        return getattr(self, key)
+
+    def __contains__(self, key) -> bool:
+        return isinstance(key, str) and key in self.__dataclass_fields__
+
+    def get(self, key, default=None):
+        return getattr(self, key, default)
+
+    def keys(self):
+        return self.to_dict().keys()
 
 
 def _task_table(df: pd.DataFrame, task: str) -> pd.DataFrame:
-    """Usable rows of the dataset the task is defined on, with a 0..n-1 index."""
-    if task not in TASK_LABEL:
-        raise ValueError(f"task must be one of {tuple(TASK_LABEL)}, got {task!r}")
-    df = df[P.usable_mask(df)]
-    label = TASK_LABEL[task]
+    """Usable rows of the dataset the task is defined on (KDEF for identity/expression, FEI for gender when the
+    table holds both), with a label, and a 0..n-1 index."""
+    label = P.label_column(task)
     if label not in df.columns:
-        raise ValueError(f"task {task} needs a {label!r} column")
+        raise P.ProtocolUnavailable(f"task {task} needs a {label!r} column; this table's label columns give "
+                                    f"tasks {P.tasks_for(df)}")
+    df = df[P.usable_mask(df)]
     df = df[df[label].notna()]
-    if "dataset" in df.columns:
+    if "dataset" in df.columns and task in TASK_LABEL:
         ds = df["dataset"].astype(str)
         want = "fei" if task == "gender" else "kdef"
         if (ds == want).any():
             df = df[ds == want]
-    if task == "expression":
+    if task == "expression" and df["expression"].astype(str).isin(EXPRESSION_ORDER).any():
         df = df[df["expression"].astype(str).isin(EXPRESSION_ORDER)]
     return df.reset_index(drop=True)
 
 
 def _classes(task: str, y: pd.Series) -> list[str]:
     present = sorted(set(y.astype(str)))
-    if task == "expression":
+    if task == "expression" and set(present) <= set(EXPRESSION_ORDER):
         return [c for c in EXPRESSION_ORDER if c in present]
     return present
 
 
+def _kind(input: str) -> str:
+    return "images" if input == "image" else "features" if input in FEATURE_INPUTS else "coefficients"
+
+
+def transductive_note(df: pd.DataFrame) -> str:
+    """'' when the coefficients used nothing learnt from the evaluation pictures; else what was (the table's
+    ``transductive`` column when the fitting stage writes one; a full fit's texture basis and skin model)."""
+    if "transductive" in df.columns and df["transductive"].astype(str).str.len().gt(0).any():
+        return "; ".join(sorted(set(df["transductive"].astype(str)) - {"", "nan", "None"}))
+    backend = str(df["backend"].iloc[0]) if "backend" in df.columns and len(df) else ""
+    if "fit_full" in backend or backend.endswith("+full"):
+        return "texture basis and skin model built from this table's pictures (test pictures included)"
+    return ""
+
+
+def bootstrap_ci(correct: np.ndarray, seed: int = 0, n: int = N_BOOTSTRAP) -> list[float]:
+    """Percentile bootstrap 95 % interval of the mean of a 0/1 vector (seeded)."""
+    correct = np.asarray(correct, dtype=np.float64)
+    if not len(correct):
+        return [float("nan"), float("nan")]
+    rng = np.random.default_rng(seed)
+    means = correct[rng.integers(0, len(correct), size=(n, len(correct)))].mean(1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
 def run_task(coeffs_df: pd.DataFrame, task: str, protocol: str = "paper", input: str | None = None,
-             model: str = "resnet34", backend: str | None = None, n_folds: int | None = None,
-             epochs: int | None = None, seed: int = 0, device: str | None = None, image_size: int | None = None,
-             batch_size: int | None = None, lr: float = 1e-3, weight_decay: float = 1e-4,
-             val_fraction: float = 0.1, patience: int | None = None, aggregator=None, pretrained: bool = False,
-             crop_to_box: bool = True, protocol_kwargs: dict | None = None, keep_predictions: bool = True,
-             num_threads: int | None = None, verbose: bool = False) -> dict:
-    """Run one Table-1 cell: ``task`` × ``protocol`` × ``input`` × ``model`` over all folds.
+             model: str = "resnet34", **options) -> TaskResult:
+    """Run one Table-1 cell: ``task`` × ``protocol`` × ``input`` × ``model`` over all splits.
 
-    ``input``: ``alpha``/``beta``/``alpha+beta`` (coefficient vectors; sets aggregated by the fold's aggregator or
-    ``aggregator``) or ``image`` (ResNet-34 on pictures; identity sets fall back to their single pictures).
-    ``model``: ``resnet34`` (1-D for vectors, torchvision for images), ``mlp``, ``logreg``, ``svm``.
-    ``num_threads`` sets ``torch.set_num_threads`` for the run (restored after); on a shared machine one thread
-    per process can be an order of magnitude faster than two contending ones.
+    ``task``: identity, expression, gender, or any other label column (a generic task). ``input``: ``alpha``,
+    ``beta``, ``alpha+beta`` (coefficients), ``image`` (ResNet-34 on pictures), ``hog``/``pixels``/``dlib``
+    (per-picture features). ``model``: ``resnet34``, ``mlp``, ``logreg``, ``svm``, ``linsvm``, ``fisherfaces``.
+    Options (keyword only; see :func:`_run_task`): ``backend, n_folds, epochs`` (the cap; runs stop on the
+    validation curve), ``seed, device, image_size, batch_size, lr, weight_decay, val_fraction, patience,
+    aggregator, pretrained, crop_to_box, protocol_kwargs, keep_predictions, num_threads, verbose``.
+    ``num_threads`` sets ``torch.set_num_threads`` for the run (restored after).
     Raises :class:`facelib.classify.protocols.ProtocolUnavailable` when the protocol cannot run on this data.
-
-    Returns a JSON-able dict with keys: ``task, protocol, input, model, backend, device, torch_threads,
-    torch_version, seed, epochs, n_folds, batch_size, batch_sizes, lr, weight_decay, val_fraction, patience,
-    image_size, crop_to_box, classes, fold_accuracies, accuracy_mean, accuracy_std, n_train, n_test`` (means
-    over folds, in samples: aggregated sets count once), ``n_train_per_fold, n_test_per_fold, n_train_images,
-    seconds_per_input, seconds_per_epoch, train_seconds, wall_seconds, best_epochs, confusion`` (counts summed
-    over folds, rows true / columns predicted in ``classes`` order), ``per_angle_accuracy`` (angle → accuracy
-    over single-picture test samples; ``{}`` for set samples), ``per_angle_counts``, ``fold_names``,
-    ``predictions`` (list of ``{fold, image_id, true, pred, angle}``), ``leak_free``, ``protocol_info``.
     """
     old_threads = torch.get_num_threads()
+    num_threads = options.pop("num_threads", None)
     if num_threads:
         torch.set_num_threads(int(num_threads))
     try:
-        return _run_task(coeffs_df, task=task, protocol=protocol, input=input, model=model, backend=backend,
-                         n_folds=n_folds, epochs=epochs, seed=seed, device=device, image_size=image_size,
-                         batch_size=batch_size, lr=lr, weight_decay=weight_decay, val_fraction=val_fraction,
-                         patience=patience, aggregator=aggregator, pretrained=pretrained, crop_to_box=crop_to_box,
-                         protocol_kwargs=protocol_kwargs, keep_predictions=keep_predictions, verbose=verbose)
+        return _run_task(coeffs_df, task=task, protocol=protocol, input=input, model=model, **options)
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _run_task(coeffs_df, *, task, protocol, input, model, backend, n_folds, epochs, seed, device, image_size,
-              batch_size, lr, weight_decay, val_fraction, patience, aggregator, pretrained, crop_to_box,
-              protocol_kwargs, keep_predictions, verbose) -> dict:
-    """:func:`run_task` without the thread setting (every argument by keyword)."""
+def _boxes(df: pd.DataFrame, crop_to_box: bool):
+    if not (crop_to_box and "box" in df.columns):
+        return None
+    whole = (df["box_source"].astype(str) == "whole_frame").to_numpy() if "box_source" in df.columns \
+        else np.zeros(len(df), dtype=bool)  # a whole-frame fallback box is no face crop: keep the picture
+    return [None if (b is None or (isinstance(b, float) and np.isnan(b)) or w) else list(b)
+            for b, w in zip(df["box"], whole)]
+
+
+def _run_task(coeffs_df, *, task, protocol, input, model, backend=None, n_folds=None, epochs=None, seed=0,
+              device=None, image_size=None, batch_size=None, lr=RECIPE["lr"], weight_decay=RECIPE["weight_decay"],
+              val_fraction=RECIPE["val_fraction"], patience=None, aggregator=None, pretrained=False,
+              crop_to_box=True, protocol_kwargs=None, keep_predictions=True, verbose=False) -> TaskResult:
     t_start = time.perf_counter()
-    input = input or TASK_DEFAULT_INPUT[task]
+    input = input or TASK_DEFAULT_INPUT.get(task, "alpha")
     if input not in INPUTS:
         raise ValueError(f"input must be one of {INPUTS}, got {input!r}")
-    kind = "image" if input == "image" else "vector"
-    if kind == "image" and model != "resnet34":
+    kind = _kind(input)
+    if kind == "images" and model != "resnet34":
         raise ValueError("input 'image' is trained with model 'resnet34' (torchvision) only")
     if model not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, got {model!r}")
     device = "cpu" if model in SKLEARN_MODELS else resolve_device(device)
     df = _task_table(coeffs_df, task)
     if not len(df):
-        raise ValueError(f"no usable rows for task {task}")
+        raise P.ProtocolUnavailable(f"no usable rows for task {task}")
     agg_name = aggregator if isinstance(aggregator, str) else getattr(aggregator, "name", None)
     if isinstance(aggregator, str):  # "mean", "median", "cnet" (C-Net confidences of the table's rows)
         aggregator = make_aggregator(aggregator, df)
     backend = backend or (str(df["backend"].iloc[0]) if "backend" in df.columns else "unknown")
-    n_folds = int(n_folds or DEFAULT_N_FOLDS.get(protocol, 3))
-    epochs = int(epochs or DEFAULT_EPOCHS[(kind, task)])
-    fixed_batch = int(batch_size) if batch_size else None
-    image_size = int(image_size or (64 if device == "cpu" else 224)) if kind == "image" else None
+    net_kind = "image" if kind == "images" else "vector"
+    patience = RECIPE["patience"][net_kind] if patience is None else patience
+    epochs_max = None if model in SKLEARN_MODELS else int(epochs or RECIPE["max_epochs"][net_kind])
+    image_size = int(image_size or (CPU_IMAGE_SIZE if device == "cpu" else GPU_IMAGE_SIZE)) \
+        if kind == "images" else FEATURE_SIZE.get(input)
     kwargs = dict(protocol_kwargs or {})
     kwargs.setdefault("seed", seed)
-    kwargs.setdefault("n_folds", n_folds)
+    kwargs.setdefault("n_folds", int(n_folds or DEFAULT_N_FOLDS.get(protocol, 3)))
     if aggregator is not None:
         kwargs.setdefault("aggregator", aggregator)
     folds = P.make_folds(df, task, protocol, **kwargs)
 
-    label = TASK_LABEL[task]
+    label = P.label_column(task)
     classes = _classes(task, df[label])
-    code = {c: i for i, c in enumerate(classes)}
-    y_all = df[label].astype(str).map(code).to_numpy()
+    y_all = df[label].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy()
     image_ids = df["image_id"].astype(str).to_numpy() if "image_id" in df.columns else np.arange(len(df)).astype(str)
     angles = df["angle"].astype(str).to_numpy() if "angle" in df.columns else None
-    X_all = input_matrix(df, input) if kind == "vector" else None
-    boxes = None
-    if kind == "image" and crop_to_box and "box" in df.columns:
-        whole = (df["box_source"].astype(str) == "whole_frame").to_numpy() if "box_source" in df.columns \
-            else np.zeros(len(df), dtype=bool)  # a whole-frame fallback box is no face crop: keep the picture
-        boxes = [None if (b is None or (isinstance(b, float) and np.isnan(b)) or w) else list(b)
-                 for b, w in zip(df["box"], whole)]
+    boxes = _boxes(df, crop_to_box) if kind != "coefficients" else None
+    X_all = input_matrix(df, input) if kind == "coefficients" else \
+        picture_features(df, input, boxes) if kind == "features" else None
+    paths = df["path"].astype(str).to_numpy() if "path" in df.columns else None
+    k_protocol = int(folds[0].train.shape[1]) if folds[0].is_sets else 1
 
     conf = np.zeros((len(classes), len(classes)), dtype=np.int64)
     angle_hits: dict[str, list[int]] = {}
-    fold_acc, n_tr, n_te, n_tr_img, spi, spe, tsec, best_epochs, preds = [], [], [], [], [], [], [], [], []
-    batch_sizes = []
-    threads = n_threads()
+    by_k: dict[int, dict] = {}
+    acc = {key: [] for key in ("fold", "n_tr", "n_te", "tr_pic", "te_pic", "tr_set", "te_set", "n_val", "spi", "spe",
+                               "tsec", "best", "run", "C", "bs")}
+    preds, how, flip = [], "", None
     for fi, fold in enumerate(folds):
         fseed = seed * 1000 + fi
-        if kind == "vector":
+        fit, val, how = inner_split(df, fold, label, val_fraction, seed=fseed)
+        test_pics = fold.test_images
+        y_of = (lambda s: y_all[s[:, 0]] if s.ndim == 2 else y_all[s])  # noqa: E731 — a set is one person's
+        if kind == "coefficients":
             agg = fold.aggregator or aggregator
-            Xtr, Xte = aggregate_sets(X_all, fold.train, agg), aggregate_sets(X_all, fold.test, agg)
-            ytr = y_all[fold.train[:, 0]] if fold.train.ndim == 2 else y_all[fold.train]
-            yte = y_all[fold.test[:, 0]] if fold.test.ndim == 2 else y_all[fold.test]
-            if fold.train.ndim == 2:  # a set must be one person's pictures
-                assert (y_all[fold.train] == ytr[:, None]).all() and (y_all[fold.test] == yte[:, None]).all()
-            batch_size = fixed_batch or default_batch_size(kind, len(Xtr))
-            res = train_vector_model(Xtr, ytr, Xte, yte, model=model, n_classes=len(classes), epochs=epochs,
-                                     batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                                     val_fraction=val_fraction, patience=patience, device=device, seed=fseed,
+            Xfit, Xval = aggregate_sets(X_all, fit, agg), aggregate_sets(X_all, val, agg)
+            X_eval = np.concatenate([aggregate_sets(X_all, fold.test, agg)] + ([X_all[test_pics]] if fold.is_sets
+                                                                              else []))
+            bs = int(batch_size or default_batch_size("vector", len(Xfit)))
+            res = train_vector_model(Xfit, y_of(fit), X_eval, X_val=Xval, y_val=y_of(val), model=model,
+                                     n_classes=len(classes), epochs=epochs_max, batch_size=bs, lr=lr,
+                                     weight_decay=weight_decay, patience=patience, device=device, seed=fseed,
                                      verbose=verbose)
-            test_items = fold.test
-            n_tr_img.append(int(len(fold.train_images)))
+            n_sets = len(fold.test)
+            scores_main = res["scores"][:n_sets]
+            scores_pic = res["scores"][n_sets:] if fold.is_sets else scores_main
+            n_fit_samples = len(Xfit)
         else:
-            tr, te = fold.train_images, fold.test_images
-            ytr, yte = y_all[tr], y_all[te]
-            batch_size = fixed_batch or default_batch_size(kind, len(tr))
-            res = train_image_model(df["path"].to_numpy()[tr], ytr, df["path"].to_numpy()[te], yte,
-                                    boxes_train=None if boxes is None else [boxes[i] for i in tr],
-                                    boxes_test=None if boxes is None else [boxes[i] for i in te],
-                                    n_classes=len(classes), image_size=image_size, epochs=epochs,
-                                    batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                                    val_fraction=val_fraction, patience=patience, device=device, seed=fseed,
-                                    pretrained=pretrained, verbose=verbose)
-            test_items = te
-            n_tr_img.append(int(len(tr)))
-            Xtr = tr
-        pred = np.asarray(res["predictions"], dtype=np.int64)
-        fold_acc.append(float((pred == yte).mean()))
-        n_tr.append(int(len(Xtr)))
-        n_te.append(int(len(yte)))
-        spi.append(res["seconds_per_input"])
-        spe.append(res["seconds_per_epoch"])
-        tsec.append(res["train_seconds"])
-        best_epochs.append(int(res["best_epoch"]))
-        batch_sizes.append(int(batch_size))
+            fit_p, val_p = np.unique(fit.ravel()), np.unique(val.ravel())
+            if kind == "features":
+                bs = int(batch_size or default_batch_size("vector", len(fit_p)))
+                res = train_vector_model(X_all[fit_p], y_all[fit_p], X_all[test_pics], X_val=X_all[val_p],
+                                         y_val=y_all[val_p], model=model, n_classes=len(classes),
+                                         epochs=epochs_max, batch_size=bs, lr=lr, weight_decay=weight_decay,
+                                         patience=patience, device=device, seed=fseed, verbose=verbose)
+            else:
+                bs = int(batch_size or default_batch_size("image", len(fit_p)))
+                flip = bool(fold.info.get("flip", True))
+                pick = (lambda idx: None if boxes is None else [boxes[i] for i in idx])  # noqa: E731
+                res = train_image_model(paths[fit_p], y_all[fit_p], paths[test_pics], paths_val=paths[val_p],
+                                        y_val=y_all[val_p], boxes_train=pick(fit_p), boxes_test=pick(test_pics),
+                                        boxes_val=pick(val_p), n_classes=len(classes), image_size=image_size,
+                                        epochs=epochs_max, batch_size=bs, lr=lr, weight_decay=weight_decay,
+                                        patience=patience, device=device, seed=fseed, pretrained=pretrained,
+                                        flip=flip, verbose=verbose)
+            scores_pic = res["scores"]
+            scores_main = scores_pic[np.searchsorted(test_pics, fold.test)].mean(1) if fold.is_sets else scores_pic
+            n_fit_samples = len(fit_p)
+        # every model at k = 1 (single test pictures) and, on a set protocol, at the protocol's k
+        evals = {1: (scores_pic, test_pics)}
+        if fold.is_sets:
+            evals[k_protocol] = (scores_main, fold.test)
+        for kk, (sc, items) in evals.items():
+            correct = (np.asarray(sc).argmax(1) == y_of(items)).astype(np.int8)
+            d = by_k.setdefault(kk, {"fold_accuracies": [], "n_test": [], "correct": []})
+            d["fold_accuracies"].append(float(correct.mean()))
+            d["n_test"].append(int(len(items)))
+            d["correct"].append(correct)
+        test_items, yte = fold.test, y_of(fold.test)
+        pred = np.asarray(scores_main).argmax(1)
+        acc["fold"].append(float((pred == yte).mean()))
+        acc["n_tr"].append(int(n_fit_samples + (len(val) if kind == "coefficients" else len(np.unique(val)))))
+        acc["n_te"].append(int(len(yte)))
+        acc["tr_pic"].append(int(len(fold.train_images)))
+        acc["te_pic"].append(int(len(test_pics)))
+        acc["tr_set"].append(int(len(fit)) if fold.is_sets and kind == "coefficients" else 0)  # pictures train
+        acc["te_set"].append(int(len(fold.test)) if fold.is_sets else 0)
+        acc["n_val"].append(int(len(val)))
+        acc["spi"].append(res["seconds_per_input"])
+        acc["spe"].append(res["seconds_per_epoch"])
+        acc["tsec"].append(res["train_seconds"])
+        epoch_based = model not in SKLEARN_MODELS
+        acc["best"].append(int(res["best_epoch"]) if epoch_based else None)
+        acc["run"].append(int(res["epochs_run"]) if epoch_based else None)
+        acc["C"].append(res.get("C"))
+        acc["bs"].append(bs)
         np.add.at(conf, (yte, pred), 1)
         single = np.asarray(test_items).ndim == 1
         for j, (t, p) in enumerate(zip(yte, pred)):
@@ -191,32 +323,47 @@ def _run_task(coeffs_df, *, task, protocol, input, model, backend, n_folds, epoc
                 preds.append({"fold": fi, "image_id": str(ids), "true": classes[t], "pred": classes[p],
                               "angle": str(angles[item]) if (single and angles is not None) else ""})
         if verbose:
-            print(f"[{task}/{protocol}/{input}/{model}] fold {fi + 1}/{len(folds)} accuracy {fold_acc[-1]:.4f} "
-                  f"({n_tr[-1]} train, {n_te[-1]} test, {spe[-1]:.2f} s/epoch)", file=sys.stderr, flush=True)
+            print(f"[{task}/{protocol}/{input}/{model}] split {fi + 1}/{len(folds)} accuracy {acc['fold'][-1]:.4f} "
+                  f"({acc['n_tr'][-1]} train, {acc['n_te'][-1]} test, best epoch {acc['best'][-1]}/"
+                  f"{acc['run'][-1]})", file=sys.stderr, flush=True)
         del res
+    single_split = len(folds) == 1
+
+    def summary(d, kk):
+        fa = d["fold_accuracies"]
+        return {"fold_accuracies": fa, "mean": float(np.mean(fa)),
+                "std": None if single_split else float(np.std(fa, ddof=1)),
+                "ci": bootstrap_ci(np.concatenate(d["correct"]), seed) if single_split else None,
+                "n_test": d["n_test"]}
+
+    accuracy_by_k = {str(kk): summary(d, kk) for kk, d in sorted(by_k.items())}
+    main = accuracy_by_k[str(k_protocol)]
     angle_order = [a for a in P.ANGLES if a in angle_hits] + sorted(set(angle_hits) - set(P.ANGLES))
-    return {
-        "task": task, "protocol": protocol, "input": input, "model": model, "backend": backend,
-        "aggregator": (agg_name or "mean") if kind == "vector" and any(f.train.ndim == 2 for f in folds) else None,
-        "device": device, "torch_threads": threads, "torch_version": torch.__version__, "seed": seed,
-        "epochs": epochs, "n_folds": len(folds), "batch_size": batch_sizes[0] if batch_sizes else None,
-        "batch_sizes": batch_sizes, "lr": lr,
-        "weight_decay": weight_decay, "val_fraction": val_fraction, "patience": patience,
-        "image_size": image_size, "crop_to_box": bool(boxes is not None), "classes": classes,
-        "fold_names": [f.name for f in folds], "fold_accuracies": fold_acc,
-        "accuracy_mean": float(np.mean(fold_acc)), "accuracy_std": float(np.std(fold_acc, ddof=1)) if len(fold_acc) > 1 else 0.0,
-        "n_train": float(np.mean(n_tr)), "n_test": float(np.mean(n_te)), "n_train_per_fold": n_tr,
-        "n_test_per_fold": n_te, "n_train_images": n_tr_img,
-        "seconds_per_input": float(np.mean(spi)), "seconds_per_epoch": float(np.mean(spe)),
-        "train_seconds": float(np.sum(tsec)), "wall_seconds": time.perf_counter() - t_start,
-        "best_epochs": best_epochs, "confusion": conf.tolist(),
-        "per_angle_accuracy": {a: float(np.mean(angle_hits[a])) for a in angle_order},
-        "per_angle_counts": {a: len(angle_hits[a]) for a in angle_order},
-        "predictions": preds, "leak_free": (task, protocol) in P.LEAK_FREE,
-        "protocol_info": _jsonable(folds[0].info) if folds else {},
-    }
+    return TaskResult(
+        task=task, protocol=protocol, input=input, model=model, backend=backend, kind=kind, device=device,
+        classes=classes, k=k_protocol,
+        split_kind="single split" if single_split else "repeats" if protocol in P.REPEATED else "folds",
+        fold_names=[f.name for f in folds], fold_accuracies=acc["fold"], accuracy_mean=main["mean"],
+        accuracy_std=main["std"], accuracy_ci=main["ci"], accuracy_by_k=accuracy_by_k, n_folds=len(folds),
+        n_train=float(np.mean(acc["n_tr"])), n_test=float(np.mean(acc["n_te"])), n_train_pictures=acc["tr_pic"],
+        n_test_pictures=acc["te_pic"], n_train_sets=acc["tr_set"], n_test_sets=acc["te_set"], n_val=acc["n_val"],
+        validation=how, epochs_max=epochs_max, epochs_run=acc["run"], best_epochs=acc["best"], C=acc["C"],
+        recipe={"optimizer": RECIPE["optimizer"], "schedule": RECIPE["schedule"], "lr": lr,
+                "weight_decay": weight_decay, "patience": None if model in SKLEARN_MODELS else patience,
+                "val_fraction": val_fraction, "C_grid": model in SKLEARN_MODELS},
+        batch_size=acc["bs"][0] if acc["bs"] else None, batch_sizes=acc["bs"], image_size=image_size,
+        crop_to_box=bool(boxes is not None), flip=flip, pretrained=bool(pretrained or input == "dlib"),
+        seconds_per_input=float(np.mean(acc["spi"])), seconds_per_epoch=float(np.mean(acc["spe"])),
+        train_seconds=float(np.sum(acc["tsec"])), wall_seconds=time.perf_counter() - t_start,
+        confusion=conf.tolist(),
+        per_angle_accuracy={a: float(np.mean(angle_hits[a])) for a in angle_order},
+        per_angle_counts={a: len(angle_hits[a]) for a in angle_order},
+        leak_free=P.is_leak_free(task, protocol), leakage=P.LEAKAGE.get((task, protocol), ""),
+        transductive=transductive_note(df) if kind == "coefficients" else "",
+        protocol_info=_jsonable(folds[0].info) if folds else {}, seed=seed, torch_threads=n_threads(),
+        predictions=preds,
+        aggregator=(agg_name or "mean") if kind == "coefficients" and any(f.is_sets for f in folds) else None)
 
 
 def _jsonable(obj):
     return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
-

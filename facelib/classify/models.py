@@ -173,21 +173,35 @@ def vector_model(name: str, in_dim: int, n_classes: int) -> nn.Module:
     raise ValueError(f"unknown vector model {name!r}; torch models: resnet34, mlp")
 
 
-SKLEARN_MODELS = ("logreg", "svm")
+SKLEARN_MODELS = ("logreg", "svm", "linsvm", "fisherfaces")
 TORCH_VECTOR_MODELS = ("resnet34", "mlp")
 
 
-def baseline(name: str, seed: int = 0, C: float | None = None):
-    """scikit-learn baseline pipeline (StandardScaler → classifier): ``logreg`` or ``svm`` (RBF)."""
+def baseline(name: str, seed: int = 0, C: float | None = None, n_fit: int | None = None,
+             n_features: int | None = None):
+    """scikit-learn baseline pipeline by name (``C`` is chosen on the validation split by the trainer):
+
+    * ``logreg`` — StandardScaler → logistic regression;
+    * ``svm`` — StandardScaler → RBF SVM;
+    * ``linsvm`` — StandardScaler → linear SVM (HOG + linear SVM, Eng et al. 2019);
+    * ``fisherfaces`` — PCA (at most n_fit − 1 components, ≤ 150) → LDA → linear SVM (Thomaz & Giraldi 2010).
+    """
+    from sklearn.decomposition import PCA
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import SVC
+    from sklearn.svm import SVC, LinearSVC
 
+    c = 1.0 if C is None else C
     if name == "logreg":
-        clf = LogisticRegression(C=1.0 if C is None else C, max_iter=2000, random_state=seed)
-    elif name == "svm":
-        clf = SVC(kernel="rbf", C=10.0 if C is None else C, gamma="scale", random_state=seed)
-    else:
-        raise ValueError(f"unknown baseline {name!r}; choose from {SKLEARN_MODELS}")
-    return make_pipeline(StandardScaler(), clf)
+        return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000, random_state=seed))
+    if name == "svm":
+        return make_pipeline(StandardScaler(), SVC(kernel="rbf", C=c, gamma="scale", random_state=seed))
+    if name == "linsvm":
+        return make_pipeline(StandardScaler(), LinearSVC(C=c, max_iter=5000, random_state=seed))
+    if name == "fisherfaces":
+        n_pca = max(2, min(150, (n_fit or 151) - 1, n_features or 150))
+        return make_pipeline(PCA(n_components=n_pca, random_state=seed), LinearDiscriminantAnalysis(),
+                             LinearSVC(C=c, max_iter=5000, random_state=seed))
+    raise ValueError(f"unknown baseline {name!r}; choose from {SKLEARN_MODELS}")

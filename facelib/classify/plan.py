@@ -12,7 +12,7 @@ from .experiment import run_task
 from .results import save_result
 
 # One row per Table-1 line: (dataset, task, protocol, coefficient input). Each runs with every model in
-# ``models`` and, with ``image_baseline``, once more as a ResNet-34 on the pictures themselves.
+# ``models`` and, with ``image_baseline``, with every image model in ``IMAGE_MODELS`` on the same splits.
 STUDY_ROWS = (
     ("kdef", "identity", "paper", "alpha"),
     ("kdef", "identity", "cross_session", "alpha"),
@@ -22,37 +22,45 @@ STUDY_ROWS = (
     ("fei", "gender", "paper", "alpha"),
     ("fei", "gender", "subject_independent", "alpha"),
 )
+# The image arm: the paper's ResNet-34 on pictures, and the classic / pretrained baselines a reviewer expects.
+IMAGE_MODELS = (("image", "resnet34"),     # colour head crop, augmentation, shared recipe
+                ("hog", "linsvm"),          # HOG + linear SVM (Eng et al. 2019)
+                ("pixels", "fisherfaces"),  # PCA → LDA → linear SVM (Thomaz & Giraldi 2010)
+                ("dlib", "logreg"))         # dlib's pretrained 128-d face descriptor + logistic regression
+# Protocols whose number of splits the ``n_folds`` parameter sets (the others have a fixed partition).
+SIZED_PROTOCOLS = ("paper", "subject_independent", "two_picture", "random")
 
 
-
-def study_plan(models=("resnet34", "logreg", "svm"), image_baseline: bool = True, rows=STUDY_ROWS) -> list[dict]:
+def study_plan(models=("resnet34", "logreg", "svm"), image_baseline: bool = True, rows=STUDY_ROWS,
+               image_models=IMAGE_MODELS) -> list[dict]:
     plan = []
     for dataset, task, protocol, input in rows:
         plan += [dict(dataset=dataset, task=task, protocol=protocol, input=input, model=m) for m in models]
         if image_baseline:
-            plan.append(dict(dataset=dataset, task=task, protocol=protocol, input="image", model="resnet34"))
+            plan += [dict(dataset=dataset, task=task, protocol=protocol, input=i, model=m) for i, m in image_models]
     return plan
 
 
-
 def run_plan(coeffs: dict[str, pd.DataFrame | list[pd.DataFrame]], plan: list[dict], results_dir: str | Path, *,
-             n_folds=None,
-             epochs=None, image_epochs=None, image_size=None, seed: int = 0, device=None, batch_size=None,
-             identity_max_sets: int | None = None, identity_session: str | None = "A",
-             aggregators=("mean",), progress: bool = True) -> pd.DataFrame:
+             n_folds=None, epochs=None, image_epochs=None, image_size=None, seed: int = 0, device=None,
+             batch_size=None, identity_max_sets: int | None = None, identity_session: str | None = "A",
+             aggregators=("mean",), progress: bool = True, **options) -> pd.DataFrame:
     """Run every plan entry, save each result as JSON in ``results_dir``; protocols the data cannot support
-    (e.g. cross-session on a one-session set) are logged as skipped with the reason. Returns a summary table.
+    (e.g. cross-session on a one-session set) and baselines whose model is missing are logged as skipped with the
+    reason. Returns a summary table. ``epochs``/``image_epochs`` cap the networks (they stop on the validation
+    curve); further ``options`` go to :func:`~facelib.classify.experiment.run_task` unchanged.
 
     ``coeffs[dataset]`` may be a list of coefficient tables of the same images (raw backend output, then fitted
     variants): coefficient inputs run on each (their ``backend`` column tells them apart in Table 1), the image
-    baseline once. ``aggregators`` (``mean``, ``median``, ``cnet``): the paper's identity rows on coefficients
+    models once. ``aggregators`` (``mean``, ``median``, ``cnet``): the paper's identity rows on coefficients
     (3-subsets) run once per aggregator (``cnet`` only on tables with C-Net confidences, i.e. R-Net-coded ones)."""
     jobs = []
     for entry in plan:
         tables = coeffs[entry["dataset"]]
         tables = tables if isinstance(tables, (list, tuple)) else [tables]
-        for df in (tables[:1] if entry["input"] == "image" else tables):
-            sets = entry["task"] == "identity" and entry["protocol"] == "paper" and entry["input"] != "image"
+        per_picture = entry["input"] in ("image", "hog", "pixels", "dlib")
+        for df in (tables[:1] if per_picture else tables):
+            sets = entry["task"] == "identity" and entry["protocol"] == "paper" and not per_picture
             has_conf = "confidence" in df.columns and df["confidence"].notna().any()
             for agg in (list(aggregators or ["mean"]) if sets else ["mean"]):  # only the paper's has k-sets
                 if agg != "cnet" or has_conf:
@@ -61,26 +69,25 @@ def run_plan(coeffs: dict[str, pd.DataFrame | list[pd.DataFrame]], plan: list[di
     for entry, df in tqdm(jobs, desc="classification runs", disable=not progress):
         entry = {**entry, "backend": str(df["backend"].iloc[0])}
         agg = entry.pop("aggregator")
-        is_image = entry["input"] == "image"
         kwargs = {}
         if entry["task"] == "identity" and entry["protocol"] == "paper" and identity_max_sets:
             kwargs["max_sets"] = int(identity_max_sets)
         if entry["task"] == "identity" and entry["protocol"] in ("paper", "cross_angle", "leave_expression_out"):
             kwargs["session"] = identity_session
-        folds = n_folds if entry["protocol"] in ("paper", "subject_independent") else None
+        folds = n_folds if entry["protocol"] in SIZED_PROTOCOLS else None
         try:
             result = run_task(df, entry["task"], entry["protocol"], entry["input"], entry["model"],
                               backend=entry["backend"], n_folds=folds,
-                              epochs=image_epochs if is_image else epochs, seed=seed, device=device,
-                              image_size=image_size, batch_size=batch_size, protocol_kwargs=kwargs or None,
-                              aggregator=None if agg == "mean" else agg)
-        except P.ProtocolUnavailable as exc:
+                              epochs=image_epochs if entry["input"] == "image" else epochs, seed=seed,
+                              device=device, image_size=image_size, batch_size=batch_size,
+                              protocol_kwargs=kwargs or None,
+                              aggregator=None if agg == "mean" else agg, **options)
+        except (P.ProtocolUnavailable, FileNotFoundError, ImportError) as exc:
             rows.append({**entry, "status": f"skipped: {exc}"})
             continue
         save_result(result, results_dir)
-        rows.append({**entry, "aggregator": result.get("aggregator"), "status": "ok",
-                     "accuracy_mean": result["accuracy_mean"],
-                     "accuracy_std": result["accuracy_std"], "n_folds": result["n_folds"],
-                     "seconds_per_input": result["seconds_per_input"]})
+        rows.append({**entry, "aggregator": result.aggregator, "status": "ok", "accuracy_mean": result.accuracy_mean,
+                     "accuracy_std": result.accuracy_std, "n_folds": result.n_folds,
+                     "epochs_run": result.epochs_run, "seconds_per_input": result.seconds_per_input,
+                     "wall_seconds": result.wall_seconds})
     return pd.DataFrame(rows)
-

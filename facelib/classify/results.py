@@ -31,9 +31,11 @@ def result_name(result: dict) -> str:
 
 
 
-def save_result(result: dict, out_dir: str | Path) -> Path:
-    """``<out>/<task>__<protocol>__<input>__<model>.json`` (+ ``….predictions.csv``)."""
+def save_result(result, out_dir: str | Path) -> Path:
+    """``<out>/<task>__<protocol>__<input>__<model>.json`` (+ ``….predictions.csv``) of a
+    :class:`~facelib.classify.experiment.TaskResult` (or its dict)."""
     out_dir = Path(out_dir)
+    result = result.to_dict() if hasattr(result, "to_dict") else result
     name = result_name(result)
     preds = result.get("predictions") or []
     if preds:

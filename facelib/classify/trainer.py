@@ -1,15 +1,20 @@
 """Training and evaluation of the classifiers (Table 1), with timing (Table 2) and confusion counts (Table 3).
 
-* :func:`train_vector_model` — a coefficient-vector classifier (1-D ResNet-34, MLP, or a scikit-learn baseline).
-* :func:`train_image_model` — torchvision ResNet-34 on the pictures themselves (the paper's "images" column).
+* :func:`train_vector_model` — a vector classifier (1-D ResNet-34, MLP, or a scikit-learn baseline) on coefficient
+  vectors or per-picture features.
+* :func:`train_image_model` — torchvision ResNet-34 on the colour head crops (the paper's "images" column).
 One experiment over all folds is :mod:`facelib.classify.experiment`; the study plan :mod:`facelib.classify.plan`.
 
-Every torch run: cross-entropy, Adam, seeds fixed (``random``, ``numpy``, ``torch``), deterministic algorithms
-requested (``warn_only`` where an op has no deterministic kernel), features standardised with statistics of the
-training data only, and model selection (best epoch by validation accuracy, optional early stopping) on a
-validation split carved from the *training* data only — the test fold is never looked at before the end.
+**One recipe for every network** (vector and image alike, :data:`RECIPE`): cross-entropy, AdamW, a cosine learning
+rate schedule over at most ``max_epochs``, early stopping when the validation accuracy has not improved for
+``patience`` epochs, and the best-validation checkpoint restored — the number of epochs comes from the validation
+curve, never from a time budget. The validation split is given by the caller (:mod:`facelib.classify.validation`:
+disjoint from the fit split in pictures, and in people where the protocol holds people out); without one a
+stratified split of the training data is carved. The scikit-learn baselines choose ``C`` on the same split.
+Seeds are fixed (``random``, ``numpy``, ``torch``), deterministic algorithms requested (``warn_only``), features
+standardised with statistics of the fit split only. The test side is never looked at before the end.
 Timing: ``seconds_per_epoch`` is the mean wall time of one training pass (forward+backward+step over the fit
-split, no evaluation); ``seconds_per_input`` = that / number of training inputs — the paper's Table 2 quantity.
+split, no evaluation); ``seconds_per_input`` = that / number of fit inputs.
 """
 from __future__ import annotations
 
@@ -24,7 +29,6 @@ import time
 if "torch" not in sys.modules:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
@@ -32,18 +36,18 @@ from sklearn.model_selection import train_test_split  # noqa: E402
 from torch import nn  # noqa: E402
 
 from ..config import resolve_device  # noqa: E402
-from ..face3d.cameras import square_crop  # noqa: E402
 from ..face3d.reconstruct import coeff_matrix  # noqa: E402
-from ..io import read_image  # noqa: E402
+from .images import augment_batch, load_images, to_tensor  # noqa: E402
 from .models import SKLEARN_MODELS, TORCH_VECTOR_MODELS, baseline, image_resnet34, vector_model  # noqa: E402
 
-INPUTS = ("alpha", "beta", "alpha+beta", "image")
+INPUTS = ("alpha", "beta", "alpha+beta", "image", "hog", "pixels", "dlib")
 MODELS = TORCH_VECTOR_MODELS + SKLEARN_MODELS  # + "resnet34" on images when input == "image"
 
-# Default epochs, chosen so the whole classification stage on full KDEF + FEI fits 30 min on 2 CPU cores
-# (see benchmarks/bench_classify.py). Identity has 11 400 (redundant) aggregated training vectors per fold.
-DEFAULT_EPOCHS = {("vector", "identity"): 3, ("vector", "expression"): 12, ("vector", "gender"): 30,
-                  ("image", "identity"): 15, ("image", "expression"): 4, ("image", "gender"): 15}
+# The shared recipe: ``max_epochs`` is a cap (runs stop early on the validation curve), never a time budget.
+RECIPE = {"optimizer": "AdamW", "schedule": "cosine", "lr": 1e-3, "weight_decay": 0.05,
+          "max_epochs": {"vector": 150, "image": 60}, "patience": {"vector": 15, "image": 10},
+          "val_fraction": 0.15}
+C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
 DEFAULT_BATCH = {"vector": 128, "image": 32}
 SMALL_VECTOR_BATCH, SMALL_VECTOR_SET = 32, 2000
 
@@ -113,52 +117,59 @@ def _batches(n: int, batch_size: int, gen) -> list:
 
 
 
+def softmax_scores(logits: torch.Tensor) -> np.ndarray:
+    return torch.softmax(logits.float(), dim=1).numpy()
+
+
 def _fit_torch(model, X_fit, y_fit, X_val, y_val, X_test, to_tensor, *, epochs, batch_size, lr, weight_decay,
                patience, device, seed, augment=None, verbose=False, desc="") -> dict:
-    """Generic loop: Adam + cross-entropy, best epoch on the validation split, predictions on X_test."""
+    """The shared recipe: AdamW + cosine schedule over at most ``epochs``, early stopping after ``patience``
+    epochs without a better validation (accuracy, then loss), best checkpoint restored; class scores on X_test."""
     model = model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(int(epochs), 1))
     loss_fn = nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(int(seed))
     y_fit_t = torch.as_tensor(y_fit, dtype=torch.long)
 
-    def predict(X) -> tuple[np.ndarray, float]:
+    def logits_of(X) -> torch.Tensor:
         model.eval()
         outs = []
+        step = max(batch_size, 256)
         with torch.no_grad():
-            for i in range(0, len(X), max(batch_size, 256)):
-                outs.append(model(to_tensor(X[i:i + max(batch_size, 256)]).to(device)).float().cpu())
-        logits = torch.cat(outs) if outs else torch.zeros(0, 1)
-        return logits.argmax(1).numpy(), logits
+            for i in range(0, len(X), step):
+                outs.append(model(to_tensor(X[i:i + step]).to(device)).float().cpu())
+        return torch.cat(outs) if outs else torch.zeros(0, 1)
 
     history, epoch_times = [], []
     best = (-1.0, np.inf)
     best_state, best_epoch, stale = None, 0, 0
-    for epoch in range(1, epochs + 1):
+    for epoch in range(1, int(epochs) + 1):
         model.train()
         t0 = time.perf_counter()
         total, n_seen = 0.0, 0
         for b in _batches(len(X_fit), batch_size, gen):
-            xb = to_tensor(X_fit[b])
+            xb, yb = to_tensor(X_fit[b]).to(device), y_fit_t[b].to(device)
             if augment is not None:
                 xb = augment(xb, gen)
-            xb, yb = xb.to(device), y_fit_t[b].to(device)
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(xb), yb)
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(b)
             n_seen += len(b)
+        sched.step()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         elif device == "mps":
             torch.mps.synchronize()
         epoch_times.append(time.perf_counter() - t0)
-        rec = {"epoch": epoch, "train_loss": total / max(n_seen, 1), "seconds": epoch_times[-1]}
+        rec = {"epoch": epoch, "train_loss": total / max(n_seen, 1), "seconds": epoch_times[-1],
+               "lr": float(opt.param_groups[0]["lr"])}
         if len(X_val):
-            pv, logits = predict(X_val)
+            logits = logits_of(X_val)
             val_loss = float(loss_fn(logits, torch.as_tensor(y_val, dtype=torch.long)))
-            val_acc = float((pv == y_val).mean())
+            val_acc = float((logits.argmax(1).numpy() == y_val).mean())
             rec.update(val_loss=val_loss, val_accuracy=val_acc)
             if (val_acc, -val_loss) > (best[0], -best[1]):
                 best, best_epoch, stale = (val_acc, val_loss), epoch, 0
@@ -175,56 +186,100 @@ def _fit_torch(model, X_fit, y_fit, X_val, y_val, X_test, to_tensor, *, epochs, 
         model.load_state_dict(best_state)
     else:
         best_epoch = len(history)
-    pred, _ = predict(X_test) if X_test is not None and len(X_test) else (np.zeros(0, dtype=int), None)
+    scores = softmax_scores(logits_of(X_test)) if X_test is not None and len(X_test) else np.zeros((0, 1))
     spe = float(np.mean(epoch_times)) if epoch_times else float("nan")
-    return {"predictions": pred, "history": history, "best_epoch": best_epoch, "epochs_run": len(history),
+    return {"predictions": scores.argmax(1) if len(scores) else np.zeros(0, dtype=int), "scores": scores,
+            "history": history, "best_epoch": best_epoch, "epochs_run": len(history),
+            "best_val_accuracy": None if best_state is None else best[0],
             "seconds_per_epoch": spe, "seconds_per_input": spe / max(len(X_fit), 1),
             "train_seconds": float(np.sum(epoch_times)), "n_fit": int(len(X_fit)), "n_val": int(len(X_val)),
             "model": model}
 
 
+def sklearn_scores(pipe, X) -> np.ndarray:
+    """Per-class scores of a fitted scikit-learn pipeline: probabilities (logreg) or a softmax of the decision
+    function (SVMs) — what a set of pictures averages."""
+    if hasattr(pipe, "predict_proba") and getattr(pipe[-1], "probability", True):
+        try:
+            return pipe.predict_proba(X)
+        except AttributeError:
+            pass
+    d = np.asarray(pipe.decision_function(X), dtype=np.float64)
+    if d.ndim == 1:
+        d = np.stack([-d, d], axis=1)
+    d = d - d.max(1, keepdims=True)
+    e = np.exp(d)
+    return e / e.sum(1, keepdims=True)
+
+
+def _fit_sklearn(model, X_fit, y_fit, X_val, y_val, X_test, seed, n_classes, C=None) -> dict:
+    """Choose C on the validation split (``C_GRID``; fixed when ``C`` is given), then score X_test."""
+    grid = [C] if C is not None else list(C_GRID)
+    best, history = None, []
+    t_fit = []
+    for c in grid:
+        pipe = baseline(model, seed=seed, C=c, n_fit=len(X_fit), n_features=X_fit.shape[1])
+        t0 = time.perf_counter()
+        pipe.fit(X_fit, y_fit)
+        t_fit.append(time.perf_counter() - t0)
+        acc = float((pipe.predict(X_val) == y_val).mean()) if len(X_val) else float("nan")
+        history.append({"C": c, "val_accuracy": acc, "seconds": t_fit[-1]})
+        if best is None or (acc > best[0]):
+            best = (acc, c, pipe, t_fit[-1])
+    acc, c, pipe, dt = best
+    classes = np.asarray(pipe[-1].classes_, dtype=np.int64)
+    scores = np.zeros((0 if X_test is None else len(X_test), n_classes))
+    if len(scores):
+        scores[:, classes] = sklearn_scores(pipe, X_test)  # a class absent from the fit split scores 0
+    return {"predictions": scores.argmax(1) if len(scores) else np.zeros(0, dtype=int),
+            "scores": scores, "history": history,
+            "best_epoch": 1, "epochs_run": 1, "C": c, "best_val_accuracy": acc, "seconds_per_epoch": dt,
+            "seconds_per_input": dt / max(len(X_fit), 1), "train_seconds": float(np.sum(t_fit)),
+            "n_fit": len(X_fit), "n_val": len(X_val), "model": pipe, "device": "cpu"}
+
 
 # -------------------------------------------------------------------------------------------- vector model
-def train_vector_model(X_train, y_train, X_test=None, y_test=None, *, model: str = "resnet34",
-                       n_classes: int | None = None, epochs: int = 30, batch_size: int = 128, lr: float = 1e-3,
-                       weight_decay: float = 1e-4, val_fraction: float = 0.1, patience: int | None = None,
-                       device: str | None = "cpu", seed: int = 0, standardize: bool = True,
+def train_vector_model(X_train, y_train, X_test=None, y_test=None, *, X_val=None, y_val=None,
+                       model: str = "resnet34", n_classes: int | None = None, epochs: int | None = None,
+                       batch_size: int = 128, lr: float = RECIPE["lr"], weight_decay: float = RECIPE["weight_decay"],
+                       val_fraction: float = RECIPE["val_fraction"], patience: int | None = RECIPE["patience"]["vector"],
+                       device: str | None = "cpu", seed: int = 0, standardize: bool = True, C: float | None = None,
                        verbose: bool = False) -> dict:
-    """Train a classifier on coefficient vectors. ``y`` are integer class codes 0..C-1.
+    """Train a classifier on vectors (``y``: integer class codes 0..C-1) with the shared recipe.
 
-    ``model``: ``resnet34`` (:class:`~facelib.classify.models.ResNet34Vector`), ``mlp``, or the scikit-learn baselines
-    ``logreg`` / ``svm`` (their pipelines standardise internally; one fit = one "epoch" for timing).
-    Returns ``predictions`` (on ``X_test``), ``accuracy`` (when ``y_test`` given), ``seconds_per_epoch``,
-    ``seconds_per_input``, ``train_seconds``, ``best_epoch``, ``epochs_run``, ``history``, ``n_fit``, ``n_val``,
-    ``device``, and ``model`` (the fitted torch module or sklearn pipeline).
+    ``X_val, y_val``: the validation split (disjoint from ``X_train``); without it a stratified ``val_fraction``
+    of ``X_train`` is carved. ``epochs``: the cap (default ``RECIPE["max_epochs"]["vector"]``).
+    ``model``: ``resnet34`` (:class:`~facelib.classify.models.ResNet34Vector`), ``mlp``, or the scikit-learn
+    baselines (``logreg``, ``svm``, ``linsvm``, ``fisherfaces``; ``C`` chosen on the validation split).
+    Returns ``predictions`` and ``scores`` (per-class, on ``X_test``), ``accuracy`` (when ``y_test`` given),
+    ``seconds_per_epoch``, ``seconds_per_input``, ``train_seconds``, ``best_epoch``, ``epochs_run``, ``history``,
+    ``n_fit``, ``n_val``, ``device``, and ``model`` (the fitted torch module or sklearn pipeline).
     """
     X_train = np.asarray(X_train, dtype=np.float32)
     y_train = np.asarray(y_train, dtype=np.int64)
     X_test = None if X_test is None else np.asarray(X_test, dtype=np.float32)
     n_classes = int(n_classes or (y_train.max() + 1))
+    if X_val is None:
+        fit, val = carve_validation(y_train, val_fraction, seed)
+        X_fit, y_fit, X_val, y_val = X_train[fit], y_train[fit], X_train[val], y_train[val]
+    else:
+        X_fit, y_fit = X_train, y_train
+        X_val, y_val = np.asarray(X_val, dtype=np.float32), np.asarray(y_val, dtype=np.int64)
     set_seed(seed)
     if model in SKLEARN_MODELS:
-        pipe = baseline(model, seed=seed)
-        t0 = time.perf_counter()
-        pipe.fit(X_train, y_train)
-        dt = time.perf_counter() - t0
-        pred = pipe.predict(X_test) if X_test is not None and len(X_test) else np.zeros(0, dtype=int)
-        out = {"predictions": np.asarray(pred), "history": [], "best_epoch": 1, "epochs_run": 1,
-               "seconds_per_epoch": dt, "seconds_per_input": dt / max(len(X_train), 1), "train_seconds": dt,
-               "n_fit": len(X_train), "n_val": 0, "model": pipe, "device": "cpu"}
+        out = _fit_sklearn(model, X_fit, y_fit, X_val, y_val, X_test, seed, n_classes, C=C)
     else:
         device = resolve_device(device)
-        fit, val = carve_validation(y_train, val_fraction, seed)
-        mean = X_train[fit].mean(0) if standardize else np.zeros(X_train.shape[1], np.float32)
-        std = X_train[fit].std(0) if standardize else np.ones(X_train.shape[1], np.float32)
+        mean = X_fit.mean(0) if standardize else np.zeros(X_fit.shape[1], np.float32)
+        std = X_fit.std(0) if standardize else np.ones(X_fit.shape[1], np.float32)
         std = np.where(std > 1e-12, std, 1.0).astype(np.float32)
 
         def z(X):
             return ((X - mean) / std).astype(np.float32)
 
-        net = vector_model(model, X_train.shape[1], n_classes)
-        out = _fit_torch(net, z(X_train[fit]), y_train[fit], z(X_train[val]), y_train[val],
-                         None if X_test is None else z(X_test), torch.from_numpy, epochs=epochs,
+        net = vector_model(model, X_fit.shape[1], n_classes)
+        out = _fit_torch(net, z(X_fit), y_fit, z(X_val), y_val, None if X_test is None else z(X_test),
+                         torch.from_numpy, epochs=int(epochs or RECIPE["max_epochs"]["vector"]),
                          batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
                          device=device, seed=seed, verbose=verbose, desc=model)
         out.update(device=device, standardize_mean=mean.tolist(), standardize_std=std.tolist())
@@ -233,76 +288,40 @@ def train_vector_model(X_train, y_train, X_test=None, y_test=None, *, model: str
     return out
 
 
-
 # --------------------------------------------------------------------------------------------- image model
-_IMAGE_CACHE: dict[tuple, np.ndarray] = {}
-
-
-
-def load_image(path: str, image_size: int, box=None) -> np.ndarray:
-    """Grayscale uint8 ``(image_size, image_size)``, optionally cropped to ``box``; cached in memory."""
-    key = (str(path), int(image_size), None if box is None else tuple(float(v) for v in list(box)[:4]))
-    hit = _IMAGE_CACHE.get(key)
-    if hit is not None:
-        return hit
-    img = read_image(path, gray=True)
-    if img is None:
-        raise FileNotFoundError(f"cannot decode image {path}")
-    if box is not None:
-        img = square_crop(img, box)
-    img = cv2.resize(img, (int(image_size), int(image_size)), interpolation=cv2.INTER_AREA)
-    _IMAGE_CACHE[key] = img
-    return img
-
-
-
-def load_images(paths, image_size: int, boxes=None) -> np.ndarray:
-    boxes = [None] * len(paths) if boxes is None else list(boxes)
-    if not len(paths):
-        return np.zeros((0, image_size, image_size), dtype=np.uint8)
-    return np.stack([load_image(p, image_size, b) for p, b in zip(paths, boxes)])
-
-
-
-def _image_to_tensor(X: np.ndarray):
-    """uint8 (B, S, S) gray → float (B, 3, S, S), ImageNet-normalised (gray replicated to 3 channels)."""
-    x = torch.from_numpy(np.ascontiguousarray(X)).float().div_(255.0).unsqueeze(1)
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    return (x.expand(-1, 3, -1, -1) - mean) / std
-
-
-
-def _hflip(x, gen):
-    flip = torch.rand(x.shape[0], generator=gen) < 0.5
-    x = x.clone()
-    x[flip] = x[flip].flip(-1)
-    return x
-
-
-
-def train_image_model(paths_train, y_train, paths_test=None, y_test=None, *, boxes_train=None, boxes_test=None,
-                      n_classes: int | None = None, image_size: int = 64, epochs: int = 10, batch_size: int = 32,
-                      lr: float = 1e-3, weight_decay: float = 1e-4, val_fraction: float = 0.1,
-                      patience: int | None = None, device: str | None = "cpu", seed: int = 0,
-                      pretrained: bool = False, augment: bool = True, verbose: bool = False) -> dict:
-    """Train torchvision's ResNet-34 on the pictures (grayscale → 3 channels, ``image_size``², optional box
-    crop, random horizontal flips when ``augment``). Same return keys as :func:`train_vector_model` plus
-    ``image_size``."""
+def train_image_model(paths_train, y_train, paths_test=None, y_test=None, *, paths_val=None, y_val=None,
+                      boxes_train=None, boxes_test=None, boxes_val=None, n_classes: int | None = None,
+                      image_size: int = 64, epochs: int | None = None, batch_size: int = 32,
+                      lr: float = RECIPE["lr"], weight_decay: float = RECIPE["weight_decay"],
+                      val_fraction: float = RECIPE["val_fraction"], patience: int | None = RECIPE["patience"]["image"],
+                      device: str | None = "cpu", seed: int = 0, pretrained: bool = False, augment: bool = True,
+                      flip: bool = True, verbose: bool = False) -> dict:
+    """Train torchvision's ResNet-34 on the colour head crops (:mod:`facelib.classify.images`) with the shared
+    recipe: ``image_size``², augmentation when ``augment`` (random resized crop, colour jitter, and horizontal
+    flips when ``flip``). Validation: ``paths_val``/``y_val`` or a carved split. Same return keys as
+    :func:`train_vector_model` plus ``image_size``."""
     device = resolve_device(device)
     set_seed(seed)
     y_train = np.asarray(y_train, dtype=np.int64)
     n_classes = int(n_classes or (y_train.max() + 1))
     X_train = load_images(list(paths_train), image_size, boxes_train)
     X_test = None if paths_test is None else load_images(list(paths_test), image_size, boxes_test)
-    fit, val = carve_validation(y_train, val_fraction, seed)
+    if paths_val is None:
+        fit, val = carve_validation(y_train, val_fraction, seed)
+        X_fit, y_fit, X_val, y_val = X_train[fit], y_train[fit], X_train[val], y_train[val]
+    else:
+        X_fit, y_fit = X_train, y_train
+        X_val, y_val = load_images(list(paths_val), image_size, boxes_val), np.asarray(y_val, dtype=np.int64)
     net = image_resnet34(n_classes, pretrained=pretrained)
-    out = _fit_torch(net, X_train[fit], y_train[fit], X_train[val], y_train[val], X_test, _image_to_tensor,
-                     epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
-                     device=device, seed=seed, augment=_hflip if augment else None, verbose=verbose,
-                     desc="image-resnet34")
+
+    def aug(x, gen):
+        return augment_batch(x, gen, flip=flip)
+
+    out = _fit_torch(net, X_fit, y_fit, X_val, y_val, X_test, to_tensor,
+                     epochs=int(epochs or RECIPE["max_epochs"]["image"]), batch_size=batch_size, lr=lr,
+                     weight_decay=weight_decay, patience=patience, device=device, seed=seed,
+                     augment=aug if augment else None, verbose=verbose, desc="image-resnet34")
     out.update(device=device, image_size=int(image_size))
     if y_test is not None and X_test is not None and len(X_test):
         out["accuracy"] = float((out["predictions"] == np.asarray(y_test)).mean())
     return out
-

@@ -91,7 +91,7 @@ def square_crop(img: np.ndarray, box, margin: float = 1.3) -> np.ndarray:
     a, b = int(round(cx - side / 2)), int(round(cy - side / 2))
     s = int(round(side))
     h, w = img.shape[:2]
-    out = np.zeros((s, s), dtype=img.dtype)
+    out = np.zeros((s, s) + img.shape[2:], dtype=img.dtype)
     sx0, sy0, sx1, sy1 = max(a, 0), max(b, 0), min(a + s, w), min(b + s, h)
     if sx1 > sx0 and sy1 > sy0:
         out[sy0 - b:sy1 - b, sx0 - a:sx1 - a] = img[sy0:sy1, sx0:sx1]

@@ -20,10 +20,14 @@ from .tables import PAPER_DEVICE, PAPER_TABLE2, pick_table3_result, table2, tabl
 
 PROTOCOL_WORDS = {"paper": "paper's protocol", "subject_independent": "unseen people",
                   "cross_angle": "unseen view angle", "cross_session": "other session",
-                  "subject_disjoint": "unseen people"}
+                  "subject_disjoint": "unseen people", "two_picture": "paper's split, both FEI pictures",
+                  "leave_expression_out": "unseen expression", "random": "random split"}
 INPUT_WORDS = {"alpha": "identity coefficients α", "beta": "expression coefficients β", "image": "pictures",
+               "hog": "HOG features", "pixels": "pixels (Fisherfaces)", "dlib": "dlib face embedding",
+               "alpha+beta": "α and β coefficients",
                "alpha_beta": "α and β coefficients"}
-MODEL_WORDS = {"resnet34": "ResNet-34", "logreg": "logistic regression", "svm": "RBF SVM", "mlp": "MLP"}
+MODEL_WORDS = {"resnet34": "ResNet-34", "logreg": "logistic regression", "svm": "RBF SVM", "mlp": "MLP",
+               "linsvm": "linear SVM", "fisherfaces": "PCA + LDA + linear SVM"}
 FIGURE_FILES = ("table3_heatmap.png", "per_angle_accuracy.png", "training_time.png")
 
 
@@ -100,10 +104,16 @@ def embedding_plot(vectors: np.ndarray, labels: pd.Series, title: str, out=None,
 
 # --------------------------------------------------------------------------------------------- report figures
 def words(result: dict) -> str:
-    """'expression · unseen people · expression coefficients β · logistic regression' for a result dict."""
-    return " · ".join([str(result.get("task")), PROTOCOL_WORDS.get(result.get("protocol"), str(result.get("protocol"))),
-                       INPUT_WORDS.get(result.get("input"), str(result.get("input"))),
-                       MODEL_WORDS.get(result.get("model"), str(result.get("model")))])
+    """'expression · unseen people · expression coefficients β · logistic regression · tddfa' for a result dict
+    (the backend names raw and fitted coefficient variants apart; a non-mean aggregator is added)."""
+    bits = [str(result.get("task")), PROTOCOL_WORDS.get(result.get("protocol"), str(result.get("protocol"))),
+            INPUT_WORDS.get(result.get("input"), str(result.get("input"))),
+            MODEL_WORDS.get(result.get("model"), str(result.get("model")))]
+    if result.get("backend") and result.get("input") in ("alpha", "beta", "alpha+beta"):
+        bits.append(str(result["backend"]))
+    if result.get("aggregator") not in (None, "mean"):
+        bits.append(f"{result['aggregator']} aggregation")
+    return " · ".join(bits)
 
 
 def context_line(provenance: dict) -> str:

@@ -1,12 +1,18 @@
 """Results → the paper's Tables 1–3 (CSV + Markdown beside the paper's figures), figures, provenance.
 
-Inputs are the dicts :func:`facelib.classify.trainer.run_task` returns (or the JSON files ``train.save_result`` writes).
+Inputs are the :class:`~facelib.classify.experiment.TaskResult` dicts (``to_dict()``, or the JSON files
+``facelib.classify.results.save_result`` writes). ``write_tables`` first clears the previous run's table files.
+The module is over ~400 lines because it is the one owner of Tables 1–3: the paper's figures, the tables, their
+display forms (used by notebook 05 and the index page) and their figures.
 Outputs in ``out_dir``:
 
-* ``table1.csv`` — ``task, protocol, input, model, backend, accuracy_mean, accuracy_std, n_folds, n_train,
-  n_test`` (accuracy as a 0–1 fraction); ``table1.md`` adds the paper's figure for each paper-protocol row.
-* ``table2.csv`` — ``task, input, model, device, seconds_per_input, seconds_per_epoch``; ``table2.md`` with
-  the paper's (Apple M1/MPS) times beside ours.
+* ``table1.csv`` — ``TABLE1_COLUMNS``: one row per result and k (accuracy as a 0–1 fraction; ``accuracy_std``
+  over repeats/folds, ``ci_low``/``ci_high`` a bootstrap 95 % interval for a single split), ``leak_free``,
+  ``split_kind``, training facts, counts in pictures and sets, ``transductive``, ``synthetic``; ``table1.md`` adds
+  the paper's figure only beside the rows the paper ran (:func:`paper_figure`) and one leakage footnote per
+  protocol.
+* ``table2.csv`` — ``TABLE2_COLUMNS`` (what one input is, batch size, image size, device, threads, the per-picture
+  cost of getting coefficients); ``table2.md`` with the paper's (Apple M1/MPS) times beside its own rows only.
 * ``table3.csv`` — 7×7 percent (rows true AF AN DI HA NE SA SU, columns predicted; each row sums to 100),
   ``table3_counts.csv`` — the counts summed over folds; ``table3.md`` with the paper's diagonal.
 * the figures drawn from these tables are made by ``figures.write_report_figures`` (no plotting here).
@@ -26,9 +32,15 @@ import pandas as pd
 from ..io import atomic_path, atomic_write_json
 from ..vocab import EXPRESSIONS
 
-TABLE1_COLUMNS = ["task", "protocol", "input", "model", "backend", "aggregator", "accuracy_mean", "accuracy_std",
-                  "n_folds", "n_train", "n_test"]
-TABLE2_COLUMNS = ["task", "input", "model", "device", "seconds_per_input", "seconds_per_epoch"]
+TABLE1_COLUMNS = ["task", "protocol", "input", "model", "backend", "aggregator", "k", "leak_free", "accuracy_mean", "accuracy_std",
+                  "ci_low", "ci_high", "n_splits", "split_kind", "image_size", "epochs_run", "best_epoch",
+                  "pretrained", "n_train_pictures", "n_train_sets", "n_test_pictures", "n_test_sets",
+                  "transductive", "synthetic"]
+TABLE2_COLUMNS = ["task", "input", "model", "backend", "device", "threads", "batch_size", "image_size", "input_unit",
+                  "seconds_per_input", "seconds_per_epoch", "coefficient_seconds_per_picture", "synthetic"]
+# The rows the paper ran: its ResNet-34 on raw backend coefficients (α identity at k = 3, β expression, α gender)
+# or on 224-px pictures (k = 1), under its own protocol. Only these get the paper's figure beside them.
+PAPER_IMAGE_SIZE = 224
 
 # The paper's figures (REFERENCE.md). Table 1: accuracy (0–1) with images vs with 3DMM coefficients.
 PAPER_TABLE1 = {
@@ -68,28 +80,76 @@ def load_results(path: str | Path) -> list[dict]:
     return out
 
 
+def _as_dicts(results) -> list[dict] | dict:
+    if hasattr(results, "to_dict"):
+        return results.to_dict()
+    return [r.to_dict() if hasattr(r, "to_dict") else r for r in results] if isinstance(results, list) else results
+
+
 def _kind(input: str) -> str:
     return "images" if input == "image" else "coefficients"
 
 
 # ---------------------------------------------------------------------------------------------------- tables
-def table1(results: list[dict]) -> pd.DataFrame:
-    """One row per result: exactly ``TABLE1_COLUMNS``."""
-    rows = [{c: r.get(c) for c in TABLE1_COLUMNS} for r in results]
+def _mean(v):
+    v = [x for x in (v if isinstance(v, (list, tuple)) else [v]) if x is not None]
+    return float(np.mean(v)) if v else None
+
+
+def table1(results: list[dict], synthetic: bool = False) -> pd.DataFrame:
+    """One row per result and set size k (``accuracy_by_k``: a per-picture model is also scored on the identity
+    sets, a set-trained coefficient model on single pictures): exactly ``TABLE1_COLUMNS``."""
+    rows = []
+    for r in results:
+        by_k = r.get("accuracy_by_k") or {str(r.get("k", 1)): {
+            "mean": r.get("accuracy_mean"), "std": r.get("accuracy_std"), "ci": r.get("accuracy_ci"),
+            "n_test": r.get("n_test")}}
+        for k, d in sorted(by_k.items(), key=lambda kv: int(kv[0])):
+            k = int(k)
+            ci = d.get("ci") or [None, None]
+            sets = k > 1
+            rows.append({
+                "task": r["task"], "protocol": r["protocol"], "input": r["input"], "model": r["model"],
+                "backend": r.get("backend"), "aggregator": r.get("aggregator"), "k": k,
+                "leak_free": bool(r.get("leak_free")),
+                "accuracy_mean": d.get("mean"), "accuracy_std": d.get("std"), "ci_low": ci[0], "ci_high": ci[1],
+                "n_splits": r.get("n_folds"), "split_kind": r.get("split_kind", "folds"),
+                "image_size": r.get("image_size"), "epochs_run": _mean(r.get("epochs_run")),
+                "best_epoch": _mean(r.get("best_epochs")), "pretrained": bool(r.get("pretrained")),
+                "n_train_pictures": _mean(r.get("n_train_pictures") or r.get("n_train_images")),
+                "n_train_sets": _mean(r.get("n_train_sets")) or None,
+                "n_test_pictures": _mean(r.get("n_test_pictures")) if not sets else None,
+                "n_test_sets": _mean(d.get("n_test")) if sets else None,
+                "transductive": r.get("transductive") or "", "synthetic": bool(synthetic)})
     return pd.DataFrame(rows, columns=TABLE1_COLUMNS)
 
 
-def table2(results: list[dict]) -> pd.DataFrame:
-    """Training cost per (task, input, model, device); the ``paper`` protocol's run where there are several."""
+INPUT_UNIT = {"coefficients": "one coefficient vector (a k-set: its aggregate)", "images": "one picture",
+              "features": "one picture's feature vector"}
+
+
+def table2(results: list[dict], synthetic: bool = False, coefficient_cost: dict | None = None) -> pd.DataFrame:
+    """Training cost per (task, input, model, backend, device) — the ``paper`` protocol's run where there are
+    several — with what one "input" is, the batch size, image size, threads, and (``coefficient_cost``:
+    backend → seconds per picture of reconstruction / fitting) the per-picture cost of getting coefficients."""
     chosen: dict[tuple, dict] = {}
     for r in results:
-        key = (r["task"], r["input"], r["model"], r.get("device", "cpu"))
+        key = (r["task"], r["input"], r["model"], r.get("backend"), r.get("device", "cpu"))
         if key not in chosen or (r.get("protocol") == "paper" and chosen[key].get("protocol") != "paper"):
             chosen[key] = r
-    rows = [{"task": k[0], "input": k[1], "model": k[2], "device": k[3],
-             "seconds_per_input": v.get("seconds_per_input"), "seconds_per_epoch": v.get("seconds_per_epoch")}
+    cost = coefficient_cost or {}
+    rows = [{"task": k[0], "input": k[1], "model": k[2], "backend": k[3], "device": k[4],
+             "threads": v.get("torch_threads"), "batch_size": v.get("batch_size"), "image_size": v.get("image_size"),
+             "input_unit": INPUT_UNIT[_kind3(v)], "seconds_per_input": v.get("seconds_per_input"),
+             "seconds_per_epoch": v.get("seconds_per_epoch"),
+             "coefficient_seconds_per_picture": cost.get(k[3]) if _kind3(v) == "coefficients" else None,
+             "synthetic": bool(synthetic)}
             for k, v in chosen.items()]
     return pd.DataFrame(rows, columns=TABLE2_COLUMNS)
+
+
+def _kind3(r: dict) -> str:
+    return r.get("kind") or ("images" if r["input"] == "image" else "coefficients")
 
 
 def pick_table3_result(results: list[dict]) -> dict | None:
@@ -144,49 +204,117 @@ def _header(provenance: dict) -> str:
     return "<!-- provenance: " + json.dumps(provenance, sort_keys=True, default=str).replace("--", "- -") + " -->\n"
 
 
+def paper_figure(row) -> float | None:
+    """The paper's Table-1 accuracy for a row it ran (its protocol, ResNet-34, raw coefficients of the paper's
+    input at the paper's k, or 224-px pictures at k = 1); ``None`` for every other row."""
+    p = PAPER_TABLE1.get(row["task"])
+    if p is None or row["protocol"] != "paper" or row["model"] != "resnet34":
+        return None
+    if row["input"] == "image":
+        size = row.get("image_size")
+        return p["images"] if int(row.get("k") or 1) == 1 and size == size and int(size or 0) == PAPER_IMAGE_SIZE \
+            else None
+    if row["input"] != p["coefficient_input"] or "+" in str(row.get("backend") or ""):
+        return None
+    paper_k = 3 if row["task"] == "identity" else 1
+    return p["coefficients"] if int(row.get("k") or 1) == paper_k else None
+
+
+def _accuracy_text(m, s, lo, hi) -> str:
+    if m is None or m != m:
+        return "—"
+    if lo is not None and lo == lo:
+        return f"{100 * m:.1f} % [{100 * lo:.1f}, {100 * hi:.1f}]"
+    return f"{100 * m:.1f} ± {100 * s:.1f} %" if s is not None and s == s else f"{100 * m:.1f} %"
+
+
 def table1_display(t1: pd.DataFrame) -> pd.DataFrame:
-    """Table 1 for reading: accuracy as "mean ± std %", the paper's figure beside each comparable row."""
+    """Table 1 for reading: accuracy as "mean ± std %" over repeats/folds, or "mean % [95 % bootstrap interval]"
+    for a single split; the paper's figure only beside the rows the paper ran (:func:`paper_figure`)."""
     d = t1.copy()
-    d["accuracy"] = [f"{100 * m:.1f} ± {100 * s:.1f} %" if m == m else "—"
-                     for m, s in zip(d["accuracy_mean"], d["accuracy_std"].fillna(0))]
+    for col in ("k", "ci_low", "ci_high", "image_size", "split_kind", "leak_free", "n_splits"):
+        if col not in d.columns:
+            d[col] = None if col != "k" else 1
+    d["accuracy"] = [_accuracy_text(m, s, lo, hi) for m, s, lo, hi in
+                     zip(d["accuracy_mean"], d["accuracy_std"], d["ci_low"], d["ci_high"])]
+    d["paper"] = [("—" if v is None else f"{100 * v:.1f} %") for v in
+                  (paper_figure(r) for _, r in d.iterrows())] if len(d) else []
+    d["splits"] = [f"{n} {kind}" for n, kind in zip(d["n_splits"], d["split_kind"])]
+    cols = ["task", "protocol", "input", "model", "backend", "aggregator", "k", "leak_free", "accuracy", "paper", "splits",
+            "image_size", "epochs_run", "best_epoch", "pretrained", "n_train_pictures", "n_train_sets",
+            "n_test_pictures", "n_test_sets", "transductive"]
+    return d[[c for c in cols if c in d.columns]]
 
-    def paper(row):
-        p = PAPER_TABLE1.get(row["task"])
-        if p is None or row["protocol"] != "paper":
-            return "—"
-        kind = _kind(row["input"])
-        if kind == "coefficients" and row["input"] != p["coefficient_input"]:
-            return "—"
-        return f"{100 * p[kind]:.1f} %"
 
-    d["paper"] = d.apply(paper, axis=1) if len(d) else []
-    cols = ["task", "protocol", "input", "model", "backend", "aggregator", "accuracy", "paper", "n_folds", "n_train",
-            "n_test"]
-    return d[[c for c in cols if c in d.columns]]  # tables written before the aggregator column have none
+def table1_footnotes(t1: pd.DataFrame) -> str:
+    """One line per protocol present: what it leaks; and the transductive coefficient tables."""
+    from ..classify.protocols import LEAKAGE
+
+    lines = [f"* `{t}/{p}`: leakage — {LEAKAGE.get((t, p), 'see facelib.classify.protocols')}"
+             for t, p in t1[["task", "protocol"]].drop_duplicates().itertuples(index=False)]
+    for b, note in t1.loc[t1["transductive"].astype(str).str.len() > 0, ["backend", "transductive"]] \
+            .drop_duplicates().itertuples(index=False):
+        lines.append(f"* backend `{b}` is **transductive**: {note}")
+    lines.append("* `k`: pictures per test sample (k = 3: the identity protocol's 3-picture sets, scored by the "
+                 "aggregate for coefficient models and by the mean of per-picture class scores for per-picture "
+                 "models). `paper`: the paper's figure, only beside the rows it ran (ResNet-34, raw coefficients "
+                 "or 224-px images, its protocol).")
+    return "\n".join(lines)
+
+
+def table1_pivot(t1: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy text by (task, protocol, k) × (input, model, backend): backends and fitted variants stay apart."""
+    d = t1.assign(accuracy=table1_display(t1)["accuracy"])
+    return d.pivot_table(index=["task", "protocol", "k"], columns=["input", "model", "backend", "aggregator"], values="accuracy",
+                         aggfunc="first").fillna("")
+
+
+def table1_best(t1: pd.DataFrame) -> pd.DataFrame:
+    """The best row per (task, protocol, k), with its backend."""
+    d = t1.dropna(subset=["accuracy_mean"])
+    best = d.loc[d.groupby(["task", "protocol", "k"])["accuracy_mean"].idxmax(),
+                 ["task", "protocol", "k", "input", "model", "backend", "accuracy_mean"]]
+    return best.rename(columns={"accuracy_mean": "best accuracy"}).reset_index(drop=True)
+
+
+def table2_ratio(t2: pd.DataFrame) -> pd.DataFrame:
+    """Training seconds per input of the image ResNet-34 over the coefficient ResNet-34, per task and backend."""
+    r = t2[t2["model"] == "resnet34"]
+    img = r[r["input"] == "image"].groupby("task")["seconds_per_input"].mean()
+    vec = r[r["input"] != "image"].groupby(["task", "backend"])["seconds_per_input"].mean().rename("vector")
+    out = vec.reset_index()
+    out["image"] = pd.to_numeric(out["task"].map(img.to_dict()), errors="coerce").astype(float)
+    return out.assign(**{"image / vector": out["image"] / out["vector"]})
 
 
 def table1_markdown(t1: pd.DataFrame, provenance: dict) -> str:
     d = table1_display(t1)
-    cols = list(d.columns)
-    return (_header(provenance) + f"# {_title('Table 1 — classification accuracy (mean ± std over folds)', provenance)}\n\n"
-            + markdown_table(d[cols]) + "\n\nPaper: " + "; ".join(
-                f"{t} {100 * v['images']:.1f} % (images) → {100 * v['coefficients']:.1f} % ({v['coefficient_input']})"
-                for t, v in PAPER_TABLE1.items())
-            + ". The paper's protocols (`paper`) leak identity for expression; the other protocols do not.\n")
+    return (_header(provenance)
+            + f"# {_title('Table 1 — classification accuracy (mean ± std over repeats/folds; 95 % bootstrap interval for a single split)', provenance)}\n\n"
+            + markdown_table(d) + "\n\n" + table1_footnotes(t1) + "\n")
 
 
 def table2_markdown(t2: pd.DataFrame, provenance: dict) -> str:
     d = t2.copy()
 
-    def paper(row, what):
-        p = PAPER_TABLE2.get(row["task"], {}).get(_kind(row["input"]), {})
-        return p.get(what)
+    def paper(row, what):  # only beside the paper's own model on raw coefficients / pictures
+        if row["model"] != "resnet34" or "+" in str(row.get("backend") or ""):
+            return None
+        if row["input"] not in ("image", PAPER_TABLE1.get(row["task"], {}).get("coefficient_input")):
+            return None
+        return PAPER_TABLE2.get(row["task"], {}).get(_kind(row["input"]), {}).get(what)
 
-    d["paper_seconds_per_input"] = d.apply(lambda r: paper(r, "seconds_per_input"), axis=1)
-    d["paper_seconds_per_epoch"] = d.apply(lambda r: paper(r, "seconds_per_epoch"), axis=1)
+    if len(d):
+        d["paper_seconds_per_input"] = d.apply(lambda r: paper(r, "seconds_per_input"), axis=1)
+        d["paper_seconds_per_epoch"] = d.apply(lambda r: paper(r, "seconds_per_epoch"), axis=1)
     return (_header(provenance) + f"# {_title('Table 2 — training time', provenance)}\n\n" + markdown_table(d)
-            + f"\n\nPaper times were measured on {PAPER_DEVICE}; ours on the device column "
-              "(seconds per training input per epoch, and seconds per epoch).\n")
+            + "\n\n`seconds_per_input`: one training pass (forward + backward + step, no evaluation) divided by "
+              "the number of fit inputs; `input_unit` says what one input is (a coefficient vector — for the "
+              "identity protocol one 3-set aggregate — or one picture), at the batch size, image size, device "
+              "and torch threads of the row. The coefficient route also pays `coefficient_seconds_per_picture` "
+              "once per picture (reconstruction, plus fitting for `+fit` backends) before any training. "
+              f"The paper's times were measured on {PAPER_DEVICE} for its own ResNet-34s; they are shown only "
+              "beside those rows and measure different hardware.\n")
 
 
 def table3_markdown(percent: pd.DataFrame, counts: pd.DataFrame, provenance: dict, source: dict | None) -> str:
@@ -213,6 +341,17 @@ def _text(text: str, dest: Path) -> Path:
     return dest
 
 
+TABLE_FILES = ("table1.csv", "table1.md", "table2.csv", "table2.md", "table3.csv", "table3.md", "table3_counts.csv",
+               "table3_heatmap.png", "per_angle_accuracy.png", "training_time.png", "provenance.json")
+
+
+def clear_tables(out_dir: str | Path) -> None:
+    """Remove the files :func:`write_tables` writes, so the folder holds one run's tables only (other figures
+    that share the folder are kept)."""
+    for name in TABLE_FILES:
+        (Path(out_dir) / name).unlink(missing_ok=True)
+
+
 def write_provenance(provenance: dict, out_dir: str | Path) -> Path:
     return atomic_write_json(provenance, Path(out_dir) / "provenance.json")
 
@@ -224,34 +363,37 @@ def _write_csv_md(name: str, frame: pd.DataFrame, markdown: str, out_dir: Path, 
 
 
 def write_table1(results: list[dict], out_dir: str | Path, provenance: dict | None = None) -> dict:
-    out_dir, provenance = Path(out_dir), dict(provenance or {})
-    t1 = table1(results)
+    out_dir, provenance, results = Path(out_dir), dict(provenance or {}), _as_dicts(results)
+    t1 = table1(results, synthetic=bool(provenance.get("synthetic")))
     return _write_csv_md("table1", t1, table1_markdown(t1, provenance), out_dir, provenance)
 
 
 def write_table2(results: list[dict], out_dir: str | Path, provenance: dict | None = None) -> dict:
-    out_dir, provenance = Path(out_dir), dict(provenance or {})
-    t2 = table2(results)
+    out_dir, provenance, results = Path(out_dir), dict(provenance or {}), _as_dicts(results)
+    t2 = table2(results, synthetic=bool(provenance.get("synthetic")),
+                coefficient_cost=provenance.get("coefficient_seconds_per_picture"))
     return _write_csv_md("table2", t2, table2_markdown(t2, provenance), out_dir, provenance)
 
 
 def write_table3(results: list[dict] | dict, out_dir: str | Path, provenance: dict | None = None) -> dict:
-    out_dir, provenance = Path(out_dir), dict(provenance or {})
+    out_dir, provenance, results = Path(out_dir), dict(provenance or {}), _as_dicts(results)
     source = results if isinstance(results, dict) else pick_table3_result(results)
     paths = {"provenance": write_provenance(provenance, out_dir)}
     if source is None:
         return paths
     percent, counts = table3(source)
-    paths.update(table3_csv=_csv(percent, out_dir / "table3.csv", index=True),
-                 table3_counts_csv=_csv(counts, out_dir / "table3_counts.csv", index=True),
+    synthetic = bool(provenance.get("synthetic"))
+    paths.update(table3_csv=_csv(percent.assign(synthetic=synthetic), out_dir / "table3.csv", index=True),
+                 table3_counts_csv=_csv(counts.assign(synthetic=synthetic), out_dir / "table3_counts.csv",
+                                        index=True),
                  table3_md=_text(table3_markdown(percent, counts, provenance, source), out_dir / "table3.md"))
     return paths
 
 
 def write_tables(results: list[dict] | str | Path, out_dir: str | Path, provenance: dict | None = None) -> dict:
     """All three tables, their Markdown, the figures and ``provenance.json`` in ``out_dir``; returns the paths."""
-    if isinstance(results, (str, Path)):
-        results = load_results(results)
+    results = load_results(results) if isinstance(results, (str, Path)) else _as_dicts(list(results))
+    clear_tables(out_dir)
     paths = {}
     paths.update(write_table1(results, out_dir, provenance))
     paths.update(write_table2(results, out_dir, provenance))
