@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 # OpenMP threads that spin while waiting make a 2-thread torch run up to 10× slower when anything else shares the
 # 2 cores; passive waiting removes that (must be set before torch loads its OpenMP runtime).
@@ -54,7 +53,6 @@ def main(argv=None) -> int:
     import torch
 
     from facelib.classify import experiment as E
-    from facelib.classify import trainer as T
     from tests.fixtures import synthetic_coeff_table
     from facelib.classify.models import ResNet34Vector, image_resnet34
 

@@ -309,17 +309,19 @@ def _add_fit(sub) -> None:
 def _add_ict(sub) -> None:
     r = sub.add_parser("ict", help="fit the ICT Face Model (α 100, β 53) to every picture of a tddfa table")
     r.add_argument("--table", required=True, help="tddfa coefficient table (.parquet); an ict table for --mode full")
-    r.add_argument("--mode", choices=ict_fit.MODES, default="landmarks")
-    r.add_argument("--iterations", type=int, default=None)
-    r.add_argument("--targets", choices=["dlib", "table"], default="dlib")
+    r.add_argument("--mode", choices=ict_fit.MODES, default="landmarks",
+                   help="landmarks: 68-point fit; full: rendered hybrid-loss fit (start from an ict table)")
+    r.add_argument("--iterations", type=int, default=None, help="optimiser steps (None: the mode's default)")
+    r.add_argument("--targets", choices=["dlib", "table"], default="dlib",
+                   help="landmark targets: dlib's 68 points, or the table's (3DDFA_V2) landmarks")
     r.add_argument("--texture", default=None, help="texture basis .npz over the ICT vertices (full mode)")
     r.add_argument("--size", type=int, default=160, help="crop resolution of full mode")
     r.add_argument("--source", default=None, help="ICT-FaceKit clone or archive (default: the asset ict_facekit)")
     r.add_argument("--out", required=True, help="ICT coefficient table (.parquet)")
-    r.add_argument("--device", default=None)
-    r.add_argument("--assets", default=None)
-    r.add_argument("--batch-size", type=int, default=8)
-    r.add_argument("--limit", type=int, default=None)
+    r.add_argument("--device", default=None, help="cpu, cuda, mps or auto (None: $FACELIB_DEVICE or auto)")
+    r.add_argument("--assets", default=None, help="asset folder (None: $FACELIB_ASSETS, then the user cache)")
+    r.add_argument("--batch-size", type=int, default=8, help="pictures fitted together")
+    r.add_argument("--limit", type=int, default=None, help="fit at most this many pictures (None: all)")
     r.set_defaults(func=cmd_ict)
 
 

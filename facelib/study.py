@@ -36,8 +36,10 @@ PARAMS_DIR = NOTEBOOK_DIR / "params"
 KERNEL_NAME = "facelib"  # installed by `make env` (ipykernel install --sys-prefix --name facelib)
 CI_BANNER_TAG = "ci-banner"
 CI_BANNER = ("> **These outputs come from the small CI run** (`notebooks/params/ci.yaml`: the 20-person dev subset "
-             "of KDEF, 2 folds, 48-pixel images, sampled identity subsets), not from the full study. They are what "
-             "`make test` compares against. `make reproduce` writes the full run's notebooks to `reports/runs/`.")
+             "of KDEF and FEI's frontal set, 2 repeats/folds, sampled identity subsets, a 1-epoch R-Net, and only the "
+             "cheap convergent models — logistic regression / SVM on coefficients, HOG, Fisherfaces and dlib "
+             "baselines on pictures; no ResNet-34), not from the full study. They are what `make test` compares "
+             "against. `make reproduce` writes the full run's notebooks to `reports/runs/`.")
 
 
 def notebooks() -> list[Path]:

@@ -67,7 +67,8 @@ def test_report_figures_stand_alone(tmp_path, results):
     assert "run alpha_run" in ax.get_title() and "KDEF 699 pictures / 20 people" in ax.get_title()
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert any(lab.startswith("chance (1 in 7") for lab in labels)
-    assert "paper's protocol · expression coefficients β · logistic regression" in labels
+    # the backend names raw and fitted coefficient variants apart
+    assert "paper's protocol · expression coefficients β · logistic regression · synthetic" in labels
     assert "mean ± std over folds" in ax.get_ylabel()
     # error bars: the spread of per-fold accuracies at each angle, from the predictions
     folds = figures.per_angle_folds(results[0])

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from facelib.report import tables
+from facelib.report import figures, tables
 from facelib.classify.experiment import run_task
 from facelib.classify.results import save_result
 from tests.fixtures import synthetic_coeff_table
@@ -45,7 +45,7 @@ def test_per_angle_plot_with_fitted_variants(tmp_path, results):
     """Raw and fitted runs of the same cell used to collide (labels without the backend) and crash reindex."""
     r = results[1].to_dict()
     fitted = dict(r, backend=r["backend"] + "+fit_landmarks")
-    out = tables.plot_per_angle([r, fitted, dict(r)], tmp_path / "a.png", {})
+    out = figures.plot_per_angle([r, fitted, dict(r)], {}, tmp_path / "a.png")
     assert out.stat().st_size > 1000
     t1 = tables.table1([r, fitted])
     assert len(tables.table1_pivot(t1).columns) == 2  # backends stay apart

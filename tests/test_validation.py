@@ -2,7 +2,6 @@
 people out), never touching the test side."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from facelib.classify import protocols as P

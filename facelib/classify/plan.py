@@ -31,13 +31,27 @@ IMAGE_MODELS = (("image", "resnet34"),     # colour head crop, augmentation, sha
 SIZED_PROTOCOLS = ("paper", "subject_independent", "two_picture", "random")
 
 
-def study_plan(models=("resnet34", "logreg", "svm"), image_baseline: bool = True, rows=STUDY_ROWS,
+def study_plan(models=("resnet34", "logreg", "svm"), image_baseline=True, rows=STUDY_ROWS,
                image_models=IMAGE_MODELS) -> list[dict]:
+    """Plan entries (dataset, task, protocol, input, model): every ``models`` on each row's coefficients and, with
+    ``image_baseline``, the image arm on the same splits — ``True``: every entry of ``image_models``; a list: only
+    those whose input or ``input/model`` it names (e.g. ``[hog, pixels, dlib]`` leaves the image ResNet-34 out);
+    ``False``/empty: none."""
+    if image_baseline is True:
+        chosen = list(image_models)
+    elif not image_baseline:
+        chosen = []
+    else:
+        names = {str(n) for n in image_baseline}
+        chosen = [(i, m) for i, m in image_models if i in names or f"{i}/{m}" in names]
+        unknown = names - {i for i, _ in image_models} - {f"{i}/{m}" for i, m in image_models}
+        if unknown:
+            raise ValueError(f"image_baseline: unknown image model(s) {sorted(unknown)}; known: "
+                             + ", ".join(f"{i}/{m}" for i, m in image_models))
     plan = []
     for dataset, task, protocol, input in rows:
         plan += [dict(dataset=dataset, task=task, protocol=protocol, input=input, model=m) for m in models]
-        if image_baseline:
-            plan += [dict(dataset=dataset, task=task, protocol=protocol, input=i, model=m) for i, m in image_models]
+        plan += [dict(dataset=dataset, task=task, protocol=protocol, input=i, model=m) for i, m in chosen]
     return plan
 
 

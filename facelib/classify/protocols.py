@@ -56,7 +56,7 @@ import pandas as pd
 
 from ..data import labels
 from ..errors import FacelibError
-from ..vocab import ANGLES, EXPRESSIONS
+from ..vocab import ANGLES, EXPRESSIONS  # noqa: F401  (ANGLES: re-exported as protocols.ANGLES)
 from .aggregate import Aggregator, k_subsets
 
 PAPER_SUBJECTS = tuple([f"F{i:02d}" for i in range(1, 6)] + [f"M{i:02d}" for i in range(1, 6)])

@@ -27,17 +27,15 @@ import numpy as np
 import pandas as pd
 
 import torch
-from tqdm.auto import tqdm
 
-from .. import config
 from ..face3d.cameras import crop_box, crop_rgb, crop_to_image, image_to_crop
 from ..face3d.ict import bfm_similarity, pose_from_3ddfa
 from ..face3d.morphable import MorphableModel
-from ..face3d.reconstruct import TDDFABackend, read_image, register_backend
-from ..io import append_shard, atomic_write_table, read_shards
+from ..face3d.reconstruct import TDDFABackend, register_backend
+from ..io import atomic_write_table
 from .fitter import Fitter
 from .skin import skin_model_for_table
-from .table import DlibTargets, landmark_targets
+from .table import DlibTargets, cached_fits, fit_records, landmark_targets, merge_fits
 from .texture import load_texture_basis, with_texture
 from .texture_basis import build_from_table
 
@@ -122,57 +120,28 @@ def fit_ict_table(coeff_table: pd.DataFrame, mode: str = "landmarks", iterations
                 "area": icf.model.provenance["area"],
                 "from": "ict" if from_ict else "tddfa", "skin": bool(skin_model), "embedder": None if embedder is None
                 else getattr(embedder, "name", type(embedder).__name__)}
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    folder = Path(cache_dir or config.cache_dir() / "fitting") / f"{name}-{key}"
-    folder.mkdir(parents=True, exist_ok=True)
-    done = read_shards(folder)
-    ok = coeff_table[coeff_table["status"] == "ok"].drop_duplicates("sha256")
-    todo = ok[~ok["sha256"].isin(set(done["sha256"]))]
-    if limit is not None:
-        todo = todo.iloc[:limit]
-    bar = tqdm(total=len(todo), desc=f"ict ({mode})", disable=not progress, unit="img")
-    for start in range(0, len(todo), batch_size):
-        rows = todo.iloc[start:start + batch_size]
-        images = [read_image(p) for p in rows["path"]]
-        rois = np.stack([crop_box(b) for b in rows["box"]])
+
+    def fit_batch(rows, images, rois):
+        lm_img, sources = landmark_targets(rows, images, target_landmarks, landmarker, rois)
         if from_ict:  # the tddfa pose is gone; dlib's targets need only box/landmarks, yaw from the ICT pose
-            lm_img, sources = landmark_targets(rows, images, target_landmarks, landmarker, rois)
             init = {k: np.stack([np.asarray(v, np.float32) for v in rows[k]]) for k in ("alpha", "beta", "pose")}
         else:
-            lm_img, sources = landmark_targets(rows, images, target_landmarks, landmarker, rois)
             init = {**icf.initial(np.stack([np.asarray(v, np.float32) for v in rows["pose"]])), "_from": "tddfa"}
         res, first = icf.fit(init, rois, lm_img, images, mode=mode, iterations=iterations, weights=weights)
         lm_fit = crop_to_image(res.landmarks, rois, image_size)
         err = np.linalg.norm(lm_fit - lm_img, axis=-1).mean(-1)
         secs = (res.seconds + (first.seconds if first is not None else 0.0)) / len(rows)
-        rec = []
-        for j, sha in enumerate(rows["sha256"]):
-            losses = {k: [float(res.terms_first[k][j]), float(res.terms_last[k][j])] for k in res.terms_last}
-            rec.append({"sha256": sha, "alpha": res.alpha[j].tolist(), "beta": res.beta[j].tolist(),
-                        "pose": res.pose[j].tolist(),
-                        "landmarks": np.concatenate([lm_fit[j, :, 0], lm_fit[j, :, 1]]).astype(np.float32).tolist(),
-                        "gamma": None if res.gamma is None else res.gamma[j].tolist(),
-                        "texture": None if res.texture is None else res.texture[j].tolist(),
-                        "fit_losses": json.dumps({**losses, "_target": sources[j], "_lm_px": float(err[j])}),
-                        "fit_seconds": secs})
-        shard = pd.DataFrame(rec)
-        append_shard(folder, shard)
-        done = pd.concat([done, shard], ignore_index=True)
-        bar.update(len(rows))
-    bar.close()
+        return fit_records(res, rows["sha256"], lm_fit, sources, secs,
+                           extra_losses=[{"_lm_px": float(e)} for e in err])
 
+    done = cached_fits(coeff_table, name, settings, fit_batch, cache_dir=cache_dir, limit=limit,
+                       batch_size=batch_size, progress=progress, desc=f"ict ({mode})")
     table = coeff_table.copy()
     table["backend"] = name
     by = done.drop_duplicates("sha256", keep="last").set_index("sha256") if len(done) else None
-    for col in ("alpha", "beta", "pose", "landmarks", "gamma", "texture", "fit_losses", "fit_seconds"):
-        if col not in table.columns:
-            table[col] = None
-        table[col] = table[col].astype(object)
-        if by is not None:
-            hit = table["sha256"].isin(by.index) & (table["status"] == "ok")
-            vals = by[col].reindex(table.loc[hit, "sha256"]).tolist()
-            table.loc[hit, col] = pd.Series([v.tolist() if isinstance(v, np.ndarray) else v for v in vals],
-                                            index=table.index[hit], dtype=object)
+    if by is not None:
+        merge_fits(table, done, ("alpha", "beta", "pose", "landmarks", "gamma", "texture", "fit_losses", "fit_seconds"),
+                   convert=lambda v: v.tolist() if isinstance(v, np.ndarray) else v)
     # rows not fitted (not ok, or beyond ``limit``) carry no ICT coefficients: never the tddfa ones
     missing = ~table["sha256"].isin(by.index if by is not None else []) | (table["status"] != "ok")
     for col in ("alpha", "beta", "pose", "gamma", "texture"):

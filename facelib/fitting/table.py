@@ -155,59 +155,86 @@ def fit_table(coeff_table: pd.DataFrame, mode: str = "landmarks", iterations: in
                 "target": target_landmarks, "texture": tex_sha, "size": image_size, "optimize": optimize,
                 "embedder": None if embedder is None else getattr(embedder, "name", type(embedder).__name__),
                 "skin": bool(skin_model)}
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    folder = Path(cache_dir or config.cache_dir() / "fitting") / f"{name}-{key}"
-    folder.mkdir(parents=True, exist_ok=True)
-    done = read_shards(folder)
-    known = set(done["sha256"])
 
-    ok = coeff_table[(coeff_table["status"] == "ok")].drop_duplicates("sha256")
-    todo = ok[~ok["sha256"].isin(known)]
-    if limit is not None:
-        todo = todo.iloc[:limit]
-    bar = tqdm(total=len(todo), desc=f"fit ({mode})", disable=not progress, unit="img")
-    for start in range(0, len(todo), batch_size):
-        rows = todo.iloc[start:start + batch_size]
-        images = [read_image(p) for p in rows["path"]]
-        rois = np.stack([crop_box(b) for b in rows["box"]])
+    def fit_batch(rows, images, rois):
         lm_img, sources = landmark_targets(rows, images, target_landmarks, landmarker, rois)
         init = {k: np.stack([np.asarray(v, np.float32) for v in rows[k]]) for k in ("alpha", "beta", "pose")}
         crops = np.stack([crop_rgb(im, r, image_size) for im, r in zip(images, rois)]) if mode == "full" else None
         res = fitter.fit(init, rois, image_to_crop(lm_img, rois, image_size), crops, mode=mode,
                          iterations=iterations, weights=weights, optimize=optimize)
         lm_fit = crop_to_image(res.landmarks, rois, image_size)
-        rec = []
-        for j, sha in enumerate(rows["sha256"]):
-            rec.append({"sha256": sha, "alpha": res.alpha[j].tolist(), "beta": res.beta[j].tolist(),
-                        "pose": res.pose[j].tolist(),
-                        "landmarks": np.concatenate([lm_fit[j, :, 0], lm_fit[j, :, 1]]).astype(np.float32).tolist(),
-                        "gamma": None if res.gamma is None else res.gamma[j].tolist(),
-                        "texture": None if res.texture is None else res.texture[j].tolist(),
-                        "fit_losses": json.dumps({**{k: [float(res.terms_first[k][j]), float(res.terms_last[k][j])]
-                                                     for k in res.terms_last}, "_target": sources[j]}),
-                        "fit_seconds": res.seconds / len(rows)})
-        shard = pd.DataFrame(rec)
-        append_shard(folder, shard)
-        done = pd.concat([done, shard], ignore_index=True)
-        bar.update(len(rows))
-    bar.close()
+        return fit_records(res, rows["sha256"], lm_fit, sources, res.seconds / len(rows))
 
+    done = cached_fits(coeff_table, name, settings, fit_batch, cache_dir=cache_dir, limit=limit,
+                       batch_size=batch_size, progress=progress, desc=f"fit ({mode})")
     table = coeff_table.copy()
     table["backend"] = name
     if "fit_losses" not in table.columns:
         table["fit_losses"] = None
     if len(done):
-        by = done.drop_duplicates("sha256", keep="last").set_index("sha256")
-        for col in ("gamma", "texture"):
-            if col not in table.columns:
-                table[col] = None
-        for col in ("alpha", "beta", "pose", "landmarks", "gamma", "texture", "fit_losses"):
-            table[col] = table[col].astype(object)
-            hit = table["sha256"].isin(by.index) & (table["status"] == "ok")
-            vals = by[col].reindex(table.loc[hit, "sha256"]).tolist()
-            table.loc[hit, col] = pd.Series([_as_list(v) for v in vals], index=table.index[hit], dtype=object)
+        merge_fits(table, done, ("alpha", "beta", "pose", "landmarks", "gamma", "texture", "fit_losses"),
+                   convert=_as_list)
     if out is not None:
         atomic_write_table(table, Path(out))
+    return table
+
+
+def cached_fits(coeff_table: pd.DataFrame, name: str, settings: dict, fit_batch: Callable, *, cache_dir=None,
+                limit: int | None = None, batch_size: int = 8, progress: bool = True, desc: str = "fit"
+                ) -> pd.DataFrame:
+    """The resumable loop every per-picture fit shares: pictures are fitted in batches by
+    ``fit_batch(rows, images_bgr, rois) -> records`` (:func:`fit_records`), each batch appended as a shard to a
+    cache folder keyed by ``settings``; pictures already there are skipped (an interrupted run resumes).
+    Returns every cached record (one row per fitted picture; the latest wins on repeats)."""
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    folder = Path(cache_dir or config.cache_dir() / "fitting") / f"{name}-{key}"
+    folder.mkdir(parents=True, exist_ok=True)
+    done = read_shards(folder)
+    ok = coeff_table[coeff_table["status"] == "ok"].drop_duplicates("sha256")
+    todo = ok[~ok["sha256"].isin(set(done["sha256"]))]
+    if limit is not None:
+        todo = todo.iloc[:limit]
+    bar = tqdm(total=len(todo), desc=desc, disable=not progress, unit="img")
+    for start in range(0, len(todo), batch_size):
+        rows = todo.iloc[start:start + batch_size]
+        images = [read_image(p) for p in rows["path"]]
+        rois = np.stack([crop_box(b) for b in rows["box"]])
+        shard = pd.DataFrame(fit_batch(rows, images, rois))
+        append_shard(folder, shard)
+        done = pd.concat([done, shard], ignore_index=True)
+        bar.update(len(rows))
+    bar.close()
+    return done
+
+
+def fit_records(res, shas, lm_fit: np.ndarray, sources, seconds: float, extra_losses=None) -> list[dict]:
+    """One shard row per fitted picture (the fitting caches of :func:`fit_table` and the ICT fit share it):
+    coefficients, fitted 68 landmarks in image pixels (x0..x67, y0..y67), every loss term at the start and the
+    end (``fit_losses`` JSON with the landmark target's source; ``extra_losses[j]`` adds keys) and seconds."""
+    rec = []
+    for j, sha in enumerate(shas):
+        losses = {k: [float(res.terms_first[k][j]), float(res.terms_last[k][j])] for k in res.terms_last}
+        losses.update({"_target": sources[j], **(extra_losses[j] if extra_losses is not None else {})})
+        rec.append({"sha256": sha, "alpha": res.alpha[j].tolist(), "beta": res.beta[j].tolist(),
+                    "pose": res.pose[j].tolist(),
+                    "landmarks": np.concatenate([lm_fit[j, :, 0], lm_fit[j, :, 1]]).astype(np.float32).tolist(),
+                    "gamma": None if res.gamma is None else res.gamma[j].tolist(),
+                    "texture": None if res.texture is None else res.texture[j].tolist(),
+                    "fit_losses": json.dumps(losses), "fit_seconds": seconds})
+    return rec
+
+
+def merge_fits(table: pd.DataFrame, done: pd.DataFrame, columns, convert=lambda v: v) -> pd.DataFrame:
+    """Write the cached fits ``done`` (latest per sha256) into ``table``'s ``columns`` for its ``ok`` rows, in
+    place; ``convert`` maps each cached value (arrays from parquet) to what the table stores."""
+    by = done.drop_duplicates("sha256", keep="last").set_index("sha256")
+    hit = table["sha256"].isin(by.index) & (table["status"] == "ok")
+    for col in columns:
+        if col not in table.columns:
+            table[col] = None
+        table[col] = table[col].astype(object)
+        vals = by[col].reindex(table.loc[hit, "sha256"]).tolist()
+        table.loc[hit, col] = pd.Series([convert(v) for v in vals], index=table.index[hit], dtype=object)
     return table
 
 

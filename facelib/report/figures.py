@@ -193,7 +193,7 @@ def plot_per_angle(results: list[dict], provenance: dict, out: Path | None = Non
     ax.set_ylabel(f"{task} accuracy (% correct; mean ± std over folds)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, title="protocol · input · model",
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, title="protocol · input · model (· coefficient backend)",
               title_fontsize=7)
     ax.set_title(f"{task.capitalize()} accuracy per camera angle\n{context_line(provenance)}", fontsize=8.5)
     return _finish(fig, out) if out else fig

@@ -264,7 +264,8 @@ def table1_footnotes(t1: pd.DataFrame) -> str:
 
 def table1_pivot(t1: pd.DataFrame) -> pd.DataFrame:
     """Accuracy text by (task, protocol, k) × (input, model, backend): backends and fitted variants stay apart."""
-    d = t1.assign(accuracy=table1_display(t1)["accuracy"])
+    d = t1.assign(accuracy=table1_display(t1)["accuracy"],
+                  aggregator=t1["aggregator"].fillna("") if "aggregator" in t1 else "")  # NaN would drop columns
     return d.pivot_table(index=["task", "protocol", "k"], columns=["input", "model", "backend", "aggregator"], values="accuracy",
                          aggfunc="first").fillna("")
 
