@@ -159,7 +159,27 @@ def with_banner(executed: Path, dest: Path) -> None:
     banner = nbformat.v4.new_markdown_cell(CI_BANNER, metadata={"tags": [CI_BANNER_TAG]})
     node.cells.insert(1, banner)
     node.metadata["kernelspec"] = {"display_name": "facelib (.venv)", "language": "python", "name": KERNEL_NAME}
+    strip_pictures(node)
     nbformat.write(node, str(dest))
+
+
+PICTURES_REMOVED = "[figure not committed: it shows dataset faces (KDEF/FEI may not be redistributed); " \
+                   "`make reproduce` draws it in reports/runs/<run>/]"
+
+
+def strip_pictures(node) -> None:
+    """Remove every image output from a notebook that goes into the repository: figures of the study show KDEF
+    and FEI faces, whose licences forbid redistribution. Only cells whose output nbval ignores carry figures, so
+    the comparison is unchanged; a one-line note takes the picture's place."""
+    for cell in node.cells:
+        if cell.cell_type != "code":
+            continue
+        for out in cell.get("outputs", []):
+            data = out.get("data") or {}
+            if any(k.startswith("image/") for k in data):
+                for k in [k for k in data if k.startswith("image/")]:
+                    del data[k]
+                data["text/plain"] = PICTURES_REMOVED
 
 
 def _execute(nb: Path, out: Path, params: dict, kernel: str) -> None:

@@ -207,3 +207,23 @@ def test_ci_banner_only_on_the_committed_copies(tmp_path):
     again = nbformat.read(str(committed), as_version=4)
     assert again.cells[1].source == study.CI_BANNER and again.metadata["kernelspec"]["name"] == "facelib"
     assert sum(study.CI_BANNER_TAG in c.metadata.get("tags", []) for c in again.cells) == 1
+
+
+def test_committed_notebooks_carry_no_pictures():
+    """Figures of the study show KDEF/FEI faces (no redistribution): the committed notebooks keep none."""
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        nb = nbformat.read(str(path), as_version=4)
+        kinds = {k for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                 for k in (o.get("data") or {})}
+        assert not any(k.startswith("image/") for k in kinds), path.name
+
+
+def test_strip_pictures_replaces_images_with_a_note():
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("plot()", metadata={"tags": ["nbval-ignore-output"]})
+    cell.outputs = [nbformat.v4.new_output("display_data", data={"image/png": "iVBOR", "text/plain": "<Figure>"}),
+                    nbformat.v4.new_output("stream", name="stdout", text="kept\n")]
+    nb.cells.append(cell)
+    study.strip_pictures(nb)
+    assert nb.cells[0].outputs[0]["data"] == {"text/plain": study.PICTURES_REMOVED}
+    assert nb.cells[0].outputs[1]["text"] == "kept\n"
