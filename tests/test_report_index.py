@@ -69,7 +69,7 @@ def test_report_figures_stand_alone(tmp_path, results):
     assert any(lab.startswith("chance (1 in 7") for lab in labels)
     # the backend names raw and fitted coefficient variants apart
     assert "paper's protocol · expression coefficients β · logistic regression · synthetic" in labels
-    assert "mean ± std over folds" in ax.get_ylabel()
+    assert "mean ± std over repeats / folds" in ax.get_ylabel()
     # error bars: the spread of per-fold accuracies at each angle, from the predictions
     folds = figures.per_angle_folds(results[0])
     assert set(folds["fold"]) == {0, 1} and folds["accuracy"].between(0, 1).all()

@@ -1,4 +1,6 @@
 """Per-image analysis-by-synthesis fitting of the 3DDFA-space morphable model, started from a backend's coefficients.
+(Over ~400 lines on purpose: one optimisation whose pieces — batch, start, forward, losses, project — share the
+Fitter's state; R-Net training reuses forward/losses.)
 
 Two modes (``Fitter.fit`` / :func:`facelib.fitting.table.fit_table`):
 

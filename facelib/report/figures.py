@@ -190,7 +190,7 @@ def plot_per_angle(results: list[dict], provenance: dict, out: Path | None = Non
                label=f"chance (1 in {n_classes}: {100 / n_classes:.1f} %)")
     ax.set_xticks(x, [f"{ANGLE_NAMES[a]}\n({a})" for a in angles], fontsize=8)
     ax.set_xlabel("KDEF camera angle of the test picture")
-    ax.set_ylabel(f"{task} accuracy (% correct; mean ± std over folds)")
+    ax.set_ylabel(f"{task} accuracy (% correct; mean ± std over repeats / folds)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, title="protocol · input · model (· coefficient backend)",

@@ -124,13 +124,13 @@ def table1_with_flags(t1: pd.DataFrame, results: list[dict]) -> pd.DataFrame:
     flagged = {tuple(str(r.get(k)) for k in keys) for r in one_class_results(results)}
     d["note"] = ["⚠ predicts one class for every picture" if tuple(str(row.get(k)) for k in keys) in flagged
                  else "" for _, row in t1.iterrows()]
-    return d
+    return d.astype(object).where(d.notna(), "—")  # a value that does not apply reads as a dash, not NaN
 
 
 def tables_html(folder: Path, dest: Path) -> list[str]:
     """Tables 1–3 of one run folder, each with a link to its CSV."""
     tables, parts = folder / "tables", []
-    for name, caption in (("table1", "Table 1 — accuracy (mean ± std over folds)"),
+    for name, caption in (("table1", "Table 1 — accuracy (mean ± std over repeats or folds; one split: bootstrap 95 % interval)"),
                           ("table2", "Table 2 — training time per input"),
                           ("table3", "Table 3 — expression confusion matrix (%; rows true, columns predicted)")):
         csv = tables / f"{name}.csv"
