@@ -22,6 +22,35 @@ STUDY_ROWS = (
     ("fei", "gender", "paper", "alpha"),
     ("fei", "gender", "subject_independent", "alpha"),
 )
+PAPER_DATASETS = ("kdef", "fei")
+
+
+def rows_for(coeffs: dict) -> tuple:
+    """Table-1 lines for the datasets of a run: KDEF/FEI keep :data:`STUDY_ROWS` (the paper's and the leak-free
+    protocols); any other dataset (a folder of your own) gets a line per task its label columns allow
+    (:func:`facelib.classify.protocols.tasks_for`) — identity: the paper's set protocol (+ cross-angle with an
+    ``angle`` column); expression: the paper's split and, with a ``subject`` column, unseen people; gender and
+    other labels: unseen people with a ``subject`` column, else a random split."""
+    rows = [r for r in STUDY_ROWS if r[0] in coeffs]
+    for name, tables in coeffs.items():
+        if name in PAPER_DATASETS:
+            continue
+        table = tables[0] if isinstance(tables, (list, tuple)) else tables
+        has_subject = "subject" in table.columns and table["subject"].nunique() > 1
+        for task in P.tasks_for(table):
+            if task == "identity":
+                protocols = ["paper"] + (["cross_angle"] if "angle" in table.columns else [])
+            elif task == "expression":
+                protocols = ["paper"] + (["subject_independent"] if has_subject else [])
+            else:
+                protocols = ["subject_independent"] if has_subject else ["random"]
+            rows += [(name, task, protocol, INPUT_OF.get(task, "alpha+beta")) for protocol in protocols]
+    return tuple(rows)
+
+
+INPUT_OF = {"identity": "alpha", "expression": "beta", "gender": "alpha"}
+
+
 # The image arm: the paper's ResNet-34 on pictures, and the classic / pretrained baselines a reviewer expects.
 IMAGE_MODELS = (("image", "resnet34"),     # colour head crop, augmentation, shared recipe
                 ("hog", "linsvm"),          # HOG + linear SVM (Eng et al. 2019)
