@@ -177,3 +177,18 @@ def test_too_few_pictures_is_one_clear_error():
         P.paper_identity(df, n_folds=1)
     with pytest.raises(P.ProtocolUnavailable, match="lower n_folds"):
         P.subject_independent(df, n_folds=3)
+
+
+def test_plan_rows_follow_the_datasets_labels():
+    """KDEF/FEI keep the paper's Table-1 lines; a folder dataset gets a line per task its label columns allow."""
+    from facelib.classify import plan
+
+    assert plan.rows_for({"kdef": [pd.DataFrame()], "fei": [pd.DataFrame()]}) == plan.STUDY_ROWS
+    assert all(r[0] == "fei" for r in plan.rows_for({"fei": [pd.DataFrame()]}))
+    own = pd.DataFrame({"subject": ["s1", "s1", "s2", "s2"] * 3, "expression": ["happy", "sad"] * 6,
+                        "smile": ["y", "n", "n", "y"] * 3, "status": ["ok"] * 12})
+    rows = plan.rows_for({"folder": [own]})
+    assert ("folder", "identity", "paper", "alpha") in rows
+    assert ("folder", "expression", "subject_independent", "beta") in rows
+    assert ("folder", "smile", "subject_independent", "alpha+beta") in rows
+    assert not any(r[2] == "cross_angle" for r in rows)  # no angle column: no cross-angle protocol
