@@ -130,3 +130,22 @@ def read_image(path: str | os.PathLike, gray: bool = False) -> np.ndarray | None
     except OSError:
         return None
     return decode_image(data, gray=gray)
+
+
+def cached_arrays(cache, default_dir: Path, name: str, key: str, make) -> tuple[dict, Path | None, bool]:
+    """A conversion cached as ``.npz`` and keyed by its inputs (morphable-model sources share it): ``cache`` is
+    False (no cache), None (``default_dir/<name>_<key16>.npz``), a folder, or a ``.npz`` path. A file whose stored
+    key differs is rebuilt. Returns (arrays, the cache path or None, whether it was a hit)."""
+    path = None
+    if cache is not False:
+        c = Path(cache) if cache else Path(default_dir)
+        path = c if c.suffix == ".npz" else c / f"{name}_{key[:16]}.npz"
+    if path is not None and path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["key"]) == key:
+                return {k: z[k] for k in z.files}, path, True
+    data = make()
+    if path is not None:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, key=np.array(key), **data)
+    return data, path, False

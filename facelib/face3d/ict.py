@@ -56,7 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import assets, config
-from ..io import atomic_path
+from ..io import cached_arrays
 from .ict_members import MEMBERS
 from .morphable import MorphableModel
 
@@ -280,20 +280,7 @@ def load_model(source=None, assets_folder=None, cache=None, jaw: str = "substitu
             if not (folder / rel).is_file():
                 raise _member_error(rel, folder, "missing")
     key = hashlib.sha256(json.dumps({"v": CACHE_VERSION, "jaw": jaw, **sums}, sort_keys=True).encode()).hexdigest()
-    cache_path = None
-    if cache is not False:
-        c = Path(cache) if cache else config.cache_dir() / "morphable"
-        cache_path = c if c.suffix == ".npz" else c / f"ict_{key[:16]}.npz"
-    data, hit = None, False
-    if cache_path is not None and cache_path.is_file():
-        with np.load(cache_path, allow_pickle=False) as z:
-            if str(z["key"]) == key:
-                data, hit = {k: z[k] for k in z.files}, True
-    if data is None:
-        data = convert(folder)
-        if cache_path is not None:
-            with atomic_path(cache_path) as tmp, open(tmp, "wb") as fh:
-                np.savez(fh, key=np.array(key), **data)
+    data, cache_path, hit = cached_arrays(cache, config.cache_dir() / "morphable", "ict", key, lambda: convert(folder))
     lm = landmark_ids(indices, jaw)
     if area not in FACE_AREAS:
         raise ValueError(f"area must be one of {tuple(FACE_AREAS)}")

@@ -67,7 +67,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import assets, config
-from ..io import atomic_path
+from ..io import cached_arrays
 
 LAYOUT_DEEP3D: tuple[tuple[str, int], ...] = (
     ("alpha", 80), ("beta", 64), ("texture", 80), ("angles", 3), ("gamma", 27), ("translation", 3))
@@ -367,20 +367,8 @@ class MorphableModel:
         prov = {k: assets.checksum(Path(v)) for k, v in inputs.items()}
         key = hashlib.sha256(json.dumps({"v": _CACHE_VERSION, **prov}, sort_keys=True).encode()).hexdigest()
 
-        cache_path = None
-        if cache is not False:
-            c = Path(cache) if cache else config.cache_dir() / "morphable"
-            cache_path = c if c.suffix == ".npz" else c / f"bfm09_front_{key[:16]}.npz"
-        data, hit = None, False
-        if cache_path is not None and cache_path.is_file():
-            with np.load(cache_path, allow_pickle=False) as z:
-                if str(z["key"]) == key:
-                    data = {k: z[k] for k in z.files}
-                    hit = True
-        if data is None:
-            data = convert_bfm09(bfm09_mat, exp_pca_bin, aux)
-            if cache_path is not None:
-                _save_npz_atomic(cache_path, key=np.array(key), **data)
+        data, cache_path, hit = cached_arrays(cache, config.cache_dir() / "morphable", "bfm09_front", key,
+                                              lambda: convert_bfm09(bfm09_mat, exp_pca_bin, aux))
         mean = data["meanshape"].reshape(-1, 3).astype(np.float32)
         if recenter:
             mean = mean - mean.mean(axis=0, keepdims=True)
@@ -463,11 +451,6 @@ def convert_bfm09(bfm09_mat, exp_pca_bin, aux: dict) -> dict:
         "frontmask2_idx": info["frontmask2_idx"].astype(np.int64).reshape(-1) - 1,
         "skinmask": info["skinmask"].astype(np.float32).reshape(-1),
     }
-
-
-def _save_npz_atomic(path: Path, **arrays) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
 
 
 def load_lm3d_std(assets_folder=None) -> np.ndarray:

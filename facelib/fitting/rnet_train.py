@@ -198,12 +198,7 @@ def rnet_step(net, composer: Composer, data: TrainData, idx, opt=None) -> tuple[
     x = net.preprocess(data.crops[idx]).to(composer.f.device)
     coeffs = net.decode(net(x))
     rendered, fb = composer.forward(coeffs, b)
-    total, terms = composer.losses(rendered, fb)
-    if opt is not None:
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-    return float(total.detach()), {k: float(v.detach()) for k, v in terms.items()}
+    return _descend(*composer.losses(rendered, fb), opt)
 
 
 @torch.no_grad()
@@ -294,12 +289,7 @@ def cnet_step(cnet, composer: Composer, data: TrainData, coeffs: dict[str, np.nd
     t["alpha"] = agg.repeat_interleave(k, dim=0)
     b = composer.batch(data, flat)
     rendered, fb = composer.forward(t, b)
-    total, terms = composer.losses(rendered, fb)
-    if opt is not None:
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-    return float(total.detach()), {k_: float(v.detach()) for k_, v in terms.items()}
+    return _descend(*composer.losses(rendered, fb), opt)
 
 
 def train_cnet(cnet, composer: Composer, data: TrainData, coeffs: dict[str, np.ndarray], features: np.ndarray,
@@ -364,3 +354,12 @@ def decimate_mesh(mesh, target_vertices: int = 8000, keep=None) -> tuple[np.ndar
     remap = -np.ones(len(v), np.int64)
     remap[ids] = np.arange(len(ids))
     return ids, remap[t]
+
+
+def _descend(total, terms, opt) -> tuple[float, dict[str, float]]:
+    """One optimiser step on ``total`` (none when ``opt`` is None); the loss and its weighted terms as floats."""
+    if opt is not None:
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+    return float(total.detach()), {k: float(v.detach()) for k, v in terms.items()}
