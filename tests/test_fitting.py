@@ -203,6 +203,7 @@ def test_fit_table_keeps_schema_and_resumes(data, assets_dir, tmp_path):
     assert len(part) == len(table)
     summary = loss_summary(out)
     assert "reg_first" in summary.columns
+    assert (back.loc[ok, "fit_seconds"].astype(float) > 0).all()  # per-picture fit time (Table 2's cost)
 
 
 def test_device_honoured(data, assets_dir):

@@ -69,6 +69,10 @@ def test_statuses_cache_and_resume(small_set, backend, tmp_path):
     assert reconstruct.coeff_matrix(ok, "beta").shape == (5, 10)
     assert reconstruct.coeff_matrix(ok, "landmarks").shape == (5, 136)
     assert set(json.loads(again["assets"].iloc[0])) == set(backend.asset_names)
+    # each coded picture keeps the time it cost when it was computed (Table 2's coefficient cost), also from cache
+    assert (ok["recon_seconds"].astype(float) > 0).all()
+    assert again.set_index("image_id").loc["AF01ANS", "recon_seconds"] == \
+        table.set_index("image_id").loc["AF01ANS", "recon_seconds"]
     # the grayscale copy of AF01ANS is reconstructed closer to its colour original than to anyone else
     by_id = ok.set_index("image_id")
     gray_alpha = reconstruct.coeff_matrix(by_id.loc[["AF01NES"]], "alpha")[0]

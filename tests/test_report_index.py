@@ -189,3 +189,29 @@ def test_data_fingerprint_changes_with_the_files(tmp_path):
     assert first["files"] == 1 and first["bytes"] == 5
     (tmp_path / "b.jpg").write_bytes(b"1")
     assert data_fingerprint(tmp_path)["sha256"] != first["sha256"]
+
+
+def test_coefficient_cost_per_backend(tmp_path):
+    """Table 2's coefficient cost: median per picture of reconstruction (+ fitting for fitted variants)."""
+    run = Run({"out_dir": str(tmp_path / "r"), "backend": "tddfa", "run_name": "r", "fit_modes": ["landmarks"],
+               "rnet": True})
+    rng = np.random.default_rng(0)
+    base = synthetic_coeff_table(3, fei_per_gender=4, seed=0).assign(usable=True, status="ok", backend="tddfa",
+                                                                     assets="{}")
+    base["recon_seconds"] = rng.uniform(0.01, 0.05, len(base))
+    base.loc[0, "status"] = "no_face"  # not coded: not counted
+    base.loc[0, "recon_seconds"] = 100.0
+    fitted = base.assign(backend="tddfa+fit_landmarks", fit_seconds=rng.uniform(0.1, 0.2, len(base)))
+    fitted.loc[1, "fit_seconds"] = None  # a picture without a recorded time is left out
+    base.to_parquet(run.coeffs("kdef"))
+    fitted.to_parquet(run.coeffs("kdef", "landmarks"))
+    base.assign(backend="tddfa+rnet").to_parquet(run.coeffs("kdef", rnet=True))
+    cost = run.provenance()["coefficient_seconds_per_picture"]
+    ok = base["status"] == "ok"
+    assert cost["tddfa"] == round(float(np.median(base.loc[ok, "recon_seconds"])), 5)
+    both = (fitted["recon_seconds"] + fitted["fit_seconds"].astype(float))[ok].dropna()
+    assert cost["tddfa+fit_landmarks"] == round(float(np.median(both)), 5) and len(both) == len(base) - 2
+    assert cost["tddfa+rnet"] is None  # its cost is its training
+    t2 = tables.table2([{"task": "identity", "protocol": "paper", "input": "alpha", "model": "logreg",
+                         "backend": "tddfa+fit_landmarks", "device": "cpu"}], coefficient_cost=cost)
+    assert t2["coefficient_seconds_per_picture"].iloc[0] == cost["tddfa+fit_landmarks"]

@@ -77,6 +77,18 @@ def test_baselines_and_early_stopping():
     assert r["epochs_run"] < 50 and r["best_epoch"] == r["epochs_run"] - 2
 
 
+def test_epoch_bar_reaches_stderr(capsys):
+    """A batch run shows each network's epochs (papermill streams the kernel's stderr to the terminal)."""
+    X, y = _blobs()
+    r = T.train_vector_model(X[:200], y[:200], model="mlp", epochs=6, patience=None, progress=True,
+                             desc="expression/paper beta→mlp split 1/3")
+    err = capsys.readouterr().err
+    assert "expression/paper beta→mlp split 1/3 epochs (cap 6, early stop)" in err
+    assert "6/6" in err and "val_acc=" in err and r["epochs_run"] == 6
+    T.train_vector_model(X[:200], y[:200], model="mlp", epochs=3, patience=None)
+    assert "epochs (cap" not in capsys.readouterr().err  # off by default
+
+
 @pytest.fixture(scope="module")
 def synth():
     return synthetic_coeff_table(5, fei_per_gender=10, separation=1.0, seed=0)

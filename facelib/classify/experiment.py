@@ -171,7 +171,8 @@ def run_task(coeffs_df: pd.DataFrame, task: str, protocol: str = "paper", input:
     (per-picture features). ``model``: ``resnet34``, ``mlp``, ``logreg``, ``svm``, ``linsvm``, ``fisherfaces``.
     Options (keyword only; see :func:`_run_task`): ``backend, n_folds, epochs`` (the cap; runs stop on the
     validation curve), ``seed, device, image_size, batch_size, lr, weight_decay, val_fraction, patience,
-    aggregator, pretrained, crop_to_box, protocol_kwargs, keep_predictions, num_threads, verbose``.
+    aggregator, pretrained, crop_to_box, protocol_kwargs, keep_predictions, num_threads, verbose, progress``
+    (``progress``: an epoch bar per network trained).
     ``num_threads`` sets ``torch.set_num_threads`` for the run (restored after).
     Raises :class:`facelib.classify.protocols.ProtocolUnavailable` when the protocol cannot run on this data.
     """
@@ -197,7 +198,8 @@ def _boxes(df: pd.DataFrame, crop_to_box: bool):
 def _run_task(coeffs_df, *, task, protocol, input, model, backend=None, n_folds=None, epochs=None, seed=0,
               device=None, image_size=None, batch_size=None, lr=RECIPE["lr"], weight_decay=RECIPE["weight_decay"],
               val_fraction=RECIPE["val_fraction"], patience=None, aggregator=None, pretrained=False,
-              crop_to_box=True, protocol_kwargs=None, keep_predictions=True, verbose=False) -> TaskResult:
+              crop_to_box=True, protocol_kwargs=None, keep_predictions=True, verbose=False,
+              progress=False) -> TaskResult:
     t_start = time.perf_counter()
     input = input or TASK_DEFAULT_INPUT.get(task, "alpha")
     if input not in INPUTS:
@@ -247,6 +249,7 @@ def _run_task(coeffs_df, *, task, protocol, input, model, backend=None, n_folds=
     for fi, fold in enumerate(folds):
         fseed = seed * 1000 + fi
         fit, val, how = inner_split(df, fold, label, val_fraction, seed=fseed)
+        shown = dict(progress=progress, desc=f"{task}/{protocol} {input}→{model} split {fi + 1}/{len(folds)}")
         test_pics = fold.test_images
         y_of = (lambda s: y_all[s[:, 0]] if s.ndim == 2 else y_all[s])  # noqa: E731 — a set is one person's
         if kind == "coefficients":
@@ -258,7 +261,7 @@ def _run_task(coeffs_df, *, task, protocol, input, model, backend=None, n_folds=
             res = train_vector_model(Xfit, y_of(fit), X_eval, X_val=Xval, y_val=y_of(val), model=model,
                                      n_classes=len(classes), epochs=epochs_max, batch_size=bs, lr=lr,
                                      weight_decay=weight_decay, patience=patience, device=device, seed=fseed,
-                                     verbose=verbose)
+                                     verbose=verbose, **shown)
             n_sets = len(fold.test)
             scores_main = res["scores"][:n_sets]
             scores_pic = res["scores"][n_sets:] if fold.is_sets else scores_main
@@ -270,7 +273,8 @@ def _run_task(coeffs_df, *, task, protocol, input, model, backend=None, n_folds=
                 res = train_vector_model(X_all[fit_p], y_all[fit_p], X_all[test_pics], X_val=X_all[val_p],
                                          y_val=y_all[val_p], model=model, n_classes=len(classes),
                                          epochs=epochs_max, batch_size=bs, lr=lr, weight_decay=weight_decay,
-                                         patience=patience, device=device, seed=fseed, verbose=verbose)
+                                         patience=patience, device=device, seed=fseed, verbose=verbose,
+                                         **shown)
             else:
                 bs = int(batch_size or default_batch_size("image", len(fit_p)))
                 flip = bool(fold.info.get("flip", True))
@@ -280,7 +284,7 @@ def _run_task(coeffs_df, *, task, protocol, input, model, backend=None, n_folds=
                                         boxes_val=pick(val_p), n_classes=len(classes), image_size=image_size,
                                         epochs=epochs_max, batch_size=bs, lr=lr, weight_decay=weight_decay,
                                         patience=patience, device=device, seed=fseed, pretrained=pretrained,
-                                        flip=flip, verbose=verbose)
+                                        flip=flip, verbose=verbose, **shown)
             scores_pic = res["scores"]
             scores_main = scores_pic[np.searchsorted(test_pics, fold.test)].mean(1) if fold.is_sets else scores_pic
             n_fit_samples = len(fit_p)

@@ -124,7 +124,7 @@ def run_plan(coeffs: dict[str, pd.DataFrame | list[pd.DataFrame]], plan: list[di
                               epochs=image_epochs if entry["input"] == "image" else epochs, seed=seed,
                               device=device, image_size=image_size, batch_size=batch_size,
                               protocol_kwargs=kwargs or None,
-                              aggregator=None if agg == "mean" else agg, **options)
+                              aggregator=None if agg == "mean" else agg, progress=progress, **options)
         except (P.ProtocolUnavailable, FileNotFoundError, ImportError) as exc:
             rows.append({**entry, "status": f"skipped: {exc}"})
             continue

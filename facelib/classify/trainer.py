@@ -34,6 +34,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 from torch import nn  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
 
 from ..config import resolve_device  # noqa: E402
 from ..face3d.reconstruct import coeff_matrix  # noqa: E402
@@ -122,9 +123,11 @@ def softmax_scores(logits: torch.Tensor) -> np.ndarray:
 
 
 def _fit_torch(model, X_fit, y_fit, X_val, y_val, X_test, to_tensor, *, epochs, batch_size, lr, weight_decay,
-               patience, device, seed, augment=None, verbose=False, desc="") -> dict:
+               patience, device, seed, augment=None, verbose=False, desc="", progress=False) -> dict:
     """The shared recipe: AdamW + cosine schedule over at most ``epochs``, early stopping after ``patience``
-    epochs without a better validation (accuracy, then loss), best checkpoint restored; class scores on X_test."""
+    epochs without a better validation (accuracy, then loss), best checkpoint restored; class scores on X_test.
+    ``progress``: a bar over the epochs (its total is the cap; the run usually stops earlier, so its ETA is an
+    upper bound) showing the validation accuracy and the best epoch so far."""
     model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(int(epochs), 1))
@@ -142,6 +145,8 @@ def _fit_torch(model, X_fit, y_fit, X_val, y_val, X_test, to_tensor, *, epochs, 
         return torch.cat(outs) if outs else torch.zeros(0, 1)
 
     history, epoch_times = [], []
+    bar = tqdm(total=int(epochs), desc=f"{desc} epochs (cap {int(epochs)}, early stop)".strip(), unit="epoch",
+               leave=False, disable=not progress, mininterval=0)  # one update per epoch: seconds apart
     best = (-1.0, np.inf)
     best_state, best_epoch, stale = None, 0, 0
     for epoch in range(1, int(epochs) + 1):
@@ -177,11 +182,15 @@ def _fit_torch(model, X_fit, y_fit, X_val, y_val, X_test, to_tensor, *, epochs, 
             else:
                 stale += 1
         history.append(rec)
+        bar.update(1)
+        if len(X_val):
+            bar.set_postfix(val_acc=f"{rec['val_accuracy']:.3f}", best_epoch=best_epoch, refresh=False)
         if verbose:
             print(f"{desc} epoch {epoch}/{epochs} " + " ".join(f"{k}={v:.4g}" for k, v in rec.items()
                                                               if k != "epoch"), file=sys.stderr, flush=True)
         if patience is not None and len(X_val) and stale >= patience:
             break
+    bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
     else:
@@ -244,7 +253,7 @@ def train_vector_model(X_train, y_train, X_test=None, y_test=None, *, X_val=None
                        batch_size: int = 128, lr: float = RECIPE["lr"], weight_decay: float = RECIPE["weight_decay"],
                        val_fraction: float = RECIPE["val_fraction"], patience: int | None = RECIPE["patience"]["vector"],
                        device: str | None = "cpu", seed: int = 0, standardize: bool = True, C: float | None = None,
-                       verbose: bool = False) -> dict:
+                       verbose: bool = False, progress: bool = False, desc: str | None = None) -> dict:
     """Train a classifier on vectors (``y``: integer class codes 0..C-1) with the shared recipe.
 
     ``X_val, y_val``: the validation split (disjoint from ``X_train``); without it a stratified ``val_fraction``
@@ -254,6 +263,7 @@ def train_vector_model(X_train, y_train, X_test=None, y_test=None, *, X_val=None
     Returns ``predictions`` and ``scores`` (per-class, on ``X_test``), ``accuracy`` (when ``y_test`` given),
     ``seconds_per_epoch``, ``seconds_per_input``, ``train_seconds``, ``best_epoch``, ``epochs_run``, ``history``,
     ``n_fit``, ``n_val``, ``device``, and ``model`` (the fitted torch module or sklearn pipeline).
+    ``progress``: an epoch bar (``desc`` names it) for the networks.
     """
     X_train = np.asarray(X_train, dtype=np.float32)
     y_train = np.asarray(y_train, dtype=np.int64)
@@ -281,7 +291,8 @@ def train_vector_model(X_train, y_train, X_test=None, y_test=None, *, X_val=None
         out = _fit_torch(net, z(X_fit), y_fit, z(X_val), y_val, None if X_test is None else z(X_test),
                          torch.from_numpy, epochs=int(epochs or RECIPE["max_epochs"]["vector"]),
                          batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
-                         device=device, seed=seed, verbose=verbose, desc=model)
+                         device=device, seed=seed, verbose=verbose, desc=desc or model,
+                         progress=progress)
         out.update(device=device, standardize_mean=mean.tolist(), standardize_std=std.tolist())
     if y_test is not None and X_test is not None and len(X_test):
         out["accuracy"] = float((out["predictions"] == np.asarray(y_test)).mean())
@@ -295,7 +306,8 @@ def train_image_model(paths_train, y_train, paths_test=None, y_test=None, *, pat
                       lr: float = RECIPE["lr"], weight_decay: float = RECIPE["weight_decay"],
                       val_fraction: float = RECIPE["val_fraction"], patience: int | None = RECIPE["patience"]["image"],
                       device: str | None = "cpu", seed: int = 0, pretrained: bool = False, augment: bool = True,
-                      flip: bool = True, verbose: bool = False) -> dict:
+                      flip: bool = True, verbose: bool = False, progress: bool = False,
+                      desc: str | None = None) -> dict:
     """Train torchvision's ResNet-34 on the colour head crops (:mod:`facelib.classify.images`) with the shared
     recipe: ``image_size``², augmentation when ``augment`` (random resized crop, colour jitter, and horizontal
     flips when ``flip``). Validation: ``paths_val``/``y_val`` or a carved split. Same return keys as
@@ -320,7 +332,8 @@ def train_image_model(paths_train, y_train, paths_test=None, y_test=None, *, pat
     out = _fit_torch(net, X_fit, y_fit, X_val, y_val, X_test, to_tensor,
                      epochs=int(epochs or RECIPE["max_epochs"]["image"]), batch_size=batch_size, lr=lr,
                      weight_decay=weight_decay, patience=patience, device=device, seed=seed,
-                     augment=aug if augment else None, verbose=verbose, desc="image-resnet34")
+                     augment=aug if augment else None, verbose=verbose, desc=desc or "image-resnet34",
+                     progress=progress)
     out.update(device=device, image_size=int(image_size))
     if y_test is not None and X_test is not None and len(X_test):
         out["accuracy"] = float((out["predictions"] == np.asarray(y_test)).mean())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,7 +34,7 @@ BACKENDS = ("tddfa", "deep3d", "ict")
 LATER_BACKENDS = {"ict": "facelib.fitting.ict_fit"}
 _REGISTERED: dict[str, object] = {}
 RESULT_COLUMNS = ["status", "backend", "box", "box_source", "landmarks", "alpha", "beta", "pose", "texture",
-                  "angles", "gamma", "translation"]
+                  "angles", "gamma", "translation", "recon_seconds"]
 VECTOR_COLUMNS = ["box", "landmarks", "alpha", "beta", "pose", "texture", "angles", "gamma", "translation"]
 CACHE_VERSION = 1  # bump when the extraction changes in a way the asset checksums do not capture
 
@@ -177,7 +178,10 @@ def reconstruct_manifest(manifest: pd.DataFrame, backend: str | object = "tddfa"
         bar = tqdm(total=len(items), desc=f"reconstruct ({backend.name})", disable=not progress, unit="img")
         for start in range(0, len(items), batch_size):
             batch = items[start:start + batch_size]
+            t0 = time.perf_counter()
             rows = _process_batch(backend, batch, pool)
+            for row in rows:  # the batch's wall time (decode, detect, regress) shared by its pictures
+                row["recon_seconds"] = (time.perf_counter() - t0) / len(batch)
             shard = pd.DataFrame(rows)
             append_shard(folder, shard)
             done = pd.concat([done, shard], ignore_index=True)

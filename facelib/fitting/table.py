@@ -172,8 +172,8 @@ def fit_table(coeff_table: pd.DataFrame, mode: str = "landmarks", iterations: in
     if "fit_losses" not in table.columns:
         table["fit_losses"] = None
     if len(done):
-        merge_fits(table, done, ("alpha", "beta", "pose", "landmarks", "gamma", "texture", "fit_losses"),
-                   convert=_as_list)
+        merge_fits(table, done, ("alpha", "beta", "pose", "landmarks", "gamma", "texture", "fit_losses",
+                                 "fit_seconds"), convert=_as_list)
     if out is not None:
         atomic_write_table(table, Path(out))
     return table

@@ -313,7 +313,10 @@ def table2_markdown(t2: pd.DataFrame, provenance: dict) -> str:
               "the number of fit inputs; `input_unit` says what one input is (a coefficient vector — for the "
               "identity protocol one 3-set aggregate — or one picture), at the batch size, image size, device "
               "and torch threads of the row. The coefficient route also pays `coefficient_seconds_per_picture` "
-              "once per picture (reconstruction, plus fitting for `+fit` backends) before any training. "
+              "once per picture before any training: the median per picture of reconstruction (decode, detect, "
+              "regress) plus fitting for `+fit` and ICT backends, measured when each picture was first coded (a "
+              "cached picture keeps that time); empty for R-Net (`+rnet`: its cost is its training, in notebook 02) "
+              "and for tables coded before this was recorded. "
               f"The paper's times were measured on {PAPER_DEVICE} for its own ResNet-34s; they are shown only "
               "beside those rows and measure different hardware.\n")
 
