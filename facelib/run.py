@@ -103,7 +103,8 @@ class Run:
         one place the tables, notebook 05 and the index read it from); recomputed when a coefficient table is
         newer or the parameters or profile differ."""
         path = self.dir / PROVENANCE_FILE
-        sources = [p for p in (self.coeffs("kdef"), self.coeffs("fei")) if p.exists()]
+        from .data.datasets import study_datasets  # the data layer sits above the run's bookkeeping
+        sources = [p for p in map(self.coeffs, study_datasets(self.params.get("dataset"))) if p.exists()]
         if path.exists() and all(p.stat().st_mtime <= path.stat().st_mtime for p in sources):
             kept = json.loads(path.read_text())
             same_run = kept.get("parameters") == json.loads(json.dumps(self.params, default=str)) and \

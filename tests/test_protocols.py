@@ -192,3 +192,6 @@ def test_plan_rows_follow_the_datasets_labels():
     assert ("folder", "expression", "subject_independent", "beta") in rows
     assert ("folder", "smile", "subject_independent", "alpha+beta") in rows
     assert not any(r[2] == "cross_angle" for r in rows)  # no angle column: no cross-angle protocol
+    # a folder table carries the schema's angle column, empty: still no cross-angle protocol; with angles, one
+    assert not any(r[2] == "cross_angle" for r in plan.rows_for({"folder": [own.assign(angle=None)]}))
+    assert ("folder", "identity", "cross_angle", "alpha") in plan.rows_for({"folder": [own.assign(angle="S")]})

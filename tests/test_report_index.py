@@ -215,3 +215,15 @@ def test_coefficient_cost_per_backend(tmp_path):
     t2 = tables.table2([{"task": "identity", "protocol": "paper", "input": "alpha", "model": "logreg",
                          "backend": "tddfa+fit_landmarks", "device": "cpu"}], coefficient_cost=cost)
     assert t2["coefficient_seconds_per_picture"].iloc[0] == cost["tddfa+fit_landmarks"]
+
+
+def test_provenance_counts_a_folder_dataset(tmp_path):
+    """A run on your own pictures (``dataset: folder``) reports their counts like KDEF/FEI's."""
+    run = Run({"out_dir": str(tmp_path / "r"), "backend": "tddfa", "run_name": "r", "dataset": "folder"})
+    table = synthetic_coeff_table(3, fei_per_gender=4, seed=0).assign(usable=True, status="ok", assets="{}",
+                                                                      backend="tddfa")
+    table.loc[:4, "status"] = "no_face"
+    table.to_parquet(run.coeffs("folder"))
+    data = run.provenance()["data"]
+    assert list(data) == ["folder"]
+    assert data["folder"]["images"] == len(table) and data["folder"]["ok"] == len(table) - 5

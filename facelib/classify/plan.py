@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ..data.labels import has_values
 from . import protocols as P
 from .experiment import run_task
 from .results import save_result
@@ -39,7 +40,7 @@ def rows_for(coeffs: dict) -> tuple:
         has_subject = "subject" in table.columns and table["subject"].nunique() > 1
         for task in P.tasks_for(table):
             if task == "identity":
-                protocols = ["paper"] + (["cross_angle"] if "angle" in table.columns else [])
+                protocols = ["paper"] + (["cross_angle"] if has_values(table, "angle") else [])
             elif task == "expression":
                 protocols = ["paper"] + (["subject_independent"] if has_subject else [])
             else:
