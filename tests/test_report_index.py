@@ -63,13 +63,16 @@ def test_report_figures_stand_alone(tmp_path, results):
     assert set(paths) == {"table3_heatmap.png", "per_angle_accuracy.png"}  # no ResNet-34: no time pairs
     assert all(p.stat().st_size > 5000 for p in paths.values())
     fig = figures.plot_per_angle(results, PROV)
-    ax = fig.axes[0]
-    assert "run alpha_run" in ax.get_title() and "KDEF 699 pictures / 20 people" in ax.get_title()
+    ax, title = fig.axes[0], fig.get_suptitle()
+    assert "run alpha_run" in title and "KDEF 699 pictures / 20 people" in title
+    assert [a.get_title() for a in fig.axes] == ["paper's protocol", "unseen people"]  # a panel per protocol
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert any(lab.startswith("chance (1 in 7") for lab in labels)
     # the backend names raw and fitted coefficient variants apart
-    assert "paper's protocol · expression coefficients β · logistic regression · synthetic" in labels
+    assert "expression coefficients β · logistic regression · synthetic" in labels
     assert "mean ± std over repeats / folds" in ax.get_ylabel()
+    one = figures.plot_per_angle(results[:1], PROV)
+    assert [a.get_title() for a in one.axes] == ["paper's protocol"]
     # error bars: the spread of per-fold accuracies at each angle, from the predictions
     folds = figures.per_angle_folds(results[0])
     assert set(folds["fold"]) == {0, 1} and folds["accuracy"].between(0, 1).all()

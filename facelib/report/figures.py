@@ -127,11 +127,11 @@ def context_line(provenance: dict) -> str:
     return " · ".join(bits)
 
 
-def _finish(fig, out: Path | None) -> Path | None:
+def _finish(fig, out: Path | None, **savefig_kwargs) -> Path | None:
     fig.tight_layout()
     if out is None:
         return None
-    return save_figure(fig, out, dpi=120, close=True)
+    return save_figure(fig, out, dpi=120, close=True, **savefig_kwargs)
 
 
 def plot_confusion(percent: pd.DataFrame, source: dict, provenance: dict, out: Path | None = None):
@@ -168,35 +168,41 @@ def per_angle_folds(result: dict, results_dir: str | Path | None = None) -> pd.D
 
 def plot_per_angle(results: list[dict], provenance: dict, out: Path | None = None, task: str = "expression",
                    results_dir: str | Path | None = None):
-    """Accuracy per KDEF view angle, one line per protocol × input × model, mean ± std over folds, chance line."""
+    """Accuracy per KDEF view angle: one panel per protocol, one line per input × model (× coefficient backend),
+    mean ± std over repeats / folds, and the chance line."""
     import matplotlib.pyplot as plt
 
     chosen = [r for r in results if r.get("task") == task and r.get("per_angle_accuracy")]
     if not chosen:
         return None
-    fig, ax = plt.subplots(figsize=(8.5, 6.5))
+    protocols = list(dict.fromkeys(r.get("protocol") for r in sorted(chosen, key=words)))
+    fig, axes = plt.subplots(1, len(protocols), figsize=(6.2 * len(protocols), 5.2), sharey=True, squeeze=False)
     angles = [a for a in ANGLES if any(a in r["per_angle_accuracy"] for r in chosen)]
     x = np.arange(len(angles))
-    for i, r in enumerate(sorted(chosen, key=words)):
-        folds = per_angle_folds(r, results_dir)
-        mean = np.array([100 * r["per_angle_accuracy"].get(a, np.nan) for a in angles])
-        std = np.array([100 * folds.loc[folds["angle"] == a, "accuracy"].std(ddof=0) if len(folds) else np.nan
-                        for a in angles])
-        offset = (i - (len(chosen) - 1) / 2) * 0.04
-        ax.errorbar(x + offset, mean, yerr=None if np.isnan(std).all() else std, marker="o", capsize=3,
-                    label=words(r).split(" · ", 1)[1])
     n_classes = len(chosen[0].get("classes") or EXPRESSIONS)
-    ax.axhline(100 / n_classes, color="grey", linestyle="--", linewidth=1,
-               label=f"chance (1 in {n_classes}: {100 / n_classes:.1f} %)")
-    ax.set_xticks(x, [f"{ANGLE_NAMES[a]}\n({a})" for a in angles], fontsize=8)
-    ax.set_xlabel("KDEF camera angle of the test picture")
-    ax.set_ylabel(f"{task} accuracy (% correct; mean ± std over repeats / folds)")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, title="protocol · input · model (· coefficient backend)",
-              title_fontsize=7)
-    ax.set_title(f"{task.capitalize()} accuracy per camera angle\n{context_line(provenance)}", fontsize=8.5)
-    return _finish(fig, out) if out else fig
+    for ax, protocol in zip(axes[0], protocols):
+        mine = sorted((r for r in chosen if r.get("protocol") == protocol), key=words)
+        for i, r in enumerate(mine):
+            folds = per_angle_folds(r, results_dir)
+            mean = np.array([100 * r["per_angle_accuracy"].get(a, np.nan) for a in angles])
+            std = np.array([100 * folds.loc[folds["angle"] == a, "accuracy"].std(ddof=0) if len(folds) else np.nan
+                            for a in angles])
+            offset = (i - (len(mine) - 1) / 2) * 0.04
+            ax.errorbar(x + offset, mean, yerr=None if np.isnan(std).all() else std, marker="o", capsize=3,
+                        label=words(r).split(" · ", 2)[2])
+        ax.axhline(100 / n_classes, color="grey", linestyle="--", linewidth=1,
+                   label=f"chance (1 in {n_classes}: {100 / n_classes:.1f} %)")
+        ax.set_xticks(x, [f"{ANGLE_NAMES[a]}\n({a})" for a in angles], fontsize=8)
+        ax.set_xlabel("KDEF camera angle of the test picture")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.set_title(PROTOCOL_WORDS.get(protocol, str(protocol)), fontsize=9)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1,
+                  title="input · model (· coefficient backend)", title_fontsize=7)
+    axes[0][0].set_ylabel(f"{task} accuracy (% correct)\nmean ± std over repeats / folds")
+    fig.suptitle(f"{task.capitalize()} accuracy per camera angle\n{context_line(provenance)}", fontsize=9)
+    fig.subplots_adjust(top=0.86, wspace=0.08)  # legends hang below the panels; the saved file grows to hold them
+    return save_figure(fig, out, dpi=120, close=True, bbox_inches="tight") if out else fig
 
 
 def training_time_pairs(t2: pd.DataFrame) -> pd.DataFrame:
