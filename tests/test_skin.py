@@ -53,6 +53,7 @@ def test_skin_model_separates_face_from_kdef_background(kdef_image, tmp_path, sp
     assert path.suffix == ".npz" and path.is_file()
     again = SkinModel.load(path)
     assert again.space == space and again.prior_skin == pytest.approx(0.5)
+    assert again.fingerprint() == model.fingerprint()  # a cached skin model keeps its key
     np.testing.assert_allclose(again.probability(kdef_image[::10, ::10]), model.probability(kdef_image[::10, ::10]),
                                rtol=1e-6, atol=1e-7)
 
@@ -66,6 +67,10 @@ def test_prior_and_features():
     mid = np.array([[160.0, 135.0, 135.0]])
     m_half = SkinModel().fit(skin, bg, n_components=2, prior_skin=0.5)
     assert m.probability(mid)[0] < m_half.probability(mid)[0]    # a smaller prior lowers the posterior
+    # the fit caches are keyed by which skin model weighs the pixels: other pixels or prior → another key
+    other = SkinModel().fit(skin[::2], bg, n_components=2)
+    assert len({m.fingerprint(), m_half.fingerprint(), other.fingerprint()}) == 3
+    assert SkinModel().fit(skin, bg, n_components=2).fingerprint() == m.fingerprint()  # same data, same key
     rg = features(np.array([[[100, 50, 50]]], dtype=np.uint8), "rg")
     np.testing.assert_allclose(rg, [[0.5, 0.25]], atol=1e-6)
     with pytest.raises(ValueError):

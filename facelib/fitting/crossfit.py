@@ -161,9 +161,7 @@ def rnet_tables(tables: dict[str, pd.DataFrame], k: int = 2, settings: RNetSetti
     if s.init not in (None, "released"):  # a user's checkpoint (resnet50: Deep3DFaceRecon's epoch_20.pth)
         sums["init"] = assets.sha256_file(s.init)
     if skin_model:
-        gmm = [np.ravel(getattr(g, a)) for g in (skin_model.skin, skin_model.bg)
-               for a in ("weights", "means", "covariances")]
-        sums["skin"] = hashlib.sha256(np.concatenate(gmm).tobytes()).hexdigest()
+        sums["skin"] = skin_model.fingerprint()
     embedder = dlib_embedder() if s.perceptual else None
     fitter = Fitter(model, device=dev, assets_folder=assets_folder, skin_model=skin_model or None,
                     image_size=s.image_size)

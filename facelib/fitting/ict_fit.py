@@ -118,7 +118,8 @@ def fit_ict_table(coeff_table: pd.DataFrame, mode: str = "landmarks", iterations
     settings = {"v": VERSION, "mode": mode, "iterations": iterations, "weights": dict(weights or {}),
                 "target": target_landmarks, "texture": icf.texture_sha, "size": image_size, "model": icf.model.key,
                 "area": icf.model.provenance["area"],
-                "from": "ict" if from_ict else "tddfa", "skin": bool(skin_model), "embedder": None if embedder is None
+                "from": "ict" if from_ict else "tddfa",
+                "skin": skin_model.fingerprint() if skin_model else False, "embedder": None if embedder is None
                 else getattr(embedder, "name", type(embedder).__name__)}
 
     def fit_batch(rows, images, rois):

@@ -141,6 +141,14 @@ class SkinModel:
         return np.where(p > 0.5, 1.0, p).astype(np.float32)
 
     # ---------------------------------------------------------------------- persistence
+    def fingerprint(self) -> str:
+        """sha256 of the mixture parameters: two skin models that weigh pixels differently never share a key."""
+        h = hashlib.sha256(f"{self.space}|{self.prior_skin!r}".encode())
+        for gmm in (self.skin, self.bg):
+            for arr in ((gmm.weights, gmm.means, gmm.covariances) if gmm is not None else ()):
+                h.update(np.ascontiguousarray(arr, dtype=np.float64).tobytes())
+        return h.hexdigest()[:16]
+
     def save(self, path) -> Path:
         if not self.fitted:
             raise RuntimeError("SkinModel is not fitted")

@@ -154,7 +154,7 @@ def fit_table(coeff_table: pd.DataFrame, mode: str = "landmarks", iterations: in
     settings = {"v": FIT_VERSION, "mode": mode, "iterations": iterations, "weights": dict(weights or {}),
                 "target": target_landmarks, "texture": tex_sha, "size": image_size, "optimize": optimize,
                 "embedder": None if embedder is None else getattr(embedder, "name", type(embedder).__name__),
-                "skin": bool(skin_model)}
+                "skin": skin_model.fingerprint() if skin_model else False}  # which skin model, not just one
 
     def fit_batch(rows, images, rois):
         lm_img, sources = landmark_targets(rows, images, target_landmarks, landmarker, rois)
