@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import cv2
 import numpy as np
@@ -283,6 +284,7 @@ def test_classification_with_each_aggregator(tmp_path):
         ("tddfa+rnet", "median")]
     assert summary.loc[summary["protocol"] == "cross_angle", "aggregator"].isna().all()  # single pictures
     assert len(list(tmp_path.glob("*.json"))) == len(summary)  # no result overwrote another
+    assert {json.loads(p.read_text())["dataset"] for p in tmp_path.glob("*.json")} == {"kdef"}  # whose data
 
 
 def test_fast_coder_matches_the_study_path(table, assets_dir, tmp_path):

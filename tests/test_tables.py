@@ -37,8 +37,10 @@ def test_paper_column_only_beside_comparable_rows():
     assert P(_row(input="image", image_size=224)) == 0.706
     for row in (_row(model="logreg"), _row(model="svm"), _row(backend="tddfa+fit_full"),
                 _row(protocol="subject_independent"), _row(input="image", image_size=64), _row(input="alpha"),
-                _row(task="identity", input="alpha", k=1), _row(input="hog", model="linsvm")):
-        assert P(row) is None, dict(row)
+                _row(task="identity", input="alpha", k=1), _row(input="hog", model="linsvm"),
+                _row(dataset="folder"), _row(task="gender", input="alpha", dataset="kdef")):
+        assert P(row) is None, dict(row)  # the last two: data the paper did not run that task on
+    assert P(_row(dataset="kdef")) == 0.835 and P(_row(task="gender", input="alpha", dataset="fei")) == 0.954
 
 
 def test_per_angle_plot_with_fitted_variants(tmp_path, results):

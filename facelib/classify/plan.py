@@ -129,7 +129,7 @@ def run_plan(coeffs: dict[str, pd.DataFrame | list[pd.DataFrame]], plan: list[di
         except (P.ProtocolUnavailable, FileNotFoundError, ImportError) as exc:
             rows.append({**entry, "status": f"skipped: {exc}"})
             continue
-        save_result(result, results_dir)
+        save_result({**result.to_dict(), "dataset": entry["dataset"]}, results_dir)  # Table 1 says whose data
         rows.append({**entry, "aggregator": result.aggregator, "status": "ok", "accuracy_mean": result.accuracy_mean,
                      "accuracy_std": result.accuracy_std, "n_folds": result.n_folds,
                      "epochs_run": result.epochs_run, "seconds_per_input": result.seconds_per_input,
