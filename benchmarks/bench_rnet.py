@@ -2,7 +2,8 @@
 
     python benchmarks/bench_rnet.py speed   [--limit 320] [--batch 32] [--threads 2] [--max-side 192] [--reduce 2]
     python benchmarks/bench_rnet.py train   [--steps 8] [--batch 16] [--size 120] [--vertices 8000] [--perceptual]
-    python benchmarks/bench_rnet.py quality [--epochs 6] [--perceptual] [--targets dlib|table] [--cnet-steps 150]
+    python benchmarks/bench_rnet.py quality [--epochs 16] [--perceptual] [--targets dlib|table] [--cnet-steps 150]
+                                            [--schedule cosine|constant]
                                             [--fit landmarks] [--fit full]
                                             [--model logreg] [--folds 3] [--out reports/bench_rnet]
 
@@ -135,7 +136,8 @@ def bench_quality(args) -> None:
                                         for n, t in tabs.items()}
         print(f"per-picture {mode} fit: {time.perf_counter() - t0:.0f} s")
     settings = dict(epochs=args.epochs, perceptual=args.perceptual, targets=args.targets,
-                    image_size=args.size, max_seconds=args.max_seconds, cnet_steps=args.cnet_steps)
+                    image_size=args.size, max_seconds=args.max_seconds, cnet_steps=args.cnet_steps,
+                    schedule=args.schedule)
     log: list = []
     t0 = time.perf_counter()
     coded = crossfit.rnet_tables(tabs, k=2, settings=settings, log=log)
@@ -181,9 +183,10 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=120)
     p.add_argument("--vertices", type=int, default=8000)
     p.add_argument("--perceptual", action="store_true")
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--max-seconds", type=float, default=None)
     p.add_argument("--targets", default="dlib", choices=["table", "dlib"])
+    p.add_argument("--schedule", default="cosine", choices=["constant", "cosine"])
     p.add_argument("--cnet-steps", type=int, default=150)
     p.add_argument("--fit", action="append", choices=["landmarks", "full"],
                    help="quality: also per-picture fitting in this mode (repeatable)")

@@ -210,6 +210,27 @@ def test_unknown_settings_are_named():
     assert crossfit.make_settings({"epochs": 3}).epochs == 3
 
 
+def test_lr_schedule_warmup_then_constant_or_cosine():
+    warm = [T.lr_factor(i, 10, 100) for i in range(10)]
+    assert np.allclose(warm, np.arange(1, 11) / 10)  # linear warm-up, the same for both schedules
+    assert [T.lr_factor(i, 10, 100, "cosine") for i in range(10)] == warm
+    assert T.lr_factor(50, 10, 100) == 1.0 and T.lr_factor(99, 10, 100) == 1.0
+    cos = np.array([T.lr_factor(i, 10, 100, "cosine") for i in range(10, 101)])
+    assert cos[0] == pytest.approx(1.0) and cos[-1] == pytest.approx(0.0, abs=1e-12)
+    assert np.all(np.diff(cos) <= 1e-12)  # never rises after the warm-up
+    assert T.lr_factor(55, 10, 100, "cosine") == pytest.approx(0.5)  # half way: half the rate
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        T.train_rnet(None, None, [], schedule="step")
+
+
+def test_schedule_setting_keeps_old_caches_and_keys_new_ones():
+    old = crossfit.RNetSettings().key_dict()
+    assert "schedule" not in old  # "constant" was the behaviour before the setting: same key, same cache file
+    new = crossfit.make_settings({"schedule": "cosine"}).key_dict()
+    assert new["schedule"] == "cosine"
+    assert crossfit.weights_key(["x"], old, {}) != crossfit.weights_key(["x"], new, {})
+
+
 def test_cache_key_changes_with_training_pictures():
     s = crossfit.RNetSettings().key_dict()
     a = crossfit.weights_key(["x", "y"], s, {"mb05": "1"})

@@ -55,10 +55,11 @@ class RNetSettings:
     backbone: str = "mobilenet"
     image_size: int = 120          # render / target resolution of the 3DDFA crop
     mesh_vertices: int = 8000      # coarse training mesh (vertex clustering of the no-neck mesh)
-    epochs: int = 6
+    epochs: int = 6                # paper.yaml: 16 with the cosine schedule (≈ 12 min per full-KDEF-sized part)
     batch_size: int = 16
     lr: float = 1e-4               # pretrained trunk and fc_param
     head_lr: float = 1e-3          # added texture / lighting heads
+    schedule: str = "constant"     # after the warm-up: "constant" or "cosine" (to zero at the last step)
     targets: str = "dlib"          # "dlib" (68 points; 3DDFA_V2's where dlib fails) or "table" (frozen 3DDFA_V2)
     perceptual: bool = False       # perceptual term (dlib face-recognition embedding)
     weights: dict = field(default_factory=dict)  # HybridLoss overrides
@@ -76,6 +77,8 @@ class RNetSettings:
         d = asdict(self)
         if d["max_seconds"] is None:
             d.pop("max_seconds")
+        if d["schedule"] == "constant":  # the default before the setting existed: earlier caches stay valid
+            d.pop("schedule")
         return d if cnet else {k: v for k, v in d.items() if not k.startswith("cnet")}
 
 
@@ -201,7 +204,8 @@ def rnet_tables(tables: dict[str, pd.DataFrame], k: int = 2, settings: RNetSetti
             net = R.build_rnet(s.backbone, n_tex, assets_folder, init=s.init).to(dev)
             before = T.evaluate_loss(net, composer, train)
             hist = T.train_rnet(net, composer, train, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr,
-                                head_lr=s.head_lr, seed=s.seed + p, max_seconds=s.max_seconds, progress=progress)
+                                head_lr=s.head_lr, seed=s.seed + p, max_seconds=s.max_seconds,
+                                schedule=s.schedule, progress=progress)
             after = T.evaluate_loss(net, composer, train)
             summary = {"epochs_done": hist["epochs_done"], "seconds": hist["seconds"], "steps": hist["steps"],
                        "loss_before": before, "loss_after": after, "stopped_early": hist["stopped_early"]}

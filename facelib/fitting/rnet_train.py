@@ -40,6 +40,18 @@ from .fitter import FitBatch, Fitter, restrict_model
 from .table import DlibTargets, landmark_targets
 
 TARGETS = ("table", "dlib")
+SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str = "constant") -> float:
+    """Learning-rate multiplier at ``step`` (0-based) of ``total``: linear warm-up over ``warmup`` steps, then 1
+    ("constant") or a cosine from 1 to 0 at the last step ("cosine")."""
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + float(np.cos(np.pi * t)))
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -220,17 +232,21 @@ def evaluate_loss(net, composer: Composer, data: TrainData, batch_size: int = 32
 
 def train_rnet(net, composer: Composer, data: TrainData, epochs: int = 4, batch_size: int = 16, lr: float = 1e-4,
                head_lr: float = 1e-3, seed: int = 0, max_seconds: float | None = None, warmup: int = 50,
-               progress: bool = False) -> dict:
+               schedule: str = "constant", progress: bool = False) -> dict:
     """Train ``net`` in place on ``data``. New heads (texture, lighting) learn at ``head_lr``, the rest at ``lr``,
     both after a linear warm-up over the first ``warmup`` steps (Adam's first steps move every weight by about the
-    learning rate, which a pretrained network does not survive at full rate). ``max_seconds`` stops after the
-    step that passes it. Returns a history: per-step total/terms, epochs done, seconds."""
+    learning rate, which a pretrained network does not survive at full rate); then ``schedule`` "constant" keeps
+    the rates, "cosine" lowers them to zero by the last step. ``max_seconds`` stops after the step that passes
+    it. Returns a history: per-step total/terms, epochs done, seconds."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     dev = composer.f.device
     net.to(dev).train()  # BatchNorm statistics stay frozen (RNet.freeze_bn)
     heads = [p for n, p in net.named_parameters() if n.startswith(("fc_tex", "fc_gamma"))]
     rest = [p for n, p in net.named_parameters() if not n.startswith(("fc_tex", "fc_gamma"))]
     opt = torch.optim.Adam([{"params": rest, "lr": lr}, {"params": heads, "lr": head_lr}])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / max(1, warmup)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(
+        step, warmup, epochs * -(-len(data) // batch_size), schedule))
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     hist = {"total": [], "terms": [], "epoch": []}
