@@ -282,6 +282,31 @@ def test_crossfit_never_codes_a_training_picture(table, assets_dir, tmp_path):
     assert len(list(tmp_path.glob("data-*.npz"))) == 2  # training inputs cached per picture set
 
 
+def test_crossfit_skin_model_per_part_sees_only_training_pictures(table, assets_dir, tmp_path, monkeypatch):
+    """Default (skin_model=None): each part's photometric attention comes from a skin model trained on that part's
+    training pictures, never on the pictures its network codes; the part's key carries that model."""
+    seen = []
+    real = crossfit.skin_model_for_table
+
+    def spy(t, **kw):
+        seen.append(set(t["sha256"]))
+        return real(t, **kw)
+
+    monkeypatch.setattr(crossfit, "skin_model_for_table", spy)
+    log = []
+    settings = dict(epochs=1, batch_size=4, image_size=SIZE, mesh_vertices=3000, cnet=False, targets="table")
+    out = crossfit.rnet_tables({"kdef": table}, k=2, settings=settings, assets_folder=assets_dir,
+                               cache_dir=tmp_path, progress=False, log=log)["kdef"]
+    ok = out[out["status"] == "ok"]
+    assert len(seen) == 2
+    for rec, shas in zip(log, seen):
+        coded = set(ok.loc[ok["rnet_part"] == rec["part"], "sha256"])
+        trained = set(ok.loc[ok["rnet_part"] != rec["part"], "sha256"])
+        assert shas and shas <= trained and not shas & coded
+    assert log[0]["rnet_key"] != log[1]["rnet_key"]
+    assert len(list((tmp_path / "fitting").glob("skin_*.npz"))) == 2  # one cached skin model per part
+
+
 # ----------------------------------------------------------------------------------------------- study integration
 def test_classification_with_each_aggregator(tmp_path):
     """Equal C-Net confidences classify exactly as the mean; run_plan adds one identity row per aggregator and

@@ -145,7 +145,9 @@ def rnet_tables(tables: dict[str, pd.DataFrame], k: int = 2, settings: RNetSetti
     """Cross-fitted R-Net (+ C-Net) coefficient tables for tddfa tables ``{name: table}`` (one study).
 
     ``texture``: a texture basis .npz (:mod:`facelib.fitting.texture`; None: an RGB albedo gain head). ``skin_model``:
-    SkinModel, None → trained on the tables (cached), False → no attention. ``log`` collects one record per part
+    None → one skin model per part, trained on that part's *training* pictures only (cached), so the photometric
+    attention never comes from a model that saw the pictures the part's network codes; a SkinModel → that one for
+    every part (trained elsewhere, the caller's choice); False → no attention. ``log`` collects one record per part
     (training history summary, seconds, cache hit)."""
     s = settings if isinstance(settings, RNetSettings) else make_settings(settings)
     dev = config.resolve_device(device)
@@ -154,8 +156,8 @@ def rnet_tables(tables: dict[str, pd.DataFrame], k: int = 2, settings: RNetSetti
     if not len(ok):
         raise ValueError("no ok pictures to train R-Net on")
     parts = assign_parts(ok["subject"], k, s.seed, strata=ok["_table"])
-    if skin_model is None:
-        skin_model = skin_model_for_table(ok, cache_dir=None if cache_dir is None else Path(cache_dir) / "fitting")
+    per_part_skin = skin_model is None
+    skin_dir = None if cache_dir is None else Path(cache_dir) / "fitting"
     model = MorphableModel.from_3ddfa(assets_folder)
     sums = assets.checksums(list(ASSET_NAMES), assets_folder)
     if texture is not None:
@@ -165,9 +167,10 @@ def rnet_tables(tables: dict[str, pd.DataFrame], k: int = 2, settings: RNetSetti
         sums["init"] = assets.sha256_file(s.init)
     if skin_model:
         sums["skin"] = skin_model.fingerprint()
+    elif per_part_skin:
+        sums["skin"] = "per-part"  # each part's key adds its own skin model's fingerprint below
     embedder = dlib_embedder() if s.perceptual else None
-    fitter = Fitter(model, device=dev, assets_folder=assets_folder, skin_model=skin_model or None,
-                    image_size=s.image_size)
+    fitter = Fitter(model, device=dev, assets_folder=assets_folder, image_size=s.image_size)
     composer = T.Composer(fitter, s.weights, embedder=embedder, mesh_vertices=s.mesh_vertices)
     n_tex = model.n_tex
     bfm = BFMKeypoints(assets_folder)
@@ -180,7 +183,8 @@ def rnet_tables(tables: dict[str, pd.DataFrame], k: int = 2, settings: RNetSetti
     if dpath.is_file():
         data = T.TrainData.load(dpath)
     else:
-        data = T.prepare_data(ok, s.image_size, s.targets, skin_model or None, embedder, progress=progress)
+        data = T.prepare_data(ok, s.image_size, s.targets, skin_model or None,
+                              embedder, progress=progress)
         data.save(dpath)
     if not np.array_equal(data.sha256, ok["sha256"].astype(str).to_numpy()):
         raise RuntimeError(f"{dpath}: cached training data do not match the pictures; delete the file")
@@ -192,7 +196,12 @@ def rnet_tables(tables: dict[str, pd.DataFrame], k: int = 2, settings: RNetSetti
     for p in range(k):
         train_idx, code_idx = np.flatnonzero(parts != p), np.flatnonzero(parts == p)
         train = data.subset(train_idx)
-        key = weights_key(train.sha256, s.key_dict(cnet=False), sums, {"n_tex": n_tex, "part": "rnet"})
+        part_sums = dict(sums)
+        if per_part_skin:  # leak-free: the attention of this part's training comes from its training pictures only
+            part_skin = skin_model_for_table(ok.iloc[train_idx], cache_dir=skin_dir)
+            train = train.with_attention(part_skin)
+            part_sums["skin"] = part_skin.fingerprint()
+        key = weights_key(train.sha256, s.key_dict(cnet=False), part_sums, {"n_tex": n_tex, "part": "rnet"})
         path = folder / f"rnet-{key}.pt"
         record = {"part": p, "n_train": len(train_idx), "n_coded": len(code_idx), "rnet_key": key,
                   "train_subjects": sorted(set(train.subject)), "coded_subjects": sorted(set(data.subject[code_idx]))}
@@ -218,7 +227,7 @@ def rnet_tables(tables: dict[str, pd.DataFrame], k: int = 2, settings: RNetSetti
             coded.setdefault(name, np.zeros((len(ok),) + v.shape[1:], np.float32))[code_idx] = v
         rnet_key[code_idx] = key
         if s.cnet:
-            ckey = weights_key(train.sha256, s.key_dict(), sums, {"n_tex": n_tex, "part": "cnet", "rnet": key})
+            ckey = weights_key(train.sha256, s.key_dict(), part_sums, {"n_tex": n_tex, "part": "cnet", "rnet": key})
             cpath = folder / f"cnet-{ckey}.pt"
             cnet = CNet(net.feature_channels, model.n_id)
             if cpath.is_file():

@@ -82,6 +82,12 @@ class TrainData:
                          self.subject[idx], self.sha256[idx], [self.target_source[i] for i in idx]
                          if self.target_source else [], pick(self.emb_target))
 
+    def with_attention(self, skin_model) -> "TrainData":
+        """A copy whose skin attention comes from ``skin_model`` (None: no attention)."""
+        out = copy.copy(self)
+        out.attention = None if skin_model is None else skin_attention(skin_model, self.crops)
+        return out
+
     def save(self, path) -> None:
         """One .npz (written atomically)."""
         arrays = {k: v for k, v in (("crops", self.crops), ("rois", self.rois), ("target_lm", self.target_lm),
@@ -99,6 +105,12 @@ class TrainData:
             get = lambda k: z[k] if k in z.files else None  # noqa: E731
             return TrainData(z["crops"], z["rois"], z["target_lm"], get("attention"), z["subject"], z["sha256"],
                              list(z["target_source"]), get("emb_target"))
+
+
+def skin_attention(skin_model, crops: np.ndarray) -> np.ndarray:
+    """(n, S, S) uint8 skin attention × 255 of (n, S, S, 3) uint8 BGR crops."""
+    return np.stack([np.round(skin_model.attention(c[:, :, ::-1]) * 255).astype(np.uint8) for c in crops]) \
+        if len(crops) else np.zeros(crops.shape[:3], np.uint8)
 
 
 def prepare_data(table: pd.DataFrame, image_size: int = 120, targets: str = "table", skin_model=None,
@@ -126,7 +138,7 @@ def prepare_data(table: pd.DataFrame, image_size: int = 120, targets: str = "tab
         lms.append(lm)
         src += list(sources)
         if skin_model is not None:
-            att += [np.round(skin_model.attention(c[:, :, ::-1]) * 255).astype(np.uint8) for c in crops[-len(r):]]
+            att.append(skin_attention(skin_model, np.stack(crops[-len(r):])))
         if embedder is not None:
             x = torch.from_numpy(np.stack([c[:, :, ::-1] for c in crops[-len(r):]]).astype(np.float32) / 255.0)
             with torch.no_grad():
@@ -135,7 +147,7 @@ def prepare_data(table: pd.DataFrame, image_size: int = 120, targets: str = "tab
     return TrainData(np.stack(crops) if n else np.zeros((0, S, S, 3), np.uint8),
                      np.concatenate(rois) if n else np.zeros((0, 4)),
                      np.concatenate(lms) if n else np.zeros((0, 68, 2), np.float32),
-                     np.stack(att) if att else None, ok["subject"].astype(str).to_numpy(),
+                     np.concatenate(att) if att else None, ok["subject"].astype(str).to_numpy(),
                      ok["sha256"].astype(str).to_numpy(), src, np.concatenate(embs) if embs else None)
 
 
