@@ -363,6 +363,8 @@ def test_study_rnet_writes_the_run_tables(table, assets_dir, tmp_path):
     back = pd.read_parquet(path)
     assert (back["backend"] == "tddfa+rnet").all() and back["rnet_part"].notna().sum() == 8
     assert list(summary["part"]) == [0, 1] and (summary["loss_after"] < summary["loss_before"]).all()
+    # no data-built texture basis, per-part skin models: nothing learnt from the coded pictures, no flag
+    assert "transductive" not in back.columns
 
 
 def test_resnet50_takes_the_official_trunk(tmp_path, assets_dir):

@@ -294,6 +294,10 @@ def study_rnet(coeffs: dict[str, pd.DataFrame], run, settings: dict | None = Non
     log: list = []
     tables = rnet_tables(coeffs, k=k, settings=s, texture=texture, device=device, assets_folder=assets_folder,
                          progress=progress, log=log)
+    if texture is not None:  # the basis is a PCA over this study's frontal KDEF pictures, coded ones included
+        note = (f"R-Net texture basis built from up to {n_tex_img} frontal KDEF pictures of this study "
+                "(test pictures included)")
+        tables = {name: t.assign(transductive=note) for name, t in tables.items()}
     for name, t in tables.items():
         atomic_write_table(t, run.coeffs(name, rnet=True))
     cols = ["part", "n_train", "n_coded", "cached", "epochs_done", "seconds", "stopped_early", "cnet_seconds"]
