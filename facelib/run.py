@@ -136,6 +136,7 @@ def provenance(run: Run, coeffs: dict) -> dict:
     return {
         "run": run.dir.name,
         "profile": read_status(run.dir).get("profile"),
+        "overrides": read_status(run.dir).get("overrides") or [],  # `--set key=value` on top of the profile
         "synthetic": bool(run.params.get("synthetic")),
         "backend": str(first["backend"].iloc[0]) if has_rows else run.params.get("backend"),
         "asset_sha256": json.loads(first["assets"].iloc[0]) if has_rows else {},

@@ -28,7 +28,7 @@ from .data.datasets import folder_problems
 from .data.synthetic import generate_synthetic
 from .errors import notebook_failure
 from .face3d import ict
-from .report.index import notebook_html, write_overview, write_run_page
+from .report.index import notebook_html, quiet_stderr, write_overview, write_run_page
 from .run import PARAMETER_NAMES, PROVENANCE_FILE, project_path, read_status, run_dir, write_status
 
 NOTEBOOK_DIR = config.PROJECT_ROOT / "notebooks"
@@ -160,7 +160,16 @@ def with_banner(executed: Path, dest: Path) -> None:
     node.cells.insert(1, banner)
     node.metadata["kernelspec"] = {"display_name": "facelib (.venv)", "language": "python", "name": KERNEL_NAME}
     strip_pictures(node)
+    strip_progress(node)
     nbformat.write(node, str(dest))
+
+
+def strip_progress(node) -> None:
+    """Drop progress-bar stderr (hundreds of ``\\r`` fragments when a network trains) from the cells whose output
+    nbval ignores, so the committed notebooks stay readable; compared outputs are left as they are."""
+    for cell in node.cells:
+        if cell.cell_type == "code" and "nbval-ignore-output" in cell.metadata.get("tags", []):
+            cell.outputs = [o for o in cell.get("outputs", []) if not quiet_stderr(o)]
 
 
 PICTURES_REMOVED = "[figure not committed: it shows dataset faces (KDEF/FEI may not be redistributed); " \
@@ -256,6 +265,7 @@ def run_study(params_file: str | Path | None = None, run_name: str | None = None
     params["out_dir"] = str(_shown(run))
     (run / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=True))
     write_status(run, status="running", pid=os.getpid(), notebook=None, profile=str(_shown(profile)),
+                 overrides=list(sets or []),
                  device=config.resolve_device(params.get("device")), synthetic=bool(params.get("synthetic")),
                  started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), finished=None, elapsed={})
     kernel, pages, elapsed = kernel_name(), [], {}

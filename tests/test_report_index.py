@@ -227,6 +227,10 @@ def test_provenance_counts_a_folder_dataset(tmp_path):
                                                                       backend="tddfa")
     table.loc[:4, "status"] = "no_face"
     table.to_parquet(run.coeffs("folder"))
-    data = run.provenance()["data"]
+    prov = run.provenance()
+    data = prov["data"]
+    assert prov["overrides"] == []  # no run record: nothing set on top of a profile
+    write_status(run.dir, profile="notebooks/params/paper.yaml", overrides=["models=[logreg]"])
+    assert run.provenance()["overrides"] == ["models=[logreg]"]
     assert list(data) == ["folder"]
     assert data["folder"]["images"] == len(table) and data["folder"]["ok"] == len(table) - 5

@@ -16,6 +16,7 @@ import yaml
 from facelib import config, study
 from facelib.cli import build_parser
 from facelib.report import tables
+from facelib.report.index import quiet_stderr
 from facelib.run import read_status
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,10 +93,11 @@ def _fake_study(tmp_path, monkeypatch, fail_at: str | None):
 def test_failed_run_is_recorded_and_listed(tmp_path, monkeypatch):
     reports, profile = _fake_study(tmp_path, monkeypatch, fail_at="02_b")
     with pytest.raises(SystemExit, match="02_b.ipynb failed in cell 3"):
-        study.run_study(profile)
+        study.run_study(profile, sets=["seed=3"])
     status = read_status(reports / "runs" / "t")
     assert status["status"] == "failed" and status["notebook"] == "02_b" and "01_a" in status["elapsed"]
     assert status["profile"].endswith("prof.yaml") and status["device"] == "cpu"
+    assert status["overrides"] == ["seed=3"]  # what was changed on top of the profile, for the provenance
     assert "failed at notebook 02_b" in (reports / "index.html").read_text()
     assert not (reports / "tables").exists()  # a failed run never publishes its tables
 
@@ -227,3 +229,21 @@ def test_strip_pictures_replaces_images_with_a_note():
     study.strip_pictures(nb)
     assert nb.cells[0].outputs[0]["data"] == {"text/plain": study.PICTURES_REMOVED}
     assert nb.cells[0].outputs[1]["text"] == "kept\n"
+
+
+def test_strip_progress_only_in_ignored_cells():
+    bar = lambda: nbformat.v4.new_output("stream", name="stderr", text="\rR-Net:  50%|█████     | 4/8 [00:01<00:01]")  # noqa: E731
+    ignored = nbformat.v4.new_code_cell("train()", metadata={"tags": ["nbval-ignore-output"]})
+    ignored.outputs = [bar(), nbformat.v4.new_output("stream", name="stderr", text="ValueError: real message\n"),
+                       nbformat.v4.new_output("stream", name="stdout", text="done\n"), bar()]
+    compared = nbformat.v4.new_code_cell("fit()")
+    compared.outputs = [bar()]
+    nb = nbformat.v4.new_notebook(cells=[ignored, compared])
+    study.strip_progress(nb)
+    assert [o["text"] for o in nb.cells[0].outputs] == ["ValueError: real message\n", "done\n"]
+    assert len(nb.cells[1].outputs) == 1  # an output nbval compares is never touched
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):  # the committed notebooks are clean
+        node = nbformat.read(str(path), as_version=4)
+        noisy = [i for i, c in enumerate(node.cells) if "nbval-ignore-output" in c.metadata.get("tags", [])
+                 and any(quiet_stderr(o) for o in c.get("outputs", []))]
+        assert not noisy, (path.name, noisy)

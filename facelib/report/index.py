@@ -31,7 +31,7 @@ STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#22
 
 
 # ---------------------------------------------------------------------------------------------- notebook pages
-def _quiet_stderr(output) -> bool:
+def quiet_stderr(output) -> bool:
     """Progress bars and the TqdmWarning: noise in a rendered page (the executed notebook keeps them)."""
     if output.get("output_type") != "stream" or output.get("name") != "stderr":
         return False
@@ -49,7 +49,7 @@ def for_reading(nb) -> nbformat.NotebookNode:
         tags = cell.metadata.get("tags", [])
         if cell.cell_type == "code":
             cell.source = "\n".join(l for l in cell.source.splitlines() if not l.strip().startswith("# NBVAL_"))
-            cell.outputs = [o for o in cell.get("outputs", []) if not _quiet_stderr(o)]
+            cell.outputs = [o for o in cell.get("outputs", []) if not quiet_stderr(o)]
         if "injected-parameters" in tags and defaults:
             values = [l.split("#")[0].strip() for l in defaults.splitlines()
                       if "=" in l.split("#")[0] and not l.lstrip().startswith("#")]
@@ -103,9 +103,11 @@ def runs(reports_dir: Path) -> list[dict]:
                          for k, v in prov.get("data", {}).items())
         if not data:
             data = "synthetic faces" if st.get("synthetic") else "not read yet"
+        sets = st.get("overrides") or prov.get("overrides") or []
         out.append({"name": folder.name, "folder": folder, "started": st.get("started", ""),
                     "state": run_state(folder), "data": ("SYNTHETIC — " if prov.get("synthetic") else "") + data,
-                    "profile": st.get("profile") or prov.get("profile") or "?",
+                    "profile": (st.get("profile") or prov.get("profile") or "?") +
+                    (f" + --set {' '.join(sets)}" if sets else ""),
                     "device": st.get("device") or prov.get("device") or "?",
                     "page": folder / "index.html"})
     return sorted(out, key=lambda r: r["started"], reverse=True)
@@ -157,8 +159,10 @@ def write_run_page(folder: Path, html_pages: list[Path], dest: Path | None = Non
     if prov.get("synthetic"):
         parts.append("<p class='warn'>These numbers come from the synthetic KDEF-like set, not real faces.</p>")
     if prov:
-        parts.append(f"<p>{html.escape(context_line(prov))}; profile {html.escape(str(prov.get('profile')))}. "
-                     "Full provenance at the bottom.</p>")
+        sets = prov.get("overrides") or []
+        changed = f", changed by --set {' '.join(sets)}" if sets else ""
+        parts.append(f"<p>{html.escape(context_line(prov))}; profile {html.escape(str(prov.get('profile')))}"
+                     f"{html.escape(changed)}. Full provenance at the bottom.</p>")
     parts += tables_html(folder, dest)
     report_figures = [folder / "figures" / f for f in FIGURE_FILES if (folder / "figures" / f).exists()]
     others = sorted(p for p in (folder / "figures").glob("*.png") if p not in report_figures)
