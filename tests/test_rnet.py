@@ -145,6 +145,19 @@ def test_confidences_positive_and_equal_confidences_give_the_mean():
         A.ConfidenceAggregator(-w)
 
 
+def test_confidence_by_angle_without_angles():
+    """Your own folder of pictures has no head angles: one group, and the figure still draws."""
+    df = pd.DataFrame({"confidence": [np.array([1.0, 3.0]), np.array([2.0, 2.0])], "angle": [None, None]})
+    tab = C.confidence_by_angle(df)
+    assert list(tab.index) == ["all"]
+    np.testing.assert_allclose(tab.to_numpy(), [[0.75, 1.25]])  # (0.5 + 1) / 2, (1.5 + 1) / 2
+    assert list(C.confidence_by_angle(df.drop(columns="angle")).index) == ["all"]
+    fig = C.confidence_figure(df.drop(columns="angle"))
+    assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["all"]  # the per-picture bar panel
+    kdef = df.assign(angle=["FR", "S"])
+    assert list(C.confidence_by_angle(kdef).index) == ["S", "FR"]  # KDEF's left-to-right order
+
+
 def test_aggregator_parameter():
     X = np.arange(12, dtype=np.float64).reshape(4, 3) ** 2
     sets = np.array([[0, 1, 3]])

@@ -18,7 +18,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..data.labels import has_values
 from ..io import save_figure
+from ..vocab import ANGLES
 
 MIN_CONFIDENCE = 1e-3
 
@@ -60,12 +62,20 @@ def confidences(cnet: CNet, features: np.ndarray, batch_size: int = 256, device:
 
 def confidence_by_angle(df):
     """Mean confidence per α element for each head-angle group (``angle`` column, KDEF), normalised per picture
-    by the picture's mean confidence: a (groups × d) table for :func:`confidence_figure`."""
+    by the picture's mean confidence: a (groups × d) table for :func:`confidence_figure`. A dataset without
+    angles (your own folder) gives one group, ``all``."""
     C = np.stack([np.asarray(v, np.float64) for v in df["confidence"]])
     C = C / C.mean(axis=1, keepdims=True)
-    frame = pd.DataFrame(C, index=df["angle"].astype(str).to_numpy())
-    order = [a for a in ("FL", "HL", "S", "HR", "FR") if a in set(frame.index)] or sorted(set(frame.index))
+    frame = pd.DataFrame(C, index=angle_groups(df))
+    order = [a for a in ANGLES if a in set(frame.index)] or sorted(set(frame.index))
     return frame.groupby(level=0).mean().reindex(order)
+
+
+def angle_groups(df) -> np.ndarray:
+    """Each row's head-angle group: its ``angle``, or ``all`` for a dataset without angles."""
+    if not has_values(df, "angle"):
+        return np.full(len(df), "all")
+    return df["angle"].fillna("?").astype(str).to_numpy()
 
 
 def confidence_figure(df, out=None):
@@ -78,7 +88,7 @@ def confidence_figure(df, out=None):
     axes[0].set_title("C-Net confidence / picture mean, by head angle")
     fig.colorbar(im, ax=axes[0])
     raw = np.stack([np.asarray(v, np.float64) for v in df["confidence"]]).mean(1)
-    groups = pd_groups(df["angle"].astype(str).to_numpy(), raw, list(tab.index))
+    groups = pd_groups(angle_groups(df), raw, list(tab.index))
     axes[1].bar(range(len(groups)), [g.mean() for g in groups], yerr=[g.std() for g in groups])
     axes[1].set_xticks(range(len(groups)), list(tab.index))
     axes[1].set_title("mean confidence per picture")

@@ -183,8 +183,7 @@ def rnet_tables(tables: dict[str, pd.DataFrame], k: int = 2, settings: RNetSetti
     if dpath.is_file():
         data = T.TrainData.load(dpath)
     else:
-        data = T.prepare_data(ok, s.image_size, s.targets, skin_model or None,
-                              embedder, progress=progress)
+        data = T.prepare_data(ok, s.image_size, s.targets, skin_model or None, embedder, progress=progress)
         data.save(dpath)
     if not np.array_equal(data.sha256, ok["sha256"].astype(str).to_numpy()):
         raise RuntimeError(f"{dpath}: cached training data do not match the pictures; delete the file")

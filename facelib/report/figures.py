@@ -46,7 +46,7 @@ def image_grid(manifest: pd.DataFrame, rows: str | None = "expression", cols: st
     if rows and cols:
         row_keys = [k for k in ("AF", "AN", "DI", "HA", "NE", "SA", "SU") if k in set(df[rows])] or \
             sorted(df[rows].dropna().unique())
-        col_keys = [k for k in ("FL", "HL", "S", "HR", "FR") if k in set(df[cols])] or \
+        col_keys = [k for k in ANGLES if k in set(df[cols])] or \
             sorted(df[cols].dropna().unique())
         cells = [[df[(df[rows] == r) & (df[cols] == c)] for c in col_keys] for r in row_keys]
     else:
