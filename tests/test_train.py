@@ -213,3 +213,79 @@ def test_picture_features_on_real_kdef(kdef_root):
     same = dist[(subj[:, None] == subj[None]) & ~np.eye(4, dtype=bool)].max()
     other = dist[subj[:, None] != subj[None]].min()
     assert same < other, (same, other)
+
+
+from sklearn.base import BaseEstimator, ClassifierMixin  # noqa: E402
+
+
+class _FadingClassifier(ClassifierMixin, BaseEstimator):
+    """A stand-in classifier whose predictions get worse with C (a fraction ``WRONG[C]`` of them shifted to the
+    next class): validation accuracy along the grid is known in advance. ``fits`` records every C fitted."""
+
+    fits: list = []
+    WRONG: dict = {}
+
+    def __init__(self, C=1.0):
+        self.C = C
+
+    def fit(self, X, y):
+        self.classes_ = np.unique(y)
+        type(self).fits.append(self.C)
+        return self
+
+    def predict(self, X):
+        pred = (np.asarray(X)[:, 0] > 0).astype(np.int64)
+        n_wrong = int(round(self.WRONG[self.C] * len(pred)))
+        pred[:n_wrong] = 1 - pred[:n_wrong]
+        return pred
+
+    def decision_function(self, X):
+        return np.asarray(X)[:, 0]
+
+
+def _fading(monkeypatch, wrong):
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    _FadingClassifier.fits, _FadingClassifier.WRONG = [], dict(wrong)
+    monkeypatch.setattr(T, "baseline", lambda name, seed=0, C=None, **kw: make_pipeline(
+        StandardScaler(), _FadingClassifier(C=1.0 if C is None else C)))
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    return X, y
+
+
+def test_c_grid_stops_after_two_falls(monkeypatch):
+    X, y = _fading(monkeypatch, {0.01: 0.0, 0.1: 0.1, 1.0: 0.3, 10.0: 0.5, 100.0: 0.6})
+    r = T.train_vector_model(X[:150], y[:150], X[150:], y[150:], model="linsvm")
+    assert _FadingClassifier.fits == [0.01, 0.1, 1.0] and len(_FadingClassifier.fits) < len(T.C_GRID)
+    assert r["C_tried"] == [0.01, 0.1, 1.0] and [h["C"] for h in r["history"]] == r["C_tried"]
+    assert r["C"] == 0.01 and r["best_val_accuracy"] == 1.0 and r["accuracy"] > 0.9
+    assert "fell twice in a row" in r["grid_stop"] and "C = 0.01, 0.1, 1" in r["grid_stop"]
+    accs = [h["val_accuracy"] for h in r["history"]]
+    assert accs[0] > accs[1] > accs[2]
+
+
+def test_c_grid_goes_on_after_a_single_fall(monkeypatch):
+    X, y = _fading(monkeypatch, {0.01: 0.2, 0.1: 0.3, 1.0: 0.1, 10.0: 0.2, 100.0: 0.0})  # fall, rise, fall, rise
+    r = T.train_vector_model(X[:150], y[:150], X[150:], y[150:], model="logreg")
+    assert _FadingClassifier.fits == sorted(T.C_GRID) and r["grid_stop"] == "grid exhausted"
+    assert r["C"] == 100.0 and r["best_val_accuracy"] == 1.0
+    r = T.train_vector_model(X[:150], y[:150], X[150:], y[150:], model="logreg", C=10.0)
+    assert r["C_tried"] == [10.0] and r["grid_stop"] == "fixed C"
+
+
+def test_sklearn_grid_refits_only_the_classifier_and_matches_a_cold_fit():
+    """The C-independent steps are fitted once; the chosen pipeline predicts as a pipeline fitted from scratch at
+    the chosen C (warm starts change the path, not the optimum)."""
+    from facelib.classify.models import baseline
+
+    X, y = _blobs(n_per=40, sep=1.0)
+    fit, val = T.carve_validation(y[:90], T.RECIPE["val_fraction"], 0)
+    for m in ("logreg", "linsvm", "fisherfaces"):
+        r = T.train_vector_model(X[:90], y[:90], X[90:], y[90:], model=m)
+        cold = baseline(m, seed=0, C=r["C"], n_fit=len(fit), n_features=X.shape[1]).fit(X[:90][fit], y[:90][fit])
+        agree = (cold.predict(X[90:]) == r["model"].predict(X[90:])).mean()
+        assert agree >= 0.95, (m, agree)
+        assert r["precision"] in ("fp32", "fp64") and r["history"][-1]["converged"] in (True, False)

@@ -4,7 +4,8 @@ and the per-picture features of the classic / pretrained baselines.
 * **Crop** (:func:`load_image`): the detector's face box enlarged to the head (``HEAD_MARGIN`` × its longer side,
   square, centred — :func:`facelib.face3d.cameras.square_crop`), resized to ``image_size``; colour (RGB). Whole-frame
   fallback boxes are not face crops: those pictures are used whole.
-* **Augmentation** (:func:`augment_batch`, training only): random resized crop (scale 0.75–1, aspect 0.9–1.1, so
+* **Augmentation** (:func:`augment_unit` on [0, 1] batches, :func:`augment_batch` on normalised ones; training
+  only, batched on tensors): random resized crop (scale 0.75–1, aspect 0.9–1.1, so
   also a shift), colour jitter (brightness, contrast, saturation ±0.2), horizontal flips unless the protocol
   forbids them (cross-angle: a flipped profile is its mirror view, which is held out).
 * **Features** (:func:`picture_features`): ``hog`` (scikit-image HOG on the gray 64-px crop, Eng et al. 2019),
@@ -57,18 +58,33 @@ def load_images(paths, image_size: int, boxes=None, gray: bool = False) -> np.nd
 
 def to_tensor(X: np.ndarray) -> torch.Tensor:
     """uint8 (B, S, S, 3) RGB (or (B, S, S) gray, replicated) → float (B, 3, S, S), ImageNet-normalised."""
-    x = torch.from_numpy(np.ascontiguousarray(X)).float().div_(255.0)
+    return normalize(unit_tensor(X))
+
+
+def unit_tensor(X: np.ndarray, as_float: bool = True) -> torch.Tensor:
+    """uint8 (B, S, S, 3) RGB (or (B, S, S) gray, replicated) → (B, 3, S, S) in [0, 1] (``as_float``) or still
+    uint8 (0–255), contiguous: the training loop converts a whole split once with this, then indexes batches."""
+    x = torch.from_numpy(np.ascontiguousarray(X))
     x = x.unsqueeze(1).expand(-1, 3, -1, -1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
-    return (x - IMAGENET_MEAN) / IMAGENET_STD
+    return x.float().div_(255.0).contiguous() if as_float else x.contiguous()
 
 
-def augment_batch(x: torch.Tensor, gen: torch.Generator, flip: bool = True, scale=(0.75, 1.0),
-                  ratio=(0.9, 1.1), jitter: float = 0.2) -> torch.Tensor:
-    """Random resized crop + colour jitter (+ horizontal flip) of a normalised batch (B, 3, S, S), on the batch's
-    device (random numbers drawn on the CPU from ``gen``, so a run is seeded the same on every device)."""
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] (B, 3, S, S) → ImageNet-normalised, on the batch's device (a uint8 batch is scaled first)."""
+    if x.dtype == torch.uint8:
+        x = x.float().div_(255.0)
+    mean, std = IMAGENET_MEAN.to(x.device), IMAGENET_STD.to(x.device)
+    return (x - mean).div_(std)
+
+
+def augment_unit(x: torch.Tensor, gen: torch.Generator, flip: bool = True, scale=(0.75, 1.0),
+                 ratio=(0.9, 1.1), jitter: float = 0.2) -> torch.Tensor:
+    """Random resized crop + colour jitter (+ horizontal flip) of a [0, 1] batch (B, 3, S, S), batched on the
+    batch's device (random numbers drawn on the CPU from ``gen``, so a run is seeded the same on every device).
+    Resampling is bilinear with reflected borders, so it commutes with the per-channel normalisation: this equals
+    :func:`augment_batch` on the normalised batch (up to rounding) and saves its de- and re-normalisation."""
     B, _, S, _ = x.shape
     dev = x.device
-    mean, std = IMAGENET_MEAN.to(dev), IMAGENET_STD.to(dev)
     u = torch.rand(B, 6, generator=gen)
     area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
     r = ratio[0] + (ratio[1] - ratio[0]) * u[:, 1]
@@ -78,16 +94,22 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, flip: bool = True, scal
     theta = torch.zeros(B, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, cx, h, cy
     grid = F.affine_grid(theta.to(dev), list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    # colour jitter in [0, 1] space
-    img = out * std + mean
-    j = (1 + jitter * (2 * torch.rand(B, 3, 1, 1, 1, generator=gen) - 1)).to(dev)
-    img = img * j[:, 0]
+    img = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    # colour jitter: brightness, contrast, saturation (in place on the fresh resampled batch)
+    j = (1 + jitter * (2 * torch.rand(B, 3, 1, 1, 1, generator=gen) - 1)).to(dev, x.dtype)
+    img.mul_(j[:, 0])
     m = img.mean(dim=(1, 2, 3), keepdim=True)
-    img = (img - m) * j[:, 1] + m
+    img.sub_(m).mul_(j[:, 1]).add_(m)
     gray = img.mean(dim=1, keepdim=True)
-    img = ((img - gray) * j[:, 2] + gray).clamp(0, 1)
-    return (img - mean) / std
+    return img.sub_(gray).mul_(j[:, 2]).add_(gray).clamp_(0, 1)
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator, flip: bool = True, scale=(0.75, 1.0),
+                  ratio=(0.9, 1.1), jitter: float = 0.2) -> torch.Tensor:
+    """Random resized crop + colour jitter (+ horizontal flip) of a normalised batch (B, 3, S, S)
+    (:func:`augment_unit` in [0, 1] space, between de- and re-normalisation)."""
+    mean, std = IMAGENET_MEAN.to(x.device), IMAGENET_STD.to(x.device)
+    return normalize(augment_unit(x * std + mean, gen, flip=flip, scale=scale, ratio=ratio, jitter=jitter))
 
 
 _FEATURES: dict[tuple, np.ndarray] = {}

@@ -36,8 +36,8 @@ TABLE1_COLUMNS = ["task", "protocol", "input", "model", "backend", "aggregator",
                   "ci_low", "ci_high", "n_splits", "split_kind", "image_size", "epochs_run", "best_epoch",
                   "pretrained", "n_train_pictures", "n_train_sets", "n_test_pictures", "n_test_sets",
                   "transductive", "synthetic", "dataset"]
-TABLE2_COLUMNS = ["task", "input", "model", "backend", "device", "threads", "batch_size", "image_size", "input_unit",
-                  "seconds_per_input", "seconds_per_epoch", "coefficient_seconds_per_picture", "synthetic"]
+TABLE2_COLUMNS = ["task", "input", "model", "backend", "device", "precision", "threads", "batch_size", "image_size",
+                  "input_unit", "seconds_per_input", "seconds_per_epoch", "coefficient_seconds_per_picture", "synthetic"]
 # The rows the paper ran: its ResNet-34 on raw backend coefficients (α identity at k = 3, β expression, α gender)
 # or on 224-px pictures (k = 1), under its own protocol. Only these get the paper's figure beside them.
 PAPER_IMAGE_SIZE = 224
@@ -132,7 +132,8 @@ INPUT_UNIT = {"coefficients": "one coefficient vector (a k-set: its aggregate)",
 
 def table2(results: list[dict], synthetic: bool = False, coefficient_cost: dict | None = None) -> pd.DataFrame:
     """Training cost per (task, input, model, backend, device) — the ``paper`` protocol's run where there are
-    several — with what one "input" is, the batch size, image size, threads, and (``coefficient_cost``:
+    several — with what one "input" is, the precision it trained in (``fp32``/``bf16``/``fp16``; empty for results
+    recorded before it was), the batch size, image size, threads, and (``coefficient_cost``:
     backend → seconds per picture of reconstruction / fitting) the per-picture cost of getting coefficients."""
     chosen: dict[tuple, dict] = {}
     for r in results:
@@ -141,7 +142,8 @@ def table2(results: list[dict], synthetic: bool = False, coefficient_cost: dict 
             chosen[key] = r
     cost = coefficient_cost or {}
     rows = [{"task": k[0], "input": k[1], "model": k[2], "backend": k[3], "device": k[4],
-             "threads": v.get("torch_threads"), "batch_size": v.get("batch_size"), "image_size": v.get("image_size"),
+             "precision": v.get("precision"), "threads": v.get("torch_threads"), "batch_size": v.get("batch_size"),
+             "image_size": v.get("image_size"),
              "input_unit": INPUT_UNIT[_kind3(v)], "seconds_per_input": v.get("seconds_per_input"),
              "seconds_per_epoch": v.get("seconds_per_epoch"),
              "coefficient_seconds_per_picture": cost.get(k[3]) if _kind3(v) == "coefficients" else None,
@@ -317,7 +319,8 @@ def table2_markdown(t2: pd.DataFrame, provenance: dict) -> str:
     return (_header(provenance) + f"# {_title('Table 2 — training time', provenance)}\n\n" + markdown_table(d)
             + "\n\n`seconds_per_input`: one training pass (forward + backward + step, no evaluation) divided by "
               "the number of fit inputs; `input_unit` says what one input is (a coefficient vector — for the "
-              "identity protocol one 3-set aggregate — or one picture), at the batch size, image size, device "
+              "identity protocol one 3-set aggregate — or one picture), at the batch size, image size, device, "
+              "precision (the forward pass's autocast dtype; scikit-learn rows: what its solver computes in) "
               "and torch threads of the row. The coefficient route also pays `coefficient_seconds_per_picture` "
               "once per picture before any training: the median per picture of reconstruction (decode, detect, "
               "regress) plus fitting for `+fit` and ICT backends, measured when each picture was first coded (a "
