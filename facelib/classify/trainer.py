@@ -10,7 +10,10 @@ rate schedule over at most ``max_epochs``, early stopping when the validation ac
 ``patience`` epochs, and the best-validation checkpoint restored — the number of epochs comes from the validation
 curve, never from a time budget. The validation split is given by the caller (:mod:`facelib.classify.validation`:
 disjoint from the fit split in pictures, and in people where the protocol holds people out); without one a
-stratified split of the training data is carved. The scikit-learn baselines choose ``C`` on the same split.
+stratified split of the training data is carved. The scikit-learn baselines choose ``C`` on the same split
+(ascending grid; only the classifier is refitted, warm-started where it can be; the grid stops once validation
+accuracy has fallen twice in a row — ``C_tried`` and ``grid_stop`` say what ran). Precision: chosen by the device
+and input (:mod:`facelib.classify.precision`, overridable with ``precision``), returned as ``precision``.
 Seeds are fixed (``random``, ``numpy``, ``torch``), deterministic algorithms requested (``warn_only``), features
 standardised with statistics of the fit split only. The test side is never looked at before the end.
 Timing: ``seconds_per_epoch`` is the mean wall time of one training pass (forward+backward+step over the fit
