@@ -529,8 +529,8 @@ def _chip_geometry(landmarks: torch.Tensor, size: int, padding: float):
     B, P, _ = landmarks.shape
     tmpl, idx = chip_template(P, size, padding)
     dev = landmarks.device
-    src = torch.from_numpy(np.asarray(tmpl, np.float32)).to(dev)                    # chip points (P, 2)
-    dst = landmarks[:, torch.from_numpy(idx).to(dev)].float()                        # image points (B, P, 2)
+    src = torch.from_numpy(np.asarray(tmpl, np.float32)).to(dev)      # chip points (P, 2)
+    dst = landmarks[:, torch.from_numpy(idx).to(dev)].float()          # image points (B, P, 2)
     src_m, dst_m = src.mean(0), dst.mean(1)
     sx, sy = (src - src_m).unbind(-1)
     dx, dy = (dst - dst_m[:, None]).unbind(-1)
