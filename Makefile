@@ -14,7 +14,7 @@ DEPS_HASH := $(shell { cat pyproject.toml requirements.lock requirements-nodeps.
 STAMP  := $(VENV)/.deps-$(DEPS_HASH)
 PY     := $(VENV)/bin/python
 
-.PHONY: reproduce test test-fast lab env check-data notebooks-refresh clean-venv help
+.PHONY: reproduce test test-fast lab env check-data notebooks-refresh clean-venv help gpu-check
 
 help:
 	@echo "make reproduce [PARAMS=...] [DEVICE=cuda] [SET='seed=1 n_folds=5']  run the study, write reports/"
@@ -22,6 +22,7 @@ help:
 	@echo "make test                                            run the tests (pytest + nbval)"
 	@echo "make lab                                             JupyterLab with the study's kernel"
 	@echo "make notebooks-refresh                               re-execute the committed notebooks (CI parameters)"
+	@echo "make gpu-check                                       GPU timings + paper.yaml sized down (gpu_check.yaml) on CUDA"
 
 env: $(STAMP)
 
@@ -57,6 +58,18 @@ check-data: $(STAMP)
 
 notebooks-refresh: $(STAMP)
 	$(PY) -m facelib study --params notebooks/params/ci.yaml --refresh-committed
+
+# GPU check (README "GPU check"): versions + training-step timings first (useful even if the study fails), then
+# notebooks/params/gpu_check.yaml on CUDA (stopped after GPU_CHECK_LIMIT seconds), then each notebook's time and
+# Table 1. GPU_CHECK_PY=/path/to/python uses an environment that already has the packages (no .venv build).
+GPU_CHECK_LIMIT ?= 480
+GPU_CHECK_PY    ?=
+GPU_PY = $(or $(GPU_CHECK_PY),$(PY))
+gpu-check: $(if $(GPU_CHECK_PY),,$(STAMP))
+	$(GPU_PY) benchmarks/gpu_check.py
+	timeout -s INT -k 30 $(GPU_CHECK_LIMIT) $(GPU_PY) -m facelib study --params notebooks/params/gpu_check.yaml \
+	  --device cuda --run gpu_check $(foreach s,$(SET),--set $(s)); rc=$$?; \
+	  $(GPU_PY) benchmarks/gpu_check.py --summary reports/runs/gpu_check; exit $$rc
 
 clean-venv:
 	rm -rf $(VENV)

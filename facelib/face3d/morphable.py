@@ -89,6 +89,11 @@ def _as_tensor(x, device, dtype=torch.float32) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
 
 
+def _no_float64(a: np.ndarray) -> np.ndarray:
+    """float64 → float32 (the model's tensors go to devices without float64, e.g. Apple GPUs); others unchanged."""
+    return a.astype(np.float32) if a.dtype == np.float64 else a
+
+
 def _batch(x: torch.Tensor) -> torch.Tensor:
     return x.unsqueeze(0) if x.dim() == 1 else x
 
@@ -133,7 +138,7 @@ class MorphableModel:
         self.keypoint_ids = torch.from_numpy(kp.copy())
         # point_buf: (N, 8) face ids per vertex, 0-based; value F (== n_triangles) pads with a zero face
         self.point_buf = None if point_buf is None else torch.from_numpy(np.asarray(point_buf, dtype=np.int64))
-        self.extras = {k: torch.from_numpy(np.asarray(v)) for k, v in (extras or {}).items()}
+        self.extras = {k: torch.from_numpy(_no_float64(np.asarray(v))) for k, v in (extras or {}).items()}
         self.cache_path: Path | None = None   # from_bfm09: the .npz holding the converted model
         self.cache_hit = False                 # from_bfm09: whether it was read from that cache
         self.to(self.device)

@@ -28,7 +28,8 @@ raw fc output (``loss_metric`` adds no normalisation). Input normalisation: (pix
 averages stored in the file (122.782, 117.001, 104.298).
 
 Entry points: :func:`load_dlib_resnet`, :func:`embed` (differentiable crop + descriptor for rendered images),
-:func:`chip_from_image` (dlib's own crop, for reference), :func:`perceptual_distance` (1 − cosine).
+:func:`chip_from_image` (dlib's own crop, for reference), :func:`perceptual_distance` (1 − cosine). The chip
+geometry runs in float32 real arithmetic (no float64, no complex), so the crop runs on Apple GPUs too.
 
 Length (~650 lines): a line-by-line port of dlib's serialised network (the .dat parser must mirror dlib's
 format and layer order); splitting it would separate the parser from the layers it builds.
@@ -506,28 +507,44 @@ def chip_template(num_points: int, size: int = CHIP_SIZE, padding: float = CHIP_
     return (padding + tmpl) / (2 * padding + 1) * size, idx
 
 
+def _points(landmarks, device) -> torch.Tensor:
+    """Landmarks as float32 on ``device``, converted on the CPU side first (Apple GPUs have no float64); a tensor
+    that requires grad keeps it."""
+    if isinstance(landmarks, torch.Tensor):
+        return landmarks.float().to(device)
+    return torch.from_numpy(np.ascontiguousarray(landmarks, dtype=np.float32)).to(device)
+
+
 def _chip_geometry(landmarks: torch.Tensor, size: int, padding: float):
-    """dlib's chip_details for landmarks (B,P,2): (centre, rotation·k) as complex tensors and the scale, such that
-    chip pixel (u, v) is sampled at image point centre + rotk·((u − (size−1)/2) + i(v − (size−1)/2)).
+    """dlib's chip_details for landmarks (B,P,2): the chip centre's image point ``centre`` (B,2), ``rotk`` (B,2) =
+    k·(cos θ, sin θ) and the scale (B,), such that chip pixel (u, v) is sampled at image point
+    centre + R(rotk)·(u − (size−1)/2, v − (size−1)/2), R(c, s) = [[c, −s], [s, c]] (a rotation by θ times k).
 
     dlib fits a least-squares similarity (Umeyama) chip → image, keeps its angle and scale s and the image c of
     the chip centre (size/2, size/2), and spans a rectangle of width size·s − 1 centred on c with the chip's
-    corner pixels, so one chip pixel step is k = (size·s − 1)/(size − 1) image pixels."""
+    corner pixels, so one chip pixel step is k = (size·s − 1)/(size − 1) image pixels.
+
+    float32 and real arithmetic only (device paths: Apple GPUs have no float64 or complex); the closed form is the
+    complex one a = Σ conj(s)·d / Σ|s|² written out on centred points, exact to float32 rounding."""
     B, P, _ = landmarks.shape
     tmpl, idx = chip_template(P, size, padding)
-    dt = torch.float64
-    src = torch.as_tensor(tmpl, dtype=dt, device=landmarks.device)                 # chip points
-    dst = landmarks[:, torch.as_tensor(idx, device=landmarks.device)].to(dt)     # image points
-    src_c = src - src.mean(0)
-    dst_c = dst - dst.mean(1, keepdim=True)
-    # Closed-form 2-D similarity (= Umeyama without reflection): a = Σ conj(s)·d / Σ|s|² = scale·e^{iθ}
-    zs = torch.complex(src_c[:, 0], src_c[:, 1])
-    zd = torch.complex(dst_c[..., 0], dst_c[..., 1])
-    a = (zs.conj()[None] * zd).sum(1) / (zs.abs() ** 2).sum()
-    t = torch.complex(dst[..., 0].mean(1), dst[..., 1].mean(1)) - a * torch.complex(src[:, 0].mean(), src[:, 1].mean())
-    scale = a.abs()
-    centre = a * complex(size / 2, size / 2) + t
-    rotk = a / scale * (size * scale - 1) / (size - 1)
+    dev = landmarks.device
+    src = torch.from_numpy(np.asarray(tmpl, np.float32)).to(dev)      # chip points (P, 2)
+    dst = landmarks[:, torch.from_numpy(idx).to(dev)].float()          # image points (B, P, 2)
+    src_m, dst_m = src.mean(0), dst.mean(1)
+    sx, sy = (src - src_m).unbind(-1)
+    dx, dy = (dst - dst_m[:, None]).unbind(-1)
+    # closed-form 2-D similarity (= Umeyama without reflection): a = scale·e^{iθ} = (a_re, a_im)
+    den = (sx * sx + sy * sy).sum()
+    a_re = (sx * dx + sy * dy).sum(1) / den
+    a_im = (sx * dy - sy * dx).sum(1) / den
+    scale = torch.sqrt(a_re * a_re + a_im * a_im)
+    t_x = dst_m[:, 0] - (a_re * src_m[0] - a_im * src_m[1])
+    t_y = dst_m[:, 1] - (a_re * src_m[1] + a_im * src_m[0])
+    h = size / 2
+    centre = torch.stack([(a_re - a_im) * h + t_x, (a_re + a_im) * h + t_y], -1)
+    k = (size * scale - 1) / (size - 1) / scale
+    rotk = torch.stack([a_re * k, a_im * k], -1)
     return centre, rotk, scale
 
 
@@ -551,13 +568,13 @@ def _pyr_down(x: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, k.view(1, 1, 5, 1).expand(C, 1, 5, 1), stride=(2, 1), groups=C)
 
 
-def _dlib_level_point(z: torch.Tensor, levels: int) -> torch.Tensor:
-    """Image point z (complex) → coordinates in our pyramid level ``levels`` as dlib samples it. dlib maps points
+def _dlib_level_point(x: torch.Tensor, y: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image point (x, y) → coordinates in our pyramid level ``levels`` as dlib samples it. dlib maps points
     down with point_down(p) = p/2 − (1.25, 0.75) while its filter centres level pixel j on 2j + 2, so each level
     shifts the sample by (−0.5, +0.5) of that level's input pixels; reproduced here."""
     for _ in range(levels):
-        z = z / 2 - complex(1.25, 0.75)
-    return z
+        x, y = x / 2 - 1.25, y / 2 - 0.75
+    return x, y
 
 
 def extract_chips(images: torch.Tensor, landmarks: torch.Tensor, size: int = CHIP_SIZE,
@@ -565,15 +582,17 @@ def extract_chips(images: torch.Tensor, landmarks: torch.Tensor, size: int = CHI
     """Differentiable face chips (B,3,size,size) from images (B,3,H,W) with dlib's ``get_face_chip`` geometry:
     the same similarity alignment and, when the face is more than ~2× the chip (``antialias``), the same
     pyramid_down<2> pre-filtering before bilinear sampling. Differentiable w.r.t. images and landmarks; differs
-    from dlib's uint8 chip only by dlib's rounding/truncation (and pyramid grid phase)."""
-    landmarks = torch.as_tensor(landmarks, device=images.device)
+    from dlib's uint8 chip only by dlib's rounding/truncation (and pyramid grid phase). float32 throughout."""
+    landmarks = _points(landmarks, images.device)
     centre, rotk, scale = _chip_geometry(landmarks, size, padding)
-    u = torch.arange(size, dtype=torch.float64, device=images.device) - (size - 1) / 2
-    zu = torch.complex(u[None, :].expand(size, size), u[:, None].expand(size, size))   # [row, col] → x + iy
+    u = torch.arange(size, dtype=torch.float32, device=images.device) - (size - 1) / 2
+    ux, uy = u[None, :].expand(size, size), u[:, None].expand(size, size)   # [row, col] offsets: x, y
     out = []
     for b in range(images.shape[0]):
         img = images[b:b + 1]
-        pts = centre[b] + rotk[b] * zu
+        c, s = rotk[b, 0], rotk[b, 1]
+        px = centre[b, 0] + c * ux - s * uy
+        py = centre[b, 1] + s * ux + c * uy
         levels = _pyramid_levels(float(scale[b].detach()), size) if antialias else 0
         for _ in range(levels):
             if min(img.shape[-2:]) <= 8:
@@ -581,9 +600,10 @@ def extract_chips(images: torch.Tensor, landmarks: torch.Tensor, size: int = CHI
             img = _pyr_down(img)
         # dlib level-l pixel j holds the content at 2j+2 of level l−1; our pyramid is built the same way from
         # the full image (dlib's from a sub-image with an integer offset), so the level coordinates coincide.
-        pts = _dlib_level_point(pts, levels) if levels else pts
+        if levels:
+            px, py = _dlib_level_point(px, py, levels)
         H, W = img.shape[-2:]
-        grid = torch.stack([pts.real / (W - 1) * 2 - 1, pts.imag / (H - 1) * 2 - 1], -1)[None].to(img.dtype)
+        grid = torch.stack([px / (W - 1) * 2 - 1, py / (H - 1) * 2 - 1], -1)[None].to(img.dtype)
         out.append(F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=True))
     return torch.cat(out)
 
@@ -595,7 +615,7 @@ def embed(images: torch.Tensor, landmarks: torch.Tensor | np.ndarray, model: Dli
     landmarks when given as a tensor requiring grad)."""
     if model is None:
         model = _default_model()
-    landmarks = torch.as_tensor(landmarks, device=images.device)
+    landmarks = _points(landmarks, images.device)
     if landmarks.dim() == 2:
         landmarks = landmarks[None]
     if images.dim() == 3:

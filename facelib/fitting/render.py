@@ -67,6 +67,8 @@ __all__ = [
 
 _INT64_MAX = torch.iinfo(torch.int64).max
 _LOW32 = 0xFFFFFFFF
+# rasterize(zbuffer="auto") by device type: MPS has no int64 scatter-min, so it takes the float z-buffer
+AUTO_ZBUFFER = {"mps": "float"}
 
 
 @dataclass
@@ -183,7 +185,8 @@ def rasterize(verts: torch.Tensor, faces: torch.Tensor, height: int, width: int,
     See the module docstring for the coordinate and depth conventions. Returns :class:`Fragments`.
     ``zbuffer``: ``"packed"`` (one int64 ``scatter_reduce(amin)`` of depth bits ‖ triangle id), ``"float"`` (two
     float32 ``scatter_reduce(amin)`` passes: depth, then triangle id among the nearest — for backends without
-    int64 scatter-min, e.g. MPS) or ``"auto"`` (float on MPS, packed elsewhere). Both give the same result.
+    int64 scatter-min, e.g. MPS) or ``"auto"`` (:data:`AUTO_ZBUFFER`: float on MPS, packed elsewhere). Both give the
+    same result.
     """
     if verts.dim() == 2:
         verts = verts.unsqueeze(0)
@@ -218,7 +221,7 @@ def rasterize(verts: torch.Tensor, faces: torch.Tensor, height: int, width: int,
         live = torch.nonzero((bw * bh) > 0).squeeze(1)
         zbuf = torch.full((B * HW,), _INT64_MAX, dtype=torch.int64, device=dev)
         if zbuffer == "auto":
-            zbuffer = "float" if dev.type == "mps" else "packed"
+            zbuffer = AUTO_ZBUFFER.get(dev.type, "packed")
         if zbuffer not in ("packed", "float"):
             raise ValueError(f"zbuffer must be 'auto', 'packed' or 'float', got {zbuffer!r}")
         packed = zbuffer == "packed"

@@ -205,13 +205,13 @@ class Composer:
         dev = self.f.device
         img = torch.from_numpy(np.ascontiguousarray(data.crops[idx][..., ::-1])).to(dev).float() / 255.0
         out = {"image": img.permute(0, 3, 1, 2).contiguous(),
-               "lm": torch.from_numpy(data.target_lm[idx]).to(dev).float(),
+               "lm": torch.from_numpy(np.asarray(data.target_lm[idx], np.float32)).to(dev),  # float32 before it moves
                "rois": torch.from_numpy(np.asarray(data.rois[idx], np.float32)).to(dev),
                "attention": None, "emb": None}
         if data.attention is not None:
             out["attention"] = (torch.from_numpy(data.attention[idx]).to(dev).float() / 255.0).unsqueeze(1)
         if data.emb_target is not None:
-            out["emb"] = torch.from_numpy(data.emb_target[idx]).to(dev).float()
+            out["emb"] = torch.from_numpy(np.asarray(data.emb_target[idx], np.float32)).to(dev)
         return out
 
 
