@@ -368,7 +368,7 @@ def test_study_rnet_writes_the_run_tables(table, assets_dir, tmp_path):
     run lists it among its coefficient variants (notebook 04 classifies it)."""
     run = Run({"out_dir": str(tmp_path / "run"), "backend": "tddfa", "rnet": True})
     settings = {"epochs": 1, "batch_size": 4, "image_size": 64, "mesh_vertices": 2000, "cnet": False,
-                "targets": "table", "parts": 2}
+                "targets": "table", "parts": 2, "tuned_on_test": "epochs picked on test"}
     tables, summary = crossfit.study_rnet({"kdef": table}, run, settings, assets_folder=assets_dir,
                                           progress=False)
     path = run.coeffs("kdef", rnet=True)
@@ -378,6 +378,11 @@ def test_study_rnet_writes_the_run_tables(table, assets_dir, tmp_path):
     assert list(summary["part"]) == [0, 1] and (summary["loss_after"] < summary["loss_before"]).all()
     # no data-built texture basis, per-part skin models: nothing learnt from the coded pictures, no flag
     assert "transductive" not in back.columns
+    # settings declared as chosen on test flag every row (Table 1's tuned_on_test); the part probe is recorded
+    assert (back.loc[back["status"] == "ok", "tuned_on_test"] == "epochs picked on test").all()
+    probe = json.loads((run.dir / "coeffs" / "rnet_part_probe.json").read_text())
+    assert set(probe["kdef"]) == {"raw", "centered"} and probe["kdef"]["raw"]["n_people"] == 4
+    assert summary["part_probe_kdef_raw"].iloc[0] == round(probe["kdef"]["raw"]["accuracy"], 3)
 
 
 def test_resnet50_takes_the_official_trunk(tmp_path, assets_dir):

@@ -33,14 +33,68 @@ def _row(**kw):
 
 def test_paper_column_only_beside_comparable_rows():
     P = tables.paper_figure
-    assert P(_row()) == 0.835 and P(_row(task="identity", input="alpha", k=3)) == 1.0
+    assert P(_row()) == 0.835
     assert P(_row(input="image", image_size=224)) == 0.706
+    # identity 3-sets: only the paper's aggregator (C-Net) over every subset, by a set-trained model, on a raw backend
+    ident = dict(task="identity", input="alpha", k=3, trained_k=3, aggregator="cnet", max_sets=None)
+    assert P(_row(**ident)) == 1.0 and P(_row(**ident, backend="deep3d")) == 1.0
     for row in (_row(model="logreg"), _row(model="svm"), _row(backend="tddfa+fit_full"),
                 _row(protocol="subject_independent"), _row(input="image", image_size=64), _row(input="alpha"),
                 _row(task="identity", input="alpha", k=1), _row(input="hog", model="linsvm"),
-                _row(dataset="folder"), _row(task="gender", input="alpha", dataset="kdef")):
-        assert P(row) is None, dict(row)  # the last two: data the paper did not run that task on
+                _row(dataset="folder"), _row(task="gender", input="alpha", dataset="kdef"),
+                # finding 7: these used to qualify
+                _row(backend="ict"), _row(backend="tddfa+rnet"), _row(**{**ident, "aggregator": "mean"}),
+                _row(**{**ident, "aggregator": "median"}), _row(**{**ident, "max_sets": 60}),
+                _row(**{**ident, "trained_k": 1}), _row(input="image", image_size=224, task="identity",
+                                                        max_sets=100)):
+        assert P(row) is None, dict(row)
     assert P(_row(dataset="kdef")) == 0.835 and P(_row(task="gender", input="alpha", dataset="fei")) == 0.954
+    assert P(_row(transductive="texture basis from test pictures")) is None
+    assert P(_row(tuned_on_test=True)) is None
+
+
+def _result(**kw):
+    base = dict(task="expression", protocol="subject_independent", input="beta", model="resnet34", backend="tddfa",
+                k=1, n_folds=2, split_kind="folds", leak_free=True, transductive="", epochs_max=150,
+                recipe={"patience": 15}, accuracy_by_k={"1": {"mean": 0.8, "std": 0.01, "ci": None,
+                                                              "n_test": [10, 10], "best_epochs": [20, 30],
+                                                              "epochs_run": [35, 45], "trained_k": 1}},
+                n_fit_pictures=[150, 150], n_val_pictures=[50, 50], n_fit_sets=[0, 0], n_val_sets=[0, 0],
+                n_test_pictures=[10, 10])
+    return {**base, **kw}
+
+
+def test_leak_free_false_when_transductive_and_best_among_leak_free():
+    """Finding 2: a transductive row is not leak-free (even from an old result JSON that said so), the pivot keeps
+    the flags, and "best" picks among leak-free rows only and says so."""
+    clean = _result()
+    trans = _result(backend="ict+fit_full", transductive="texture basis from test pictures", leak_free=True,
+                    accuracy_by_k={"1": {**clean["accuracy_by_k"]["1"], "mean": 0.95}})
+    tuned = _result(backend="tddfa+rnet", tuned_on_test="chosen on test",
+                    accuracy_by_k={"1": {**clean["accuracy_by_k"]["1"], "mean": 0.9}})
+    t1 = tables.table1([clean, trans, tuned])
+    assert t1["leak_free"].tolist() == [True, False, True] and t1["tuned_on_test"].tolist() == [False, False, True]
+    best = tables.table1_best(t1)
+    assert len(best) == 1 and best["backend"].iloc[0] == "tddfa" and best["best accuracy"].iloc[0] == 0.8
+    assert best["chosen_among"].iloc[0] == "best of 1 leak-free rows (not tuned on test) on the test split"
+    pivot = tables.table1_pivot(t1)
+    cells = {c[2]: pivot[c].iloc[0] for c in pivot.columns}
+    assert cells["ict+fit_full"].endswith("†") and cells["tddfa+rnet"].endswith("‡") and "†" not in cells["tddfa"]
+    assert "†" in pivot.attrs["caption"]
+    notes = tables.table1_footnotes(t1)
+    assert "`tddfa+rnet`" in notes and tables.FOOTNOTE_TUNED in notes and tables.FOOTNOTE_LEAK_FREE in notes
+
+
+def test_caps_counts_and_at_cap_columns():
+    """Findings 3 and 8: fit / validation counts apart, the caps, and a flag when the best epoch is the cap."""
+    r = _result(accuracy_by_k={"1": {**_result()["accuracy_by_k"]["1"], "best_epochs": [150, 30]}})
+    row = tables.table1([r, _result()]).iloc[0]
+    assert row["n_fit_pictures"] == 150 and row["n_val_pictures"] == 50 and "n_train_pictures" not in row
+    assert row["epochs_max"] == 150 and row["patience"] == 15 and bool(row["at_cap"])
+    assert not tables.table1([_result()])["at_cap"].iloc[0]
+    sk = tables.table1([_result(model="logreg", epochs_max=None, recipe={"patience": None})]).iloc[0]
+    assert not sk["at_cap"] and sk["patience"] is None
+    assert set(tables.TABLE1_GLOSSARY) == set(tables.TABLE1_COLUMNS)
 
 
 def test_per_angle_plot_with_fitted_variants(tmp_path, results):
@@ -78,8 +132,9 @@ def test_write_tables(tmp_path, results):
     t1 = pd.read_csv(tmp_path / "table1.csv")
     assert list(t1.columns) == tables.TABLE1_COLUMNS
     assert len(t1) == 4 and t1["accuracy_mean"].between(0, 1).all() and t1["synthetic"].all()
-    assert {"k", "leak_free", "image_size", "epochs_run", "best_epoch", "pretrained", "n_train_pictures",
-            "n_train_sets", "n_test_pictures", "n_test_sets"} <= set(t1.columns)
+    assert {"k", "leak_free", "image_size", "epochs_run", "best_epoch", "pretrained", "n_fit_pictures",
+            "n_val_pictures", "n_fit_sets", "n_test_pictures", "n_test_sets", "epochs_max", "patience",
+            "at_cap", "trained_k", "tuned_on_test"} <= set(t1.columns)
     assert t1["aggregator"].isna().all()  # only results on aggregated sets name an aggregator
     t2 = pd.read_csv(tmp_path / "table2.csv")
     assert list(t2.columns) == tables.TABLE2_COLUMNS and t2["synthetic"].all()

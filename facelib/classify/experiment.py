@@ -6,8 +6,17 @@ aggregate), **images** (ResNet-34 on the colour head crops) and per-picture **fe
 ``dlib``). Per-picture models (images, features) train on the fold's pictures; on a set protocol (the paper's
 identity) they are also scored on the test *sets* — the mean of the members' class scores — and set-trained
 coefficient models are also scored on single test pictures, so every model has a k = 1 and a k = 3 figure
-(``accuracy_by_k``). Every split gets an inner validation split (:mod:`facelib.classify.validation`) for model
-selection; the test side is used once, at the end.
+(``accuracy_by_k``). The k = 1 figure of a coefficient model on a set protocol comes from a second model of the
+same kind trained and selected on single pictures (the same fit / validation pictures), not from the set-trained
+model scored off-design. Every split gets an inner validation split (:mod:`facelib.classify.validation`) for model
+selection (C, early stopping, best epoch); models are *not* refit on fit + validation, so they learn from
+``n_fit_pictures`` (both arms alike). The test side is used once, at the end (``evaluate="validation"`` scores the
+inner validation side instead and never touches it: for choosing settings, e.g. benchmarks/bench_rnet.py quality).
+
+Uncertainty: mean ± std over repeats / folds; a single split, and the protocols whose folds are held-out conditions
+(:data:`facelib.classify.protocols.POOLED`: cross-angle, leave-expression-out), report the accuracy pooled over
+every test picture with a 95 % interval from resampling *people* (:func:`bootstrap_ci` with ``groups``), and the
+per-condition accuracies beside (``fold_labels``, ``fold_accuracies``).
 """
 from __future__ import annotations
 
@@ -55,9 +64,10 @@ class TaskResult:
     fold_names: list
     fold_accuracies: list
     accuracy_mean: float
-    accuracy_std: float | None     # None for a single split (see accuracy_ci)
-    accuracy_ci: list | None       # bootstrap 95 % interval (single split), else None
-    accuracy_by_k: dict            # "1"/"3" → {fold_accuracies, mean, std, ci, n_test}
+    accuracy_std: float | None     # None for a single split and pooled folds (see accuracy_ci)
+    accuracy_ci: list | None       # 95 % interval from resampling people (single split, pooled folds), else None
+    accuracy_by_k: dict            # "1"/"3" → {fold_accuracies, mean, std, ci, ci_unit, n_test, trained_k,
+                                   #            best_epochs, epochs_run, C} (training facts of the model scored)
     n_folds: int
     n_train: float                 # training samples (fit + validation) per split, mean
     n_test: float
@@ -85,7 +95,7 @@ class TaskResult:
     confusion: list
     per_angle_accuracy: dict
     per_angle_counts: dict
-    leak_free: bool
+    leak_free: bool                # the protocol is leak-free AND nothing transductive fed the coefficients
     leakage: str
     transductive: str
     protocol_info: dict
@@ -94,6 +104,15 @@ class TaskResult:
     torch_version: str = torch.__version__
     aggregator: str | None = None   # identity sets: mean / median / cnet (None: no sets)
     predictions: list = field(default_factory=list)
+    protocol_leak_free: bool | None = None  # the protocol's own flag (protocols.is_leak_free)
+    tuned_on_test: str = ""        # why the coefficients' settings were chosen on Table 1's test folds ('' : not)
+    n_fit_pictures: list = field(default_factory=list)  # distinct pictures models were fit on, per split
+    n_val_pictures: list = field(default_factory=list)  # distinct pictures they were selected on (C, epochs)
+    n_fit_sets: list = field(default_factory=list)      # k-sets fit on (set protocols; 0 otherwise)
+    n_val_sets: list = field(default_factory=list)
+    fold_labels: list = field(default_factory=list)     # the held-out condition of each split (e.g. FL+FR)
+    evaluated_on: str = "test"     # "validation": scored on the inner validation side (choosing settings)
+    part_centered: bool = False    # R-Net coefficients: each cross-fit part's fit-split mean subtracted per split
 
     def to_dict(self) -> dict:
         return _jsonable(asdict(self))
@@ -141,24 +160,46 @@ def _kind(input: str) -> str:
     return "images" if input == "image" else "features" if input in FEATURE_INPUTS else "coefficients"
 
 
+def _column_note(df: pd.DataFrame, column: str) -> str:
+    if column not in df.columns:
+        return ""
+    return "; ".join(sorted(set(df[column].astype(str)) - {"", "nan", "None", "False", "<NA>"}))
+
+
 def transductive_note(df: pd.DataFrame) -> str:
     """'' when the coefficients used nothing learnt from the evaluation pictures; else what was (the table's
     ``transductive`` column when the fitting stage writes one; a full fit's texture basis and skin model)."""
-    if "transductive" in df.columns and df["transductive"].astype(str).str.len().gt(0).any():
-        return "; ".join(sorted(set(df["transductive"].astype(str)) - {"", "nan", "None"}))
+    if _column_note(df, "transductive"):
+        return _column_note(df, "transductive")
     backend = str(df["backend"].iloc[0]) if "backend" in df.columns and len(df) else ""
     if "fit_full" in backend or backend.endswith("+full"):
         return "texture basis and skin model built from this table's pictures (test pictures included)"
     return ""
 
 
-def bootstrap_ci(correct: np.ndarray, seed: int = 0, n: int = N_BOOTSTRAP) -> list[float]:
-    """Percentile bootstrap 95 % interval of the mean of a 0/1 vector (seeded)."""
+def tuned_on_test_note(df: pd.DataFrame) -> str:
+    """'' unless the coefficient table says its settings were chosen on Table 1's test folds (its
+    ``tuned_on_test`` column, written by :func:`facelib.fitting.crossfit.study_rnet` from ``rnet_settings``)."""
+    return _column_note(df, "tuned_on_test")
+
+
+def bootstrap_ci(correct: np.ndarray, seed: int = 0, n: int = N_BOOTSTRAP, groups=None) -> list[float]:
+    """Percentile bootstrap 95 % interval of the mean of a 0/1 vector (seeded). With ``groups`` (the person of
+    each item) a cluster bootstrap: *people* are drawn with replacement and each draw's accuracy is its people's
+    correct items over their items — pictures of one person are not independent, so this is the honest interval;
+    without, items are resampled as if independent."""
     correct = np.asarray(correct, dtype=np.float64)
     if not len(correct):
         return [float("nan"), float("nan")]
     rng = np.random.default_rng(seed)
-    means = correct[rng.integers(0, len(correct), size=(n, len(correct)))].mean(1)
+    if groups is None:
+        means = correct[rng.integers(0, len(correct), size=(n, len(correct)))].mean(1)
+    else:
+        _, inv = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+        hits, counts = np.bincount(inv, weights=correct), np.bincount(inv).astype(np.float64)
+        g = len(counts)
+        draws = rng.multinomial(g, np.full(g, 1.0 / g), size=n)  # times each person is drawn
+        means = (draws @ hits) / (draws @ counts)
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
@@ -171,8 +212,10 @@ def run_task(coeffs_df: pd.DataFrame, task: str, protocol: str = "paper", input:
     (per-picture features). ``model``: ``resnet34``, ``mlp``, ``logreg``, ``svm``, ``linsvm``, ``fisherfaces``.
     Options (keyword only; see :func:`_run_task`): ``backend, n_folds, epochs`` (the cap; runs stop on the
     validation curve), ``seed, device, image_size, batch_size, lr, weight_decay, val_fraction, patience,
-    aggregator, pretrained, crop_to_box, protocol_kwargs, keep_predictions, num_threads, verbose, progress``
-    (``progress``: an epoch bar per network trained).
+    aggregator, pretrained, crop_to_box, protocol_kwargs, keep_predictions, num_threads, verbose, progress,
+    evaluate, center_parts`` (``progress``: an epoch bar per network trained; ``evaluate``: ``"test"``, or
+    ``"validation"`` to score each split's inner validation side — carved from its training side — and never its
+    test side; ``center_parts``: on R-Net tables, subtract each cross-fit part's fit-split mean, default on).
     ``num_threads`` sets ``torch.set_num_threads`` for the run (restored after).
     Raises :class:`facelib.classify.protocols.ProtocolUnavailable` when the protocol cannot run on this data.
     """
@@ -199,7 +242,7 @@ def _run_task(coeffs_df, *, task, protocol, input, model, backend=None, n_folds=
               device=None, image_size=None, batch_size=None, lr=RECIPE["lr"], weight_decay=RECIPE["weight_decay"],
               val_fraction=RECIPE["val_fraction"], patience=None, aggregator=None, pretrained=False,
               crop_to_box=True, protocol_kwargs=None, keep_predictions=True, verbose=False,
-              progress=False) -> TaskResult:
+              progress=False, evaluate="test", center_parts=True) -> TaskResult:
     t_start = time.perf_counter()
     input = input or TASK_DEFAULT_INPUT.get(task, "alpha")
     if input not in INPUTS:
@@ -228,23 +271,37 @@ def _run_task(coeffs_df, *, task, protocol, input, model, backend=None, n_folds=
     if aggregator is not None:
         kwargs.setdefault("aggregator", aggregator)
     folds = P.make_folds(df, task, protocol, **kwargs)
-
     label = P.label_column(task)
+    if evaluate == "validation":  # the test side is never scored: each split's inner validation side is
+        folds = [P.Fold(*inner_split(df, f, label, val_fraction, seed=seed * 1000 + i)[:2], name=f.name,
+                        aggregator=f.aggregator, info={**f.info, "evaluated_on": "validation"})
+                 for i, f in enumerate(folds)]
+    elif evaluate != "test":
+        raise ValueError(f"evaluate must be 'test' or 'validation', got {evaluate!r}")
+
     classes = _classes(task, df[label])
     y_all = df[label].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy()
     image_ids = df["image_id"].astype(str).to_numpy() if "image_id" in df.columns else np.arange(len(df)).astype(str)
     angles = df["angle"].astype(str).to_numpy() if "angle" in df.columns else None
+    people = df["subject"].astype(str).to_numpy() if "subject" in df.columns else None
     boxes = _boxes(df, crop_to_box) if kind != "coefficients" else None
-    X_all = input_matrix(df, input) if kind == "coefficients" else \
+    X_all = X_raw = input_matrix(df, input) if kind == "coefficients" else \
         picture_features(df, input, boxes) if kind == "features" else None
     paths = df["path"].astype(str).to_numpy() if "path" in df.columns else None
+    # R-Net tables: each person is coded by one of the cross-fit networks, which leave a per-network offset a
+    # probe finds on unseen people (crossfit.part_probe); per split, every part's fit-split mean is removed
+    parts = df["rnet_part"].to_numpy() if kind == "coefficients" and center_parts and "rnet_part" in df.columns \
+        and df["rnet_part"].notna().all() and df["rnet_part"].nunique() > 1 else None
+    if parts is not None:
+        from ..fitting.crossfit import center_parts as _center  # heavy module: only for R-Net tables
     k_protocol = int(folds[0].train.shape[1]) if folds[0].is_sets else 1
 
     conf = np.zeros((len(classes), len(classes)), dtype=np.int64)
     angle_hits: dict[str, list[int]] = {}
     by_k: dict[int, dict] = {}
     acc = {key: [] for key in ("fold", "n_tr", "n_te", "tr_pic", "te_pic", "tr_set", "te_set", "n_val", "spi", "spe",
-                               "tsec", "best", "run", "C", "bs")}
+                               "tsec", "best", "run", "C", "bs", "fit_pic", "val_pic", "fit_set", "val_set")}
+    epoch_based = model not in SKLEARN_MODELS
     preds, how, flip = [], "", None
     for fi, fold in enumerate(folds):
         fseed = seed * 1000 + fi
@@ -252,22 +309,28 @@ def _run_task(coeffs_df, *, task, protocol, input, model, backend=None, n_folds=
         shown = dict(progress=progress, desc=f"{task}/{protocol} {input}→{model} split {fi + 1}/{len(folds)}")
         test_pics = fold.test_images
         y_of = (lambda s: y_all[s[:, 0]] if s.ndim == 2 else y_all[s])  # noqa: E731 — a set is one person's
+        fit_p, val_p = np.unique(fit.ravel()), np.unique(val.ravel())  # the same pictures for every arm
+        res_pic = None  # the model scored at k = 1 when it is not the main one
         if kind == "coefficients":
             agg = fold.aggregator or aggregator
+            X_all = X_raw if parts is None else _center(X_raw, parts, fit_p)
             Xfit, Xval = aggregate_sets(X_all, fit, agg), aggregate_sets(X_all, val, agg)
-            X_eval = np.concatenate([aggregate_sets(X_all, fold.test, agg)] + ([X_all[test_pics]] if fold.is_sets
-                                                                              else []))
             bs = int(batch_size or default_batch_size("vector", len(Xfit)))
-            res = train_vector_model(Xfit, y_of(fit), X_eval, X_val=Xval, y_val=y_of(val), model=model,
-                                     n_classes=len(classes), epochs=epochs_max, batch_size=bs, lr=lr,
-                                     weight_decay=weight_decay, patience=patience, device=device, seed=fseed,
-                                     verbose=verbose, **shown)
-            n_sets = len(fold.test)
-            scores_main = res["scores"][:n_sets]
-            scores_pic = res["scores"][n_sets:] if fold.is_sets else scores_main
+            res = train_vector_model(Xfit, y_of(fit), aggregate_sets(X_all, fold.test, agg), X_val=Xval,
+                                     y_val=y_of(val), model=model, n_classes=len(classes), epochs=epochs_max,
+                                     batch_size=bs, lr=lr, weight_decay=weight_decay, patience=patience,
+                                     device=device, seed=fseed, verbose=verbose, **shown)
+            scores_main = scores_pic = res["scores"]
+            if fold.is_sets:  # k = 1 by design: trained and selected on the single fit / validation pictures
+                res_pic = train_vector_model(
+                    X_all[fit_p], y_all[fit_p], X_all[test_pics], X_val=X_all[val_p], y_val=y_all[val_p],
+                    model=model, n_classes=len(classes), epochs=epochs_max,
+                    batch_size=int(batch_size or default_batch_size("vector", len(fit_p))), lr=lr,
+                    weight_decay=weight_decay, patience=patience, device=device, seed=fseed, verbose=verbose,
+                    **{**shown, "desc": shown["desc"] + " (k = 1 model)"})
+                scores_pic = res_pic["scores"]
             n_fit_samples = len(Xfit)
         else:
-            fit_p, val_p = np.unique(fit.ravel()), np.unique(val.ravel())
             if kind == "features":
                 bs = int(batch_size or default_batch_size("vector", len(fit_p)))
                 res = train_vector_model(X_all[fit_p], y_all[fit_p], X_all[test_pics], X_val=X_all[val_p],
@@ -289,15 +352,21 @@ def _run_task(coeffs_df, *, task, protocol, input, model, backend=None, n_folds=
             scores_main = scores_pic[np.searchsorted(test_pics, fold.test)].mean(1) if fold.is_sets else scores_pic
             n_fit_samples = len(fit_p)
         # every model at k = 1 (single test pictures) and, on a set protocol, at the protocol's k
-        evals = {1: (scores_pic, test_pics)}
+        trained_k = k_protocol if kind == "coefficients" else 1
+        evals = {1: (scores_pic, test_pics, res_pic or res, 1 if res_pic is not None else trained_k)}
         if fold.is_sets:
-            evals[k_protocol] = (scores_main, fold.test)
-        for kk, (sc, items) in evals.items():
+            evals[k_protocol] = (scores_main, fold.test, res, trained_k)
+        for kk, (sc, items, r_k, tk) in evals.items():
             correct = (np.asarray(sc).argmax(1) == y_of(items)).astype(np.int8)
-            d = by_k.setdefault(kk, {"fold_accuracies": [], "n_test": [], "correct": []})
+            d = by_k.setdefault(kk, {"fold_accuracies": [], "n_test": [], "correct": [], "groups": [],
+                                     "best_epochs": [], "epochs_run": [], "C": [], "trained_k": tk})
             d["fold_accuracies"].append(float(correct.mean()))
             d["n_test"].append(int(len(items)))
             d["correct"].append(correct)
+            d["groups"].append(None if people is None else people[items[:, 0] if items.ndim == 2 else items])
+            d["best_epochs"].append(int(r_k["best_epoch"]) if epoch_based else None)
+            d["epochs_run"].append(int(r_k["epochs_run"]) if epoch_based else None)
+            d["C"].append(r_k.get("C"))
         test_items, yte = fold.test, y_of(fold.test)
         pred = np.asarray(scores_main).argmax(1)
         acc["fold"].append(float((pred == yte).mean()))
@@ -308,10 +377,13 @@ def _run_task(coeffs_df, *, task, protocol, input, model, backend=None, n_folds=
         acc["tr_set"].append(int(len(fit)) if fold.is_sets and kind == "coefficients" else 0)  # pictures train
         acc["te_set"].append(int(len(fold.test)) if fold.is_sets else 0)
         acc["n_val"].append(int(len(val)))
+        acc["fit_pic"].append(int(len(fit_p)))
+        acc["val_pic"].append(int(len(val_p)))
+        acc["fit_set"].append(int(len(fit)) if fold.is_sets else 0)
+        acc["val_set"].append(int(len(val)) if fold.is_sets else 0)
         acc["spi"].append(res["seconds_per_input"])
         acc["spe"].append(res["seconds_per_epoch"])
         acc["tsec"].append(res["train_seconds"])
-        epoch_based = model not in SKLEARN_MODELS
         acc["best"].append(int(res["best_epoch"]) if epoch_based else None)
         acc["run"].append(int(res["epochs_run"]) if epoch_based else None)
         acc["C"].append(res.get("C"))
@@ -330,23 +402,30 @@ def _run_task(coeffs_df, *, task, protocol, input, model, backend=None, n_folds=
             print(f"[{task}/{protocol}/{input}/{model}] split {fi + 1}/{len(folds)} accuracy {acc['fold'][-1]:.4f} "
                   f"({acc['n_tr'][-1]} train, {acc['n_te'][-1]} test, best epoch {acc['best'][-1]}/"
                   f"{acc['run'][-1]})", file=sys.stderr, flush=True)
-        del res
+        del res, res_pic
     single_split = len(folds) == 1
+    pooled = single_split or protocol in P.POOLED  # one accuracy over every test picture, interval over people
 
     def summary(d, kk):
         fa = d["fold_accuracies"]
-        return {"fold_accuracies": fa, "mean": float(np.mean(fa)),
-                "std": None if single_split else float(np.std(fa, ddof=1)),
-                "ci": bootstrap_ci(np.concatenate(d["correct"]), seed) if single_split else None,
-                "n_test": d["n_test"]}
+        correct = np.concatenate(d["correct"])
+        groups = None if people is None else np.concatenate(d["groups"])
+        return {"fold_accuracies": fa, "mean": float(correct.mean()) if pooled else float(np.mean(fa)),
+                "std": None if pooled else float(np.std(fa, ddof=1)),
+                "ci": bootstrap_ci(correct, seed, groups=groups) if pooled else None,
+                "ci_unit": ("people" if groups is not None else "pictures") if pooled else None,
+                "n_test": d["n_test"], "trained_k": d["trained_k"], "best_epochs": d["best_epochs"],
+                "epochs_run": d["epochs_run"], "C": d["C"]}
 
     accuracy_by_k = {str(kk): summary(d, kk) for kk, d in sorted(by_k.items())}
     main = accuracy_by_k[str(k_protocol)]
     angle_order = [a for a in P.ANGLES if a in angle_hits] + sorted(set(angle_hits) - set(P.ANGLES))
+    transductive = transductive_note(df) if kind == "coefficients" else ""
     return TaskResult(
         task=task, protocol=protocol, input=input, model=model, backend=backend, kind=kind, device=device,
         classes=classes, k=k_protocol,
-        split_kind="single split" if single_split else "repeats" if protocol in P.REPEATED else "folds",
+        split_kind="single split" if single_split else "pooled folds" if pooled else
+        "repeats" if protocol in P.REPEATED else "folds",
         fold_names=[f.name for f in folds], fold_accuracies=acc["fold"], accuracy_mean=main["mean"],
         accuracy_std=main["std"], accuracy_ci=main["ci"], accuracy_by_k=accuracy_by_k, n_folds=len(folds),
         n_train=float(np.mean(acc["n_tr"])), n_test=float(np.mean(acc["n_te"])), n_train_pictures=acc["tr_pic"],
@@ -362,11 +441,23 @@ def _run_task(coeffs_df, *, task, protocol, input, model, backend=None, n_folds=
         confusion=conf.tolist(),
         per_angle_accuracy={a: float(np.mean(angle_hits[a])) for a in angle_order},
         per_angle_counts={a: len(angle_hits[a]) for a in angle_order},
-        leak_free=P.is_leak_free(task, protocol), leakage=P.LEAKAGE.get((task, protocol), ""),
-        transductive=transductive_note(df) if kind == "coefficients" else "",
+        leak_free=P.is_leak_free(task, protocol) and not transductive,
+        protocol_leak_free=P.is_leak_free(task, protocol), leakage=P.LEAKAGE.get((task, protocol), ""),
+        transductive=transductive, tuned_on_test=tuned_on_test_note(df) if kind == "coefficients" else "",
         protocol_info=_jsonable(folds[0].info) if folds else {}, seed=seed, torch_threads=n_threads(),
         predictions=preds,
-        aggregator=(agg_name or "mean") if kind == "coefficients" and any(f.is_sets for f in folds) else None)
+        aggregator=(agg_name or "mean") if kind == "coefficients" and any(f.is_sets for f in folds) else None,
+        n_fit_pictures=acc["fit_pic"], n_val_pictures=acc["val_pic"], n_fit_sets=acc["fit_set"],
+        n_val_sets=acc["val_set"], fold_labels=[_fold_label(f) for f in folds], evaluated_on=evaluate,
+        part_centered=parts is not None)
+
+
+def _fold_label(fold) -> str:
+    """The held-out condition of a split (a view pair, an expression, a session), else its name."""
+    for key in ("test_angle", "test_expression", "test_session"):
+        if fold.info.get(key):
+            return str(fold.info[key])
+    return fold.name
 
 
 def _jsonable(obj):

@@ -7,7 +7,8 @@ column exists) are never used. ``fold.train`` / ``fold.test`` are either 1-D (on
 ``fold.train_images`` / ``fold.test_images`` are always the underlying 1-D image positions (what an image model or
 a single-image classifier uses).
 
-Repeated random splits are called *repeats* (``split_kind`` in the results), partitions *folds*.
+Repeated random splits are called *repeats* (``split_kind`` in the results), partitions *folds*; folds that are
+held-out conditions (:data:`POOLED`) are reported pooled (*pooled folds*).
 Every generator raises :class:`ProtocolUnavailable` (one line, with the fix) when the data cannot support it.
 
 Protocols (``PROTOCOLS[task]``; any other label column is a generic task with ``GENERIC_PROTOCOLS``):
@@ -471,6 +472,11 @@ LEAK_FREE = {("identity", "cross_session"), ("identity", "cross_angle"), ("ident
              ("gender", "two_picture"), ("*", "subject_independent")}
 # Protocols whose folds are repeated random splits (called repeats), not a partition (folds).
 REPEATED = {"paper", "random", "two_picture"}
+# Protocols whose folds are held-out *conditions* of the same people (a view and its mirror, an expression), not
+# replicates: their folds differ in size and difficulty, so the spread between them is no uncertainty. Reported as
+# the accuracy pooled over every held-out picture, a 95 % interval from resampling people, and the per-condition
+# accuracies beside (split_kind "pooled folds").
+POOLED = {"cross_angle", "leave_expression_out"}
 # What each protocol leaks (Table 1 footnotes).
 LEAKAGE = {
     ("identity", "paper"): "same people (identification); random pictures: the same expression at a neighbouring "
