@@ -183,8 +183,8 @@ def tables_html(folder: Path, dest: Path) -> list[str]:
             parts.append("<h2>Findings</h2>" + findings.html_block(t1))
             frame = table1_with_flags(t1, results)
         digits = {"table1": 1, "table2": 5, "table3": 1}[name]
-        shown = frame.to_html(float_format=lambda v: f"{v:.{digits}f}", border=0, index=name == "table3",
-                              na_rep="—", classes="results")
+        shown = frame.to_html(float_format=lambda v: f"{v:.0f}" if float(v).is_integer() and name == "table2"
+                              else f"{v:.{digits}f}", border=0, index=name == "table3", na_rep="—", classes="results")
         parts.append(f"<h2>{html.escape(caption)}</h2><div class='wide'>{shown}</div>")
         parts.append(f"<p><a href='{os.path.relpath(csv, dest.parent)}'>{name}.csv</a></p>")
         if name == "table1":
