@@ -4,9 +4,11 @@ What the notebooks import: each builds a ``Run`` from its parameters and reads w
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import platform
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -16,6 +18,7 @@ import pandas as pd
 import torch
 
 from . import __version__, config
+from .errors import FacelibError, format_error
 from .io import atomic_write_json
 
 STATUS_FILE = "run.json"  # the runner's record of a run: status, notebook, profile, device, start and end times
@@ -49,6 +52,7 @@ class Run:
     def __init__(self, params: dict):
         self.params = {k: params.get(k) for k in PARAMETER_NAMES}
         self.dir = run_dir(params)
+        self._recover_results()
         for sub in ("manifests", "coeffs", "results", "tables", "figures"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
 
@@ -93,7 +97,51 @@ class Run:
 
     @property
     def results(self) -> Path:
+        self._recover_results()
         return self.dir / "results"
+
+    def _recover_results(self) -> None:
+        """A swap cut between its two renames leaves ``results`` absent and ``results.old`` whole: take it back."""
+        old = self.dir / RESULTS_OLD
+        if old.is_dir() and not (self.dir / "results").exists():
+            old.rename(self.dir / "results")
+
+    @contextlib.contextmanager
+    def fresh_results(self):
+        """Yield an empty staging folder for a new set of results; when the block ends without an error, it
+        replaces ``results/`` (renamed aside, then the staging folder renamed in, then the old one removed), so the
+        folder holds this run's results only. If the block fails or is interrupted, ``results/`` is untouched and
+        the staging folder keeps what was finished (cleared at the next start). Nothing is deleted first."""
+        self._recover_results()
+        staging = self.dir / RESULTS_STAGING
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        yield staging
+        results, old = self.dir / "results", self.dir / RESULTS_OLD
+        shutil.rmtree(old, ignore_errors=True)
+        if results.exists():
+            results.rename(old)
+        staging.rename(results)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def require(self, notebook: str) -> "Run":
+        """Check that what ``notebook`` (``"02"``…``"05"``) reads is in this run's folder; else raise
+        :class:`MissingRunInputs` naming the command that makes it. Returns the run."""
+        from .data.datasets import study_datasets  # the data layer sits above the run's bookkeeping
+        stage = str(notebook)[:2]
+        datasets = study_datasets(self.params.get("dataset"))
+        if stage == "02":
+            missing = [p for p in map(self.manifest, datasets) if not p.exists()]
+        elif stage in ("03", "04"):
+            missing = [p for p in map(self.coeffs, datasets) if not p.exists()]
+        elif stage == "05":
+            missing = [p for p in (self.tables / "table1.csv",) if not p.exists()] + \
+                      ([] if any(self.results.glob("*.json")) else [self.results / "*.json"])
+        else:
+            missing = []
+        if missing:
+            raise MissingRunInputs(self, stage, missing)
+        return self
 
     def device(self) -> str:
         return config.resolve_device(self.params.get("device"))
@@ -115,6 +163,34 @@ class Run:
         atomic_write_json(prov, path)
         return prov
 
+
+
+RESULTS_STAGING, RESULTS_OLD = "results.staging", "results.old"  # Run.fresh_results's two neighbours of results/
+MAKES = {"02": "01", "03": "01 02", "04": "01 02", "05": "01 02 03 04"}  # which notebooks write a notebook's inputs
+
+
+class MissingRunInputs(FacelibError):
+    """A notebook opened on a run folder that lacks what the earlier notebooks write (e.g. the committed notebooks
+    in JupyterLab on a fresh clone): one ``error:`` line naming the missing files, one ``hint:`` naming the
+    command that makes them. In a notebook it shows as those two lines, not a traceback."""
+
+    def __init__(self, run: Run, stage: str, missing: list[Path]):
+        shown = [str(p.relative_to(config.PROJECT_ROOT)) if p.is_relative_to(config.PROJECT_ROOT) else str(p)
+                 for p in missing]
+        name = run.dir.name
+        profile = config.PROJECT_ROOT / "notebooks" / "params" / f"{name}.yaml"
+        if profile.exists():  # a committed profile's run (the committed notebooks: ci)
+            command = f"make reproduce PARAMS=notebooks/params/{name}.yaml"
+        else:
+            command = f"python -m facelib study --run {name} --only {MAKES.get(stage, '')}".strip()
+        before = ", ".join(MAKES.get(stage, "").split()) or "before it"
+        super().__init__(f"notebook {stage} needs {', '.join(shown[:3])}{' …' if len(shown) > 3 else ''}, "
+                         f"which notebooks {before} of run '{name}' write",
+                         hint=f"make them with `{command}` (or run notebooks {before} first with the same "
+                              "parameters), then run this notebook again")
+
+    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
+        return format_error(self).splitlines()
 
 
 def provenance(run: Run, coeffs: dict) -> dict:

@@ -3,7 +3,10 @@ renders each to HTML, and the report pages list every run (``report.index``).
 
 ``python -m facelib study`` is what ``make reproduce`` calls. The profile (``notebooks/params/*.yaml``) suits the
 device unless one is named: ``paper.yaml`` (the faithful study) on a GPU, ``cpu.yaml`` on a CPU when it exists.
-``--set key=value`` overrides one parameter (YAML syntax for the value).
+``--set key=value`` overrides one parameter (YAML syntax for the value). ``--run NAME`` on an existing run reuses
+the parameters it was made with (``reports/runs/NAME/params.yaml``), so ``--run NAME --only 04 05 --set …`` reruns
+two notebooks of that run; notebook 04 replaces the run's results only once the new ones are complete
+(:meth:`facelib.run.Run.fresh_results`).
 
 Progress of a batch run: papermill streams the kernel's stderr (``stderr_file``) to this terminal as it arrives,
 so the library's tqdm bars (reconstruction, fitting, classification runs; rate and ETA) show live — tqdm.auto falls
@@ -214,11 +217,21 @@ def _shown(path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------------- study
+def previous_params(run_name: str | None) -> Path | None:
+    """The parameters an existing run was made with (``reports/runs/<run>/params.yaml``), or None."""
+    if not run_name:
+        return None
+    path = run_dir({"run_name": run_name}) / "params.yaml"
+    return path if path.exists() else None
+
+
 def prepare_params(params_file: str | Path | None, run_name: str | None = None, sets: list[str] | None = None,
                    device: str | None = None) -> tuple[dict, Path]:
-    """Profile (chosen by device when none is named) + ``--set`` overrides + ``--device``; returns (params, file)."""
+    """Profile + ``--set`` overrides + ``--device``; returns (params, file). The profile: ``params_file``; else, when
+    ``run_name`` is an existing run, the parameters it was made with (rerunning some of its notebooks keeps them);
+    else the one that suits the device."""
     try:
-        profile = Path(params_file) if params_file else choose_profile(device)
+        profile = Path(params_file) if params_file else previous_params(run_name) or choose_profile(device)
     except (ValueError, RuntimeError) as exc:
         raise SystemExit(f"device: {exc}") from None
     params = apply_overrides(load_params(profile), sets)
@@ -261,14 +274,20 @@ def run_study(params_file: str | Path | None = None, run_name: str | None = None
         params["kdef_root"], params["fei_root"] = str(made["kdef_root"]), str(made["fei_root"])
     run = run_dir(params)
     run.mkdir(parents=True, exist_ok=True)
+    # Rerunning notebooks of an existing run with its own parameters: it keeps its profile, earlier --set changes
+    # and the times of the notebooks not rerun.
+    before = read_status(run) if not params_file and previous_params(run_name) == profile else {}
+    if before:
+        print(f"[study] rerunning run {run.name} with its parameters ({_shown(profile)})", flush=True)
     # Stored relative to the project so executed (and committed) notebooks do not carry this machine's paths.
     params["out_dir"] = str(_shown(run))
     (run / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=True))
-    write_status(run, status="running", pid=os.getpid(), notebook=None, profile=str(_shown(profile)),
-                 overrides=list(sets or []),
+    write_status(run, status="running", pid=os.getpid(), notebook=None,
+                 profile=before.get("profile") or str(_shown(profile)),
+                 overrides=list(before.get("overrides") or []) + list(sets or []),
                  device=config.resolve_device(params.get("device")), synthetic=bool(params.get("synthetic")),
                  started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), finished=None, elapsed={})
-    kernel, pages, elapsed = kernel_name(), [], {}
+    kernel, pages, elapsed = kernel_name(), [], dict(before.get("elapsed") or {}) if only else {}
     try:
         for nb in notebooks():
             if only and not any(nb.name.startswith(o) for o in only):
@@ -307,7 +326,8 @@ def _elapsed(seconds: float) -> str:
 
 def _publish(run: Path, pages: list[Path]) -> Path:
     """The run's page, ``reports/tables/`` (the latest finished run's, one run only) and the overview."""
-    index = write_run_page(run, pages or sorted((run / "html").glob("*.html")))
+    # every notebook page of the run: those rendered now and, after a partial rerun (--only), the earlier ones
+    index = write_run_page(run, sorted(set(pages) | set((run / "html").glob("*.html"))))
     if read_status(run).get("status") == "finished" and (run / "tables").is_dir():
         publish_tables(run, config.REPORTS_DIR / "tables")
     write_overview(config.REPORTS_DIR)

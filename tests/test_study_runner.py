@@ -3,11 +3,13 @@ notebook N), one run in reports/tables, the CLI's help, the assets command, and 
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import nbformat
 import pytest
@@ -17,7 +19,8 @@ from facelib import config, study
 from facelib.cli import build_parser
 from facelib.report import tables
 from facelib.report.index import quiet_stderr
-from facelib.run import read_status
+from facelib.errors import format_error
+from facelib.run import PARAMETER_NAMES, MissingRunInputs, Run, read_status
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -247,3 +250,97 @@ def test_strip_progress_only_in_ignored_cells():
         noisy = [i for i, c in enumerate(node.cells) if "nbval-ignore-output" in c.metadata.get("tags", [])
                  and any(quiet_stderr(o) for o in c.get("outputs", []))]
         assert not noisy, (path.name, noisy)
+
+
+# ------------------------------------------------------------------------------ rerunning notebooks of a run
+def test_every_notebook_lists_the_same_parameters():
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        cell = next(c for c in nbformat.read(str(path), as_version=4).cells
+                    if "parameters" in c.metadata.get("tags", []))
+        names = [t.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign) for t in node.targets]
+        assert names == list(PARAMETER_NAMES), path.name
+
+
+def _results_cell():
+    nb = nbformat.read(str(ROOT / "notebooks" / "04_classification.ipynb"), as_version=4)
+    cell, = [c for c in nb.cells if c.cell_type == "code" and "run_plan(" in c.source]
+    return cell.source
+
+
+def _run_cell(run, run_plan):
+    namespace = {"run": run, "study_plan": SimpleNamespace(run_plan=run_plan), "coeffs": {}, "plan": [],
+                 **{k: None for k in PARAMETER_NAMES}}
+    exec(_results_cell(), namespace)  # noqa: S102 — the committed notebook's own results step
+    return namespace
+
+
+def test_rerunning_04_into_a_run_loses_no_result_when_interrupted(tmp_path):
+    run = Run({"out_dir": str(tmp_path / "run"), "backend": "tddfa"})
+    old = {"identity__paper__alpha__logreg__tddfa.json": '{"task": "identity", "accuracy_mean": 0.7}',
+           "identity__paper__alpha__logreg__tddfa.predictions.csv": "fold,true,pred\n0,F01,F01\n"}
+    for name, text in old.items():
+        (run.results / name).write_text(text)
+
+    def interrupted(coeffs, plan, results_dir, **kwargs):
+        (Path(results_dir) / "expression__paper__beta__logreg__tddfa.json").write_text("{}")  # one run finished
+        raise KeyboardInterrupt  # ... then the user stops the notebook
+
+    with pytest.raises(KeyboardInterrupt):
+        _run_cell(run, interrupted)
+    assert {p.name: p.read_text() for p in run.results.iterdir()} == old  # nothing deleted, nothing mixed in
+
+    def complete(coeffs, plan, results_dir, **kwargs):
+        (Path(results_dir) / "gender__paper__alpha__svm__tddfa.json").write_text("{}")
+        return "summary"
+
+    assert _run_cell(run, complete)["summary"] == "summary"
+    assert sorted(p.name for p in run.results.iterdir()) == ["gender__paper__alpha__svm__tddfa.json"]  # one run's
+    assert sorted(p.name for p in run.dir.iterdir()) == ["coeffs", "figures", "manifests", "results", "tables"]
+    # a swap cut between its two renames: the previous results are taken back
+    (run.dir / "results").rename(run.dir / "results.old")
+    again = Run({"out_dir": str(run.dir)})
+    assert [p.name for p in again.results.iterdir()] == ["gender__paper__alpha__svm__tddfa.json"]
+
+
+def test_a_notebook_without_its_inputs_names_the_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "PROJECT_ROOT", ROOT)
+    ci = Run({"out_dir": str(tmp_path / "runs" / "ci"), "backend": "tddfa"})
+    with pytest.raises(MissingRunInputs) as info:
+        ci.require("04")
+    lines = info.value._render_traceback_()  # what a notebook shows instead of a traceback
+    assert len(lines) == 2 and lines[0].startswith("error: notebook 04 needs ") and "kdef_tddfa.parquet" in lines[0]
+    assert "`make reproduce PARAMS=notebooks/params/ci.yaml`" in lines[1]
+    mine = Run({"out_dir": str(tmp_path / "runs" / "mine"), "backend": "tddfa"})
+    with pytest.raises(MissingRunInputs, match="table1.csv"):
+        mine.require("05")
+    assert "`python -m facelib study --run mine --only 01 02 03 04`" in format_error(
+        pytest.raises(MissingRunInputs, mine.require, "05").value)
+    for name in ("kdef", "fei"):
+        mine.coeffs(name).write_text("")
+    assert mine.require("04") is mine and mine.require("03") is mine
+
+
+def test_run_name_reruns_an_existing_run_with_its_parameters(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setattr(config, "REPORTS_DIR", tmp_path / "reports")
+    monkeypatch.setattr(study, "notebooks", lambda: [tmp_path / "04_c.ipynb", tmp_path / "05_d.ipynb"])
+    monkeypatch.setattr(study, "missing_inputs", lambda params: [])
+    monkeypatch.setattr(study, "kernel_name", lambda: "python3")
+    seen = []
+
+    def execute(nb, out, params, kernel):
+        seen.append((nb.stem, params["models"], params["seed"]))
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# x")]), str(out))
+
+    monkeypatch.setattr(study, "_execute", execute)
+    profile = tmp_path / "prof.yaml"
+    profile.write_text(yaml.safe_dump({"run_name": "t", "kdef_root": str(tmp_path), "device": "cpu", "seed": 7,
+                                       "models": ["resnet34"]}))
+    study.run_study(profile, sets=["seed=7"])
+    study.run_study(run_name="t", only=["05"], sets=["models=[logreg]"])
+    assert seen == [("04_c", ["resnet34"], 7), ("05_d", ["resnet34"], 7), ("05_d", ["logreg"], 7)]
+    status = read_status(tmp_path / "reports" / "runs" / "t")
+    assert status["profile"] == "prof.yaml" and status["overrides"] == ["seed=7", "models=[logreg]"]
+    assert set(status["elapsed"]) == {"04_c", "05_d"} and status["status"] == "finished"
+    page = (tmp_path / "reports" / "runs" / "t" / "index.html").read_text()
+    assert "04_c" in page and "05_d" in page  # the page still lists the notebook not rerun

@@ -7,6 +7,7 @@ where they apply.
 """
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import cv2
@@ -16,7 +17,8 @@ from matplotlib.ticker import FuncFormatter
 
 from ..io import read_image, save_figure
 from ..vocab import ANGLE_NAMES, ANGLES, EXPRESSION_NAMES, EXPRESSIONS
-from .tables import PAPER_DEVICE, PAPER_TABLE2, pick_table3_result, table2, table3
+from .tables import (PAPER_DEVICE, PAPER_TABLE2, PICTURE_INPUT_NAMES, pick_table3_result, splits_text,
+                     table2, table3)
 
 PROTOCOL_WORDS = {"paper": "paper's protocol", "subject_independent": "unseen people",
                   "cross_angle": "unseen view angle", "cross_session": "other session",
@@ -134,6 +136,28 @@ def _finish(fig, out: Path | None, **savefig_kwargs) -> Path | None:
     return save_figure(fig, out, dpi=120, close=True, **savefig_kwargs)
 
 
+def confusion_title(source: dict, provenance: dict, width: int = 88) -> str:
+    """The heatmap's title, wrapped to the figure: what it shows (protocol, input, model, backend — a picture
+    input has none — and the repeats / folds the counts are summed over), then the run's context line."""
+    how = words(source).split(" · ", 1)[1]
+    if source.get("input") in PICTURE_INPUT_NAMES:
+        how += " · no 3DMM"
+    text = f"Table 3 — expression confusion: {how} · counts summed over {splits_text(source)}"
+    return "\n".join(_wrap_at_dots(text, width) + _wrap_at_dots(context_line(provenance), width))
+
+
+def _wrap_at_dots(text: str, width: int) -> list[str]:
+    """Lines of at most ``width`` characters, broken between ' · ' parts where possible (inside a part only
+    when it is longer than a line)."""
+    lines: list[str] = []
+    for part in text.split(" · "):
+        if lines and len(lines[-1]) + 3 + len(part) <= width:
+            lines[-1] += " · " + part
+        else:
+            lines += textwrap.wrap(part, width) or [""]
+    return lines
+
+
 def plot_confusion(percent: pd.DataFrame, source: dict, provenance: dict, out: Path | None = None):
     """Table 3 as a heatmap: rows the true expression, columns the predicted one, each row in % of its pictures."""
     import matplotlib.pyplot as plt
@@ -146,9 +170,7 @@ def plot_confusion(percent: pd.DataFrame, source: dict, provenance: dict, out: P
                 cbar_kws={"label": "% of the pictures of the true expression"})
     ax.set_xlabel("predicted expression")
     ax.set_ylabel("true expression")
-    how = words(source).split(" · ", 1)[1]
-    ax.set_title(f"Table 3 — expression confusion: {how}; counts summed over {source.get('n_folds')} folds\n"
-                 f"{context_line(provenance)}", fontsize=8.5)
+    ax.set_title(confusion_title(source, provenance), fontsize=8.5)
     ax.tick_params(axis="x", rotation=30)
     return _finish(fig, out) if out else fig
 

@@ -20,13 +20,19 @@ from nbconvert.preprocessors import TagRemovePreprocessor
 
 from ..io import atomic_write_text
 from ..run import read_provenance, read_status
+from . import findings
 from .figures import FIGURE_FILES, context_line, one_class_results
-from .tables import load_results, table1_display
+from .tables import (PROTOCOL_TABLE, TABLE1_GLOSSARY, load_results, pick_table3_result, table1_explained,
+                     table1_footnotes, table3_source)
 
 _PROGRESS = re.compile(r"\r|\d+%\|")  # tqdm bars (carriage returns, "45%|")
-STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+STYLE = ("body{font-family:sans-serif;max-width:1300px;margin:2em auto;padding:0 1em;color:#222}"
          "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px}"
-         "th{background:#f3f3f3}img{max-width:100%}.warn{background:#fee;padding:.5em}"
+         "th{background:#f3f3f3;text-align:left}img{max-width:100%}"
+         ".wide{overflow-x:auto}table.results td{white-space:nowrap}.warn{background:#fee;padding:.5em}"
+         ".banner{background:#fff6d6;border-left:4px solid #d9a400;padding:.6em .8em}"
+         "table.glossary{font-size:13px}table.glossary th{text-align:left;white-space:nowrap;vertical-align:top}"
+         "ul.findings li,ul.notes li{margin:.3em 0}"
          ".finished{color:#161}.failed{color:#a11}.running{color:#a60}")
 
 
@@ -120,8 +126,9 @@ def _head(title: str) -> list[str]:
 
 
 def table1_with_flags(t1: pd.DataFrame, results: list[dict]) -> pd.DataFrame:
-    """Table 1 for reading (``tables.table1_display``) plus a ``note`` flagging models that predict one class."""
-    d = table1_display(t1).copy()
+    """Table 1 for reading (``tables.table1_explained``: chance, the paper's figures, picture baselines named) plus
+    a ``note`` flagging models that predict one class."""
+    d = table1_explained(t1, results).copy()
     keys = ["task", "protocol", "input", "model", "backend"]
     flagged = {tuple(str(r.get(k)) for k in keys) for r in one_class_results(results)}
     d["note"] = ["⚠ predicts one class for every picture" if tuple(str(row.get(k)) for k in keys) in flagged
@@ -129,22 +136,59 @@ def table1_with_flags(t1: pd.DataFrame, results: list[dict]) -> pd.DataFrame:
     return d.astype(object).where(d.notna(), "—")  # a value that does not apply reads as a dash, not NaN
 
 
+def _code(text: str) -> str:
+    """Escape, then `x` → <code>x</code> (the glossary and footnotes are written in Markdown's backticks)."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
+def glossary_html(columns) -> str:
+    """The glossary of the columns shown (``tables.TABLE1_GLOSSARY``), as a two-column table."""
+    rows = "".join(f"<tr><th>{html.escape(c)}</th><td>{_code(TABLE1_GLOSSARY[c])}</td></tr>"
+                   for c in columns if c in TABLE1_GLOSSARY)
+    return f"<details open><summary>What each column means</summary><table class='glossary'>{rows}</table></details>"
+
+
+def table1_notes_html(t1: pd.DataFrame) -> str:
+    """Leakage per protocol and transductive backends (``tables.table1_footnotes``), then the protocols present."""
+    notes = "".join(f"<li>{_code(line[2:])}</li>" for line in table1_footnotes(t1).splitlines()
+                    if line.startswith("* "))
+    present = set(zip(t1["task"], t1["protocol"]))
+    protocols = PROTOCOL_TABLE[[(t, p) in present for t, p in zip(PROTOCOL_TABLE["task"], PROTOCOL_TABLE["protocol"])]]
+    table = (f"<h3>Protocols</h3>{protocols.to_html(index=False, border=0, classes='glossary')}"
+             if len(protocols) else "")
+    return f"<ul class='notes'>{notes}</ul>{table}"
+
+
 def tables_html(folder: Path, dest: Path) -> list[str]:
-    """Tables 1–3 of one run folder, each with a link to its CSV."""
+    """The banner and findings of one run folder, then Tables 1–3, each with a link to its CSV, Table 1 with its
+    glossary, leakage notes and protocols, Table 3 with the result it shows."""
     tables, parts = folder / "tables", []
+    results = load_results(folder / "results") if (folder / "results").is_dir() else []
+    source = pick_table3_result(results)
+    t3_caption = "Table 3 — expression confusion matrix (%; rows true, columns predicted)"
+    if source:
+        t3_caption += f": {table3_source(source)}"
     for name, caption in (("table1", "Table 1 — accuracy (mean ± std over repeats or folds; one split: bootstrap 95 % interval)"),
                           ("table2", "Table 2 — training time per input"),
-                          ("table3", "Table 3 — expression confusion matrix (%; rows true, columns predicted)")):
+                          ("table3", t3_caption)):
         csv = tables / f"{name}.csv"
         if not csv.exists():
             continue
         frame = pd.read_csv(csv, index_col=0 if name == "table3" else None)
         if name == "table1":
-            frame = table1_with_flags(frame, load_results(folder / "results"))
+            t1 = frame
+            banner = findings.paper_arms_banner(t1)
+            if banner:
+                parts.append(f"<p class='banner'><b>What this run can show.</b> {html.escape(banner)}</p>")
+            parts.append("<h2>Findings</h2>" + findings.html_block(t1))
+            frame = table1_with_flags(t1, results)
         digits = {"table1": 1, "table2": 5, "table3": 1}[name]
-        parts.append(f"<h2>{caption}</h2>" + frame.to_html(float_format=lambda v: f"{v:.{digits}f}", border=0,
-                                                             index=name == "table3"))
+        shown = frame.to_html(float_format=lambda v: f"{v:.0f}" if float(v).is_integer() and name == "table2"
+                              else f"{v:.{digits}f}", border=0, index=name == "table3", na_rep="—", classes="results")
+        parts.append(f"<h2>{html.escape(caption)}</h2><div class='wide'>{shown}</div>")
         parts.append(f"<p><a href='{os.path.relpath(csv, dest.parent)}'>{name}.csv</a></p>")
+        if name == "table1":
+            parts.append(glossary_html(frame.columns) + table1_notes_html(t1))
     return parts
 
 

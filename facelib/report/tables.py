@@ -17,6 +17,9 @@ Outputs in ``out_dir``:
 * ``table3.csv`` — 7×7 percent (rows true AF AN DI HA NE SA SU, columns predicted; each row sums to 100),
   ``table3_counts.csv`` — the counts summed over folds; ``table3.md`` with the paper's diagonal.
 * the figures drawn from these tables are made by ``figures.write_report_figures`` (no plotting here).
+* display forms: :func:`table1_explained` (the page's and ``table1.md``'s Table 1: ``chance``, the paper's figures
+  for the row's task and protocol as a reference — ``paper_coefficients``, ``paper_images`` —, picture baselines
+  named as such), :data:`TABLE1_GLOSSARY` (every column in words; README and pages), :data:`PROTOCOL_TABLE`.
 * ``provenance.json`` — the ``provenance`` dict (backend, asset checksums, image counts, device, parameters,
   seed, ``synthetic``); each Markdown file starts with it as an HTML comment. When ``provenance["synthetic"]``
   is true every title says SYNTHETIC.
@@ -38,53 +41,6 @@ TABLE1_COLUMNS = ["task", "protocol", "input", "model", "backend", "aggregator",
                   "split_kind", "split_accuracies", "image_size", "epochs_max", "patience", "epochs_run",
                   "best_epoch", "at_cap", "pretrained", "n_fit_pictures", "n_val_pictures", "n_fit_sets",
                   "n_val_sets", "max_sets", "n_test_pictures", "n_test_sets", "transductive", "synthetic", "dataset"]
-# One sentence per Table 1 column (the README's glossary is written from these).
-TABLE1_GLOSSARY = {
-    "task": "what is predicted: identity (subject), expression, gender, or another label column",
-    "protocol": "how pictures are split into training and test (facelib.classify.protocols)",
-    "input": "what the model sees: alpha / beta / alpha+beta coefficients, image (pictures), hog / pixels / dlib "
-             "features",
-    "model": "the classifier: resnet34, mlp, logreg, svm, linsvm, fisherfaces",
-    "backend": "where the coefficients come from (tddfa, deep3d, ict; +fit_<mode> fitted, +rnet cross-fitted "
-               "R-Net)",
-    "aggregator": "how a k-set's coefficients are combined into one vector (mean, median, cnet); empty without sets",
-    "k": "pictures per test sample (3: the identity protocol's 3-picture sets; 1: single pictures)",
-    "trained_k": "pictures per training sample of the model scored in this row (1: trained and selected on single "
-                 "pictures; 3: on 3-picture aggregates)",
-    "leak_free": "true only when the protocol is leak-free and nothing transductive fed the coefficients",
-    "tuned_on_test": "true when the coefficients' settings (R-Net) were chosen by accuracy on Table 1's test folds",
-    "accuracy_mean": "accuracy (0-1): the mean over repeats/folds, or pooled over every test sample for a single "
-                     "split and for pooled folds",
-    "accuracy_std": "standard deviation of the accuracy over repeats/folds (empty for a single split and pooled "
-                    "folds)",
-    "ci_low": "lower end of the 95 % bootstrap interval (single split, pooled folds), resampling ci_unit",
-    "ci_high": "upper end of that interval",
-    "ci_unit": "what the interval resamples: people (a cluster bootstrap over subjects) or pictures (no subject "
-               "column)",
-    "n_splits": "number of repeats / folds",
-    "split_kind": "repeats (random splits), folds (a partition), pooled folds (held-out conditions, pooled), or "
-                  "single split",
-    "split_accuracies": "pooled folds: the accuracy and test count of each held-out condition (e.g. FL+FR)",
-    "image_size": "side in pixels of the pictures or feature crops the model saw",
-    "epochs_max": "the epoch cap of the network (empty for scikit-learn models)",
-    "patience": "epochs without a better validation score before early stopping (empty for scikit-learn models)",
-    "epochs_run": "epochs trained, mean over splits",
-    "best_epoch": "epoch of the restored best-validation checkpoint, mean over splits",
-    "at_cap": "true when a split's best epoch is the cap: the validation curve was still improving when training "
-              "stopped",
-    "pretrained": "whether the network or feature started from pretrained weights",
-    "n_fit_pictures": "distinct pictures the model was fit on, per split (mean)",
-    "n_val_pictures": "distinct pictures, disjoint from those, it was selected on (C, early stopping), per split "
-                      "(mean); no refit on fit + validation",
-    "n_fit_sets": "k-sets the model was fit on (set-trained rows only)",
-    "n_val_sets": "k-sets it was selected on (set-trained rows only)",
-    "max_sets": "cap on the k-subsets drawn per person and side (empty: all subsets)",
-    "n_test_pictures": "test pictures per split (k = 1 rows)",
-    "n_test_sets": "test k-sets per split (k > 1 rows)",
-    "transductive": "what of the coefficients was learnt from the evaluation pictures (empty: nothing)",
-    "synthetic": "true for synthetic data (not a result)",
-    "dataset": "the dataset the row ran on",
-}
 TABLE2_COLUMNS = ["task", "input", "model", "backend", "device", "precision", "threads", "batch_size", "image_size", "input_unit",
                   "seconds_per_input", "seconds_per_epoch", "coefficient_seconds_per_picture", "synthetic"]
 # The rows that repeat the paper's experiment (:func:`paper_figure`): only these get its figure in the `paper` column.
@@ -420,6 +376,170 @@ def _flag(t1: pd.DataFrame, column: str, default: bool) -> pd.Series:
     return t1[column].fillna(default).astype(bool) if column in t1.columns else pd.Series(default, index=t1.index)
 
 
+# ------------------------------------------------------------------------ Table 1 explained (page, notebook 05)
+# Inputs computed from the picture itself — no 3DMM is involved, whatever ``backend`` the result file carries —
+# and the words a reader sees for them (the picture arm of ``classify.plan.IMAGE_MODELS``).
+PICTURE_INPUT_NAMES = {"image": "picture", "hog": "HOG features", "pixels": "pixels", "dlib": "dlib embedding"}
+PICTURE_BACKEND = "— (picture)"
+
+# Every column of Table 1 (its CSV and the page's display form), in words. The one owner: the run page and
+# table1.md render it under the table, the README carries :func:`glossary_markdown` verbatim (a test checks).
+TABLE1_GLOSSARY = {
+    "task": "what is predicted: identity (which of the people), expression (7 KDEF expressions), gender (FEI).",
+    "protocol": "how pictures are split into training and test (the protocol table below): `paper` as the paper "
+                "wrote it, the others hold out a session, a view, or whole people.",
+    "input": "what the classifier is fed: `alpha` (3DMM identity coefficients α), `beta` (expression "
+             "coefficients β), both; or a picture baseline computed from the picture itself with no 3DMM: "
+             "`picture` (the colour head crop), `HOG features`, `pixels` (Fisherfaces), `dlib embedding` (dlib's "
+             "pretrained face-recognition descriptor).",
+    "model": "the classifier: `resnet34` (the paper's network: 1-D convolutions on a vector, or torchvision's on "
+             "pictures), `logreg`, `svm` (RBF), `linsvm`, `fisherfaces` (PCA → LDA → linear SVM), `mlp`.",
+    "backend": "where the coefficients come from: `tddfa` (3DDFA_V2), `deep3d` (the paper's R-Net), `ict` "
+               "(ICT Face Model); `+fit_<mode>` refined by the hybrid-loss fit, `+rnet` coded by the "
+               "cross-fitted R-Net. `— (picture)`: a picture baseline, no 3DMM.",
+    "aggregator": "how the α of a k-picture set becomes one vector (`mean`, `median`, `cnet`: C-Net's "
+                  "confidences); empty when the row has no sets.",
+    "k": "pictures per test sample: 1 = single pictures; 3 = the identity protocol's 3-picture sets (aggregated "
+         "α for coefficient models, the mean of per-picture class scores for per-picture models).",
+    "trained_k": 'pictures per training sample of the model scored in this row (1: trained and selected on single pictures; 3: on 3-picture aggregates). k = 1 rows of coefficient models on a set protocol come from a separate single-picture model.',
+    "leak_free": "True only when the protocol is leak-free (nothing of a test sample's person, session or view, as the protocol defines, is in training) AND nothing transductive fed the coefficients; False for the paper's identity and expression protocols.",
+    "tuned_on_test": "True when the coefficients' settings (R-Net) were chosen by accuracy on Table 1's own test folds: read the row as an upper bound.",
+    "accuracy": 'percent of test samples classified correctly: mean ± std over the repeats/folds (`splits`); a single split and pooled folds: the accuracy pooled over every test sample, with a 95 % interval from resampling people in brackets.',
+    "accuracy_mean": 'accuracy as a 0–1 fraction: the mean over repeats/folds, or pooled over every test sample for a single split and for pooled folds.',
+    "accuracy_std": 'standard deviation of the per-split accuracies (0–1; empty for a single split and for pooled folds, where the spread between held-out conditions is not an uncertainty).',
+    "ci_low": 'lower end of the 95 % bootstrap interval (single split, pooled folds), resampling `ci_unit`.',
+    "ci_high": 'upper end of that interval.',
+    "ci_unit": 'what the interval resamples: people (a cluster bootstrap over subjects) or pictures (no subject column).',
+    "chance": "what always answering the most frequent class of the row's test samples would score (the "
+              "majority-class rate, summed over the splits; 1 / number of classes when the classes are "
+              "balanced). A row near it learnt nothing.",
+    "paper": "the paper's figure for this very experiment — only beside a row that repeats it (the paper's "
+             "dataset, protocol, ResNet-34, input and k, 224-px pictures); `—` elsewhere.",
+    "paper_coefficients": "REFERENCE: the paper's accuracy with 3DMM coefficients (α for identity and gender, "
+                          "β for expression; its ResNet-34) for this task and protocol, beside every row of "
+                          "them whatever its model — to read a row against, not a replication of it.",
+    "paper_images": "REFERENCE: the paper's accuracy with pictures (its ResNet-34 on 224-px images) for this "
+                    "task and protocol, beside every row of them.",
+    "splits": 'how many splits the accuracy is over and their kind: `repeats` (repeated random splits), `folds` (a partition: every sample tested once), `pooled folds` (held-out conditions such as views, pooled), `single split`.',
+    "n_splits": "the number of splits (see `splits`).",
+    "split_kind": '`repeats`, `folds`, `pooled folds` or `single split` (see `splits`).',
+    "split_accuracies": "pooled folds: each held-out condition's accuracy and test count (e.g. FL+FR 77.0 % (139)).",
+    "image_size": "side in pixels of the picture crop a picture model saw (the paper: 224).",
+    "epochs_max": "the network's epoch cap (empty for scikit-learn models).",
+    "patience": 'epochs without a better validation score before early stopping (empty for scikit-learn models).',
+    "epochs_run": 'epochs the scored network trained before early stopping (mean over splits; empty for models without epochs).',
+    "best_epoch": "the epoch whose checkpoint was kept (best on the inner validation split), mean over splits.",
+    "at_cap": "True when a split's best epoch is the cap: the validation curve was still improving when training stopped.",
+    "pretrained": "True when the model starts from weights trained elsewhere (the dlib embedding).",
+    "n_fit_pictures": 'distinct pictures the model was fit on, per split (mean).',
+    "n_val_pictures": "distinct pictures, disjoint from those, it was selected on (C, early stopping), per split (mean); there is no refit on fit + validation (identity/paper: 15 + 5 of each person's 20 training pictures).",
+    "n_fit_sets": 'k-picture sets the model was fit on (set-trained rows only).',
+    "n_val_sets": 'k-picture sets it was selected on (set-trained rows only).',
+    "max_sets": 'cap on the k-subsets drawn per person and side (empty: every subset).',
+    "n_test_pictures": "test pictures per split (rows with k = 1).",
+    "n_test_sets": "test k-picture sets per split (rows with k > 1).",
+    "transductive": "non-empty when the coefficients came from a step that saw the test pictures without their "
+                    "labels (e.g. a texture basis built from the study's own pictures); the note says which.",
+    "synthetic": "True when the data are the rendered synthetic faces, not KDEF/FEI.",
+    "dataset": "whose pictures: `kdef`, `fei`, or `folder` (your own).",
+    "note": "⚠ when the model predicts one class for every test picture (its accuracy is that class's share).",
+}
+
+
+def glossary_markdown(columns=None) -> str:
+    """The glossary as a Markdown list (``columns``: only those, in that order; default every entry)."""
+    keys = [c for c in (columns if columns is not None else TABLE1_GLOSSARY) if c in TABLE1_GLOSSARY]
+    return "\n".join(f"* `{k}`: {TABLE1_GLOSSARY[k]}" for k in keys)
+
+
+# What each protocol of Table 1 is, in one row (README, notebook 04 and the run page carry it).
+PROTOCOL_TABLE = pd.DataFrame([
+    ("identity", "paper", "KDEF's 10 people (F01–F05, M01–M05), session A",
+     "per person 20 train / 15 test pictures, random per repeat; 3-picture sets", "pictures (same people)",
+     "10 % (1 in 10)", "the paper's identity figures (100 % α, 87.3 % pictures); k = 3 is the paper's"),
+    ("identity", "cross_session", "the same 10 people, both sessions (full KDEF only)",
+     "train session A, test session B (one split)", "a photo session", "10 % (1 in 10)",
+     "identity/paper rows: how much of it survives a new session"),
+    ("identity", "cross_angle", "the same 10 people, session A",
+     "3 folds: test {FL, FR}, {HL, HR} or {S} — a view and its mirror", "head views", "10 % (1 in 10)",
+     "identity/paper rows: how much of it survives an unseen view"),
+    ("expression", "paper", "every KDEF person (70 on a full KDEF, 20 on the dev set)",
+     "random 2975 : 1925 picture split, stratified by expression, repeated", "pictures (test people are also "
+     "in training)", "14.3 % (1 in 7)", "the paper's expression figures (83.5 % β, 70.6 % pictures)"),
+    ("expression", "subject_independent", "every KDEF person",
+     "folds of people (GroupKFold)", "people", "14.3 % (1 in 7)",
+     "expression/paper rows: the drop is what knowing the face gave"),
+    ("gender", "paper", "FEI: 100 people per repeat, one neutral picture each",
+     "50 M + 50 F train, another 50 M + 50 F test, repeated", "people", "50 % (1 in 2)",
+     "the paper's gender figures (95.4 % α, 79.8 % pictures)"),
+    ("gender", "subject_independent", "FEI: all 200 people, both pictures",
+     "folds of people, stratified by gender", "people", "50 % (1 in 2)", "gender/paper rows"),
+], columns=["task", "protocol", "people", "split", "held out", "chance", "compare with"])
+
+
+def protocol_markdown() -> str:
+    """:data:`PROTOCOL_TABLE` as Markdown (README and notebook 04 carry it verbatim; a test checks)."""
+    return markdown_table(PROTOCOL_TABLE)
+
+
+def paper_reference(row) -> dict:
+    """The paper's Table-1 figures for a row's task and protocol, whatever its model, input or k:
+    ``{"paper_coefficients": …, "paper_images": …}`` (0–1), ``None`` values for a task or protocol the paper did
+    not run or another dataset than the paper's. A reference to read a row against — :func:`paper_figure` says
+    when a row *is* the paper's experiment."""
+    p = PAPER_TABLE1.get(row["task"])
+    dataset = row.get("dataset")
+    if p is None or row["protocol"] != "paper" or (isinstance(dataset, str) and dataset != PAPER_DATASET[row["task"]]):
+        return {"paper_coefficients": None, "paper_images": None}
+    return {"paper_coefficients": p["coefficients"], "paper_images": p["images"]}
+
+
+def chance_level(result: dict) -> float | None:
+    """The majority-class rate of a result's test samples (confusion row sums, summed over splits): what always
+    answering the most frequent class scores; ``1 / len(classes)`` when it kept no confusion; ``None`` when
+    neither is known."""
+    conf = np.asarray(result.get("confusion") or [], dtype=float)
+    if conf.ndim == 2 and conf.sum() > 0:
+        return float(conf.sum(axis=1).max() / conf.sum())
+    classes = result.get("classes") or []
+    return 1.0 / len(classes) if len(classes) else None
+
+
+def _key(row) -> tuple:
+    """A Table-1 row's or a result's identity (aggregator ``None``/NaN/"mean"-less rows compare equal)."""
+    def norm(v):
+        return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+    return tuple(norm(row.get(c)) for c in ("task", "protocol", "input", "model", "backend", "aggregator"))
+
+
+def _percent(v) -> str:
+    return "—" if v is None or v != v else f"{100 * v:.1f} %"
+
+
+def table1_explained(t1: pd.DataFrame, results: list[dict] | None = None) -> pd.DataFrame:
+    """:func:`table1_display` made to stand alone: picture baselines named as such (``input`` in words, backend
+    ``— (picture)``), ``chance`` (from the row's result, :func:`chance_level`) beside the accuracy, and the
+    paper's figures for the row's task and protocol (``paper_coefficients``, ``paper_images``) beside ``paper``.
+    Every column is in :data:`TABLE1_GLOSSARY`."""
+    d = table1_display(t1).copy()
+    if not len(d):
+        return d.assign(chance=[], paper_coefficients=[], paper_images=[])
+    rows = [r for _, r in t1.iterrows()]
+    by_key = {_key(r): r for r in (results or [])}
+    chance = [chance_level(by_key[_key(r)]) if _key(r) in by_key else None for r in rows]
+    refs = [paper_reference(r) for r in rows]
+    picture = [r["input"] in PICTURE_INPUT_NAMES for r in rows]
+    d["input"] = [PICTURE_INPUT_NAMES.get(r["input"], r["input"]) for r in rows]
+    d["backend"] = [PICTURE_BACKEND if pic else r["backend"] for r, pic in zip(rows, picture)]
+    d["chance"] = [_percent(c) for c in chance]
+    d["paper_coefficients"] = [_percent(r["paper_coefficients"]) for r in refs]
+    d["paper_images"] = [_percent(r["paper_images"]) for r in refs]
+    # what a reader compares first: the accuracy, chance and the paper's figures side by side
+    first = [c for c in ("task", "protocol", "input", "model", "backend", "aggregator", "k", "accuracy", "chance",
+                         "paper_coefficients", "paper_images", "paper", "leak_free", "splits") if c in d.columns]
+    return d[first + [c for c in d.columns if c not in first]]
+
+
 def table1_pivot(t1: pd.DataFrame) -> pd.DataFrame:
     """Accuracy text by (task, protocol, k) × (input, model, backend, aggregator): backends and fitted variants stay
     apart. The flags stay with the cells: "†" marks a cell that is not leak-free, "‡" one whose coefficient
@@ -462,11 +582,12 @@ def table2_ratio(t2: pd.DataFrame) -> pd.DataFrame:
     return out.assign(**{"image / vector": out["image"] / out["vector"]})
 
 
-def table1_markdown(t1: pd.DataFrame, provenance: dict) -> str:
-    d = table1_display(t1)
+def table1_markdown(t1: pd.DataFrame, provenance: dict, results: list[dict] | None = None) -> str:
+    d = table1_explained(t1, results)
     return (_header(provenance)
             + f"# {_title('Table 1 — classification accuracy (mean ± std over repeats/folds; pooled, with a 95 % interval from resampling people, for a single split and pooled folds)', provenance)}\n\n"
-            + markdown_table(d) + "\n\n" + table1_footnotes(t1) + "\n")
+            + markdown_table(d) + "\n\n" + table1_footnotes(t1) + "\n\n## Columns\n\n"
+            + glossary_markdown(d.columns) + "\n\n## Protocols\n\n" + protocol_markdown() + "\n")
 
 
 def table2_markdown(t2: pd.DataFrame, provenance: dict) -> str:
@@ -500,11 +621,32 @@ def table3_markdown(percent: pd.DataFrame, counts: pd.DataFrame, provenance: dic
     d = percent.copy()
     d["paper_diagonal"] = [PAPER_TABLE3_DIAGONAL[e] for e in d.index]
     d["n"] = counts.sum(axis=1)
-    src = (f"from {source['task']}/{source['protocol']}/{source['input']}/{source['model']}, confusion summed over "
-           f"{source.get('n_folds')} folds" if source else "")
-    return (_header(provenance) + f"# {_title('Table 3 — expression confusion matrix (percent of each true row)', provenance)}\n\n"
+    title = "Table 3 — expression confusion matrix (percent of each true row)"
+    if source:
+        title += f": {table3_source(source)}"
+    return (_header(provenance) + f"# {_title(title, provenance)}\n\n"
             + markdown_table(d, index=True, digits=2)
-            + f"\n\nRows: true expression; columns: predicted. {src}. `paper_diagonal`: the paper's diagonal.\n")
+            + "\n\nRows: true expression; columns: predicted. `paper_diagonal`: the paper's diagonal (its ResNet-34 "
+              "on β).\n")
+
+
+def splits_text(result: dict) -> str:
+    """'2 repeats', '3 folds', 'one split': what a result's numbers are summed or averaged over."""
+    n, kind = result.get("n_folds"), result.get("split_kind") or "folds"
+    if kind == "single split" or n == 1:
+        return "one split"
+    return f"{n} {kind}"
+
+
+def table3_source(source: dict) -> str:
+    """Which result Table 3 shows, in one line: protocol, input, model, backend (a picture input: none) and what
+    the counts are summed over — e.g. 'paper protocol · input beta · model logreg · backend tddfa · counts summed
+    over 2 repeats'."""
+    picture = source.get("input") in PICTURE_INPUT_NAMES
+    backend = PICTURE_BACKEND if picture else source.get("backend") or "?"
+    input = PICTURE_INPUT_NAMES.get(source.get("input"), source.get("input"))
+    return (f"{source.get('protocol')} protocol · input {input} · model {source.get('model')} · backend {backend}"
+            f" · counts summed over {splits_text(source)}")
 
 
 # ------------------------------------------------------------------------------------------------------ write
@@ -544,7 +686,7 @@ def _write_csv_md(name: str, frame: pd.DataFrame, markdown: str, out_dir: Path, 
 def write_table1(results: list[dict], out_dir: str | Path, provenance: dict | None = None) -> dict:
     out_dir, provenance, results = Path(out_dir), dict(provenance or {}), _as_dicts(results)
     t1 = table1(results, synthetic=bool(provenance.get("synthetic")))
-    return _write_csv_md("table1", t1, table1_markdown(t1, provenance), out_dir, provenance)
+    return _write_csv_md("table1", t1, table1_markdown(t1, provenance, results), out_dir, provenance)
 
 
 def write_table2(results: list[dict], out_dir: str | Path, provenance: dict | None = None) -> dict:
