@@ -220,6 +220,7 @@ def provenance(run: Run, coeffs: dict) -> dict:
         "device": run.device(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "precision": precision_plan(run.device(), run.params.get("image_size")),
         "python": platform.python_version(),
         "facelib": __version__,
         "git_commit": commit,
@@ -227,6 +228,35 @@ def provenance(run: Run, coeffs: dict) -> dict:
         "coefficient_seconds_per_picture": coefficient_cost(
             [v for name in coeffs for v in run.coefficient_variants(name) if v.exists()]),
     }
+
+
+def profile_header(profile) -> str:
+    """The leading comment of a profile YAML (``# PROFILE: name — what it runs, what it trims``) as plain text,
+    '' when the file or comment is missing: the run page shows it, so a trimmed profile says what it trimmed."""
+    path = project_path(profile) if profile else None
+    if path is None or not path.is_file():
+        return ""
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    return " ".join(l for l in lines if l)
+
+
+def precision_plan(device: str, image_size) -> dict:
+    """What ``classify.precision.choose_precision`` picks on this run's device for vectors and pictures (each
+    result's own ``precision`` in Table 2 is what it actually trained in)."""
+    from .classify.precision import choose_precision  # torch-heavy import kept out of module start-up
+
+    out = {}
+    for kind, size in (("vector", None), ("image", image_size)):
+        try:
+            p = choose_precision(device, kind, int(size) if size else None)
+            out[kind] = {"precision": p.name, "channels_last": bool(p.channels_last), "reason": p.reason}
+        except Exception as exc:  # noqa: BLE001 — provenance must never fail on an unusual device string
+            out[kind] = {"precision": None, "reason": str(exc)}
+    return out
 
 
 def coefficient_cost(tables: list[Path]) -> dict:

@@ -70,6 +70,18 @@ def apply_overrides(params: dict, sets: list[str] | None) -> dict:
     return out
 
 
+DEMO_PROFILE = PARAMS_DIR / "demo.yaml"
+
+
+def demo_when_no_data(params_file, run_name: str | None = None):
+    """No profile asked for, no existing run to continue and no dataset configured: the short synthetic demo
+    (``demo.yaml``, minutes) rather than the CPU profile on synthetic faces (over an hour)."""
+    if params_file is None and previous_params(run_name) is None and DEMO_PROFILE.exists() and not any(
+            os.environ.get(env) for env in ("FACELIB_KDEF", "FACELIB_FEI")):
+        return DEMO_PROFILE
+    return params_file
+
+
 def choose_profile(device: str | None = None) -> Path:
     """The profile that suits the device: the paper's on a GPU; the CPU profile, when there is one, elsewhere."""
     resolved = config.resolve_device(device or os.environ.get("FACELIB_DEVICE"))
@@ -252,6 +264,7 @@ def prepare_params(params_file: str | Path | None, run_name: str | None = None, 
 
 def run_study(params_file: str | Path | None = None, run_name: str | None = None, refresh_committed: bool = False,
               only: list[str] | None = None, sets: list[str] | None = None, device: str | None = None) -> Path:
+    params_file = demo_when_no_data(params_file, run_name)
     params, profile = prepare_params(params_file, run_name, sets, device)
     configured = [params.get(k) or os.environ.get(env) for k, env in (("kdef_root", "FACELIB_KDEF"),
                                                                        ("fei_root", "FACELIB_FEI"))]

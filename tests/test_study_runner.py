@@ -65,7 +65,7 @@ def test_profile_follows_the_device(tmp_path, monkeypatch):
 def test_committed_profiles_leave_image_size_to_the_device():
     # paper.yaml is the paper's (224 px); ci.yaml and cpu.yaml pin their documented smaller sizes on purpose;
     # any other profile leaves the size to the device
-    pinned = {"paper.yaml": 224, "cpu.yaml": 48, "ci.yaml": 32}
+    pinned = {"paper.yaml": 224, "cpu.yaml": 48, "ci.yaml": 32, "demo.yaml": 32, "gpu_check.yaml": 224}
     for path in sorted((ROOT / "notebooks" / "params").glob("*.yaml")):
         assert study.load_params(path).get("image_size") == pinned.get(path.name), path.name
 
@@ -344,3 +344,17 @@ def test_run_name_reruns_an_existing_run_with_its_parameters(tmp_path, monkeypat
     assert set(status["elapsed"]) == {"04_c", "05_d"} and status["status"] == "finished"
     page = (tmp_path / "reports" / "runs" / "t" / "index.html").read_text()
     assert "04_c" in page and "05_d" in page  # the page still lists the notebook not rerun
+
+
+def test_no_data_and_no_profile_runs_the_demo(monkeypatch):
+    """The README's main command on a machine with no dataset runs the short synthetic demo, which says what it trims."""
+    monkeypatch.delenv("FACELIB_KDEF", raising=False)
+    monkeypatch.delenv("FACELIB_FEI", raising=False)
+    assert study.demo_when_no_data(None) == study.DEMO_PROFILE
+    assert study.demo_when_no_data("notebooks/params/ci.yaml") == "notebooks/params/ci.yaml"  # asked for: kept
+    assert study.load_params(study.DEMO_PROFILE)["synthetic"] is True
+    from facelib.run import profile_header
+    header = profile_header(study.DEMO_PROFILE)
+    assert header.startswith("PROFILE: demo") and "NO ResNet-34" in header and "32-px" in header
+    monkeypatch.setenv("FACELIB_KDEF", "/somewhere/KDEF")
+    assert study.demo_when_no_data(None) is None  # data configured: the device's profile (cpu.yaml / paper.yaml)

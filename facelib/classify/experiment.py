@@ -108,6 +108,8 @@ class TaskResult:
     tuned_on_test: str = ""        # why the coefficients' settings were chosen on Table 1's test folds ('' : not)
     n_fit_pictures: list = field(default_factory=list)  # distinct pictures models were fit on, per split
     n_val_pictures: list = field(default_factory=list)  # distinct pictures they were selected on (C, epochs)
+    precision: str | None = None    # the training precision (fp32 / bf16 / fp16; classify.precision)
+    c_grids: list = field(default_factory=list)  # scikit-learn: per split the C values tried and why the grid stopped
     n_fit_sets: list = field(default_factory=list)      # k-sets fit on (set protocols; 0 otherwise)
     n_val_sets: list = field(default_factory=list)
     fold_labels: list = field(default_factory=list)     # the held-out condition of each split (e.g. FL+FR)
@@ -299,7 +301,7 @@ def _run_task(coeffs_df, *, task, protocol, input, model, backend=None, n_folds=
     conf = np.zeros((len(classes), len(classes)), dtype=np.int64)
     angle_hits: dict[str, list[int]] = {}
     by_k: dict[int, dict] = {}
-    acc = {key: [] for key in ("fold", "n_tr", "n_te", "tr_pic", "te_pic", "tr_set", "te_set", "n_val", "spi", "spe",
+    acc = {key: [] for key in ("prec", "grid", "fold", "n_tr", "n_te", "tr_pic", "te_pic", "tr_set", "te_set", "n_val", "spi", "spe",
                                "tsec", "best", "run", "C", "bs", "fit_pic", "val_pic", "fit_set", "val_set")}
     epoch_based = model not in SKLEARN_MODELS
     preds, how, flip = [], "", None
@@ -387,6 +389,9 @@ def _run_task(coeffs_df, *, task, protocol, input, model, backend=None, n_folds=
         acc["best"].append(int(res["best_epoch"]) if epoch_based else None)
         acc["run"].append(int(res["epochs_run"]) if epoch_based else None)
         acc["C"].append(res.get("C"))
+        acc["prec"].append(res.get("precision"))
+        acc["grid"].append({"C_tried": res.get("C_tried"), "grid_stop": res.get("grid_stop")}
+                           if res.get("C_tried") is not None else None)
         acc["bs"].append(bs)
         np.add.at(conf, (yte, pred), 1)
         single = np.asarray(test_items).ndim == 1
@@ -449,7 +454,8 @@ def _run_task(coeffs_df, *, task, protocol, input, model, backend=None, n_folds=
         aggregator=(agg_name or "mean") if kind == "coefficients" and any(f.is_sets for f in folds) else None,
         n_fit_pictures=acc["fit_pic"], n_val_pictures=acc["val_pic"], n_fit_sets=acc["fit_set"],
         n_val_sets=acc["val_set"], fold_labels=[_fold_label(f) for f in folds], evaluated_on=evaluate,
-        part_centered=parts is not None)
+        part_centered=parts is not None,
+        precision=next((p for p in acc["prec"] if p), None), c_grids=acc["grid"])
 
 
 def _fold_label(fold) -> str:

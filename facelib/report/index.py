@@ -19,7 +19,7 @@ from nbconvert import HTMLExporter
 from nbconvert.preprocessors import TagRemovePreprocessor
 
 from ..io import atomic_write_text
-from ..run import read_provenance, read_status
+from ..run import profile_header, read_provenance, read_status
 from . import findings
 from .figures import FIGURE_FILES, context_line, one_class_results
 from .tables import (PROTOCOL_TABLE, TABLE1_GLOSSARY, load_results, pick_table3_result, table1_explained,
@@ -207,6 +207,9 @@ def write_run_page(folder: Path, html_pages: list[Path], dest: Path | None = Non
         changed = f", changed by --set {' '.join(sets)}" if sets else ""
         parts.append(f"<p>{html.escape(context_line(prov))}; profile {html.escape(str(prov.get('profile')))}"
                      f"{html.escape(changed)}. Full provenance at the bottom.</p>")
+        header = profile_header(prov.get("profile"))
+        if header:
+            parts.append(f"<p class='profile'><b>About this profile:</b> {html.escape(header)}</p>")
     parts += tables_html(folder, dest)
     report_figures = [folder / "figures" / f for f in FIGURE_FILES if (folder / "figures" / f).exists()]
     others = sorted(p for p in (folder / "figures").glob("*.png") if p not in report_figures)
