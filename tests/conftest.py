@@ -64,3 +64,15 @@ def face_like_image(seed: int = 0, h: int = 96, w: int = 80, gray: bool = False)
     rng = np.random.default_rng(seed)
     img = rng.integers(40, 220, size=(h, w) if gray else (h, w, 3), dtype=np.uint8)
     return img
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: on a shared 2-core machine two threads contend and run ~10x slower.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

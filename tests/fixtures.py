@@ -1,6 +1,8 @@
 """Test fixtures shared by tests and benchmarks."""
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pandas as pd
 
@@ -47,3 +49,27 @@ def synthetic_coeff_table(n_per_gender: int = 5, sessions=("A",), alpha_dim: int
     df["backend"] = backend
     return df
 
+
+
+def tddfa_rows(kdef_root, assets_dir, stems) -> dict | None:
+    """3DDFA coefficient rows of KDEF dev pictures by stem (e.g. ``AF01NES``), shaped like the study's coefficient
+    table, with the decoded pictures, boxes and raw outputs (``imgs``, ``paths``, ``boxes``, ``out``, ``rows``);
+    None when a picture is absent (the caller skips)."""
+    import cv2
+
+    from facelib.face3d.reconstruct import TDDFABackend
+
+    paths = [kdef_root / s[:4] / f"{s}.JPG" for s in stems]
+    if not all(p.is_file() for p in paths):
+        return None
+    imgs = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths]
+    backend = TDDFABackend(device="cpu", assets_folder=assets_dir)
+    boxes = [b for b, _ in backend.detect(imgs)]
+    out = backend.regress(imgs, boxes)
+    rows = [{"image_id": s, "path": str(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+             "subject": s[1:4], "angle": s[6:], "status": "ok", "backend": "tddfa", "usable": True,
+             "box": np.asarray(boxes[i]).tolist(), "box_source": "detector",
+             "landmarks": out["landmarks"][i].tolist(), "alpha": out["alpha"][i].tolist(),
+             "beta": out["beta"][i].tolist(), "pose": out["pose"][i].tolist()}
+            for i, (s, p) in enumerate(zip(stems, paths))]
+    return {"imgs": imgs, "paths": paths, "boxes": boxes, "out": out, "rows": rows}

@@ -9,10 +9,8 @@ R-Net / C-Net training, classifiers (vector and image networks). Each runs a tin
 """
 from __future__ import annotations
 
-import hashlib
 from contextlib import contextmanager
 
-import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -20,6 +18,7 @@ import torch
 
 from facelib.device_guard import DeviceRuleError, SimulatedMPS, is_device_tensor
 from facelib.fitting import render
+from tests.fixtures import tddfa_rows
 
 STEMS = ("AF01NES", "AF01HAHL", "AM01DIS", "AM01NEHL")   # two people, two pictures each
 SIZE = 64
@@ -237,21 +236,11 @@ def test_dlib_chip_extraction_and_descriptor(monkeypatch, data):
 def data(kdef_root, assets_dir):
     """Four KDEF pictures, their 3DDFA fits (outside the guard), crops boxes and landmarks."""
     from facelib.face3d import cameras
-    from facelib.face3d.reconstruct import TDDFABackend
 
-    paths = [kdef_root / s[:4] / f"{s}.JPG" for s in STEMS]
-    if not all(p.is_file() for p in paths):
+    made = tddfa_rows(kdef_root, assets_dir, STEMS)
+    if made is None:
         pytest.skip(f"KDEF dev pictures {STEMS} absent")
-    imgs = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths]
-    backend = TDDFABackend(device="cpu", assets_folder=assets_dir)
-    boxes = [b for b, _ in backend.detect(imgs)]
-    out = backend.regress(imgs, boxes)
-    rows = [{"image_id": s, "path": str(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
-             "subject": s[1:4], "angle": s[6:], "status": "ok", "backend": "tddfa", "usable": True,
-             "box": np.asarray(boxes[i]).tolist(), "box_source": "detector",
-             "landmarks": out["landmarks"][i].tolist(), "alpha": out["alpha"][i].tolist(),
-             "beta": out["beta"][i].tolist(), "pose": out["pose"][i].tolist()}
-            for i, (s, p) in enumerate(zip(STEMS, paths))]
+    imgs, paths, boxes, out, rows = (made[k] for k in ("imgs", "paths", "boxes", "out", "rows"))
     rois = np.stack([cameras.crop_box(b) for b in boxes])
     lm_img = np.stack([cameras.landmarks_136_to_68(v) for v in out["landmarks"]])
     return {"imgs": imgs, "paths": [str(p) for p in paths], "boxes": boxes, "table": pd.DataFrame(rows),

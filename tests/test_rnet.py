@@ -1,7 +1,6 @@
 """R-Net / C-Net: initialisation from the released weights, label-free training, aggregation, cross-fitting, cache."""
 from __future__ import annotations
 
-import hashlib
 import json
 
 import cv2
@@ -19,7 +18,7 @@ from facelib.fitting import cnet as C
 from facelib.fitting import crossfit
 from facelib.fitting import rnet_train as T
 from facelib.run import Run
-from tests.fixtures import synthetic_coeff_table
+from tests.fixtures import synthetic_coeff_table, tddfa_rows
 
 # two pictures of each of four people (frontal and half profile): a tiny, subject-rich set
 STEMS = ("AF01NES", "AF01HAHL", "AF02ANS", "AF02SAHL", "AM01DIS", "AM01NEHL", "AM02SUS", "AM02AFHL")
@@ -28,22 +27,11 @@ SIZE = 96
 
 @pytest.fixture(scope="module")
 def table(kdef_root, assets_dir):
-    from facelib.face3d.reconstruct import TDDFABackend
-
     torch.set_num_threads(1)
-    paths = [kdef_root / s[:4] / f"{s}.JPG" for s in STEMS]
-    if not all(p.is_file() for p in paths):
+    made = tddfa_rows(kdef_root, assets_dir, STEMS)
+    if made is None:
         pytest.skip("KDEF dev images of F01, F02, M01, M02 absent")
-    imgs = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths]
-    backend = TDDFABackend(device="cpu", assets_folder=assets_dir)
-    boxes = [b for b, _ in backend.detect(imgs)]
-    out = backend.regress(imgs, boxes)
-    rows = [{"image_id": s, "path": str(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
-             "subject": s[1:4], "angle": s[6:], "status": "ok", "backend": "tddfa", "usable": True,
-             "box": np.asarray(boxes[i]).tolist(), "box_source": "detector",
-             "landmarks": out["landmarks"][i].tolist(), "alpha": out["alpha"][i].tolist(),
-             "beta": out["beta"][i].tolist(), "pose": out["pose"][i].tolist()}
-            for i, (s, p) in enumerate(zip(STEMS, paths))]
+    rows = made["rows"]
     rows.append({**rows[0], "image_id": "BLACK", "sha256": "0" * 64, "status": "no_face", "box": None,
                  "landmarks": None, "alpha": None, "beta": None, "pose": None})
     return pd.DataFrame(rows)

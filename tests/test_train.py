@@ -15,15 +15,7 @@ from facelib.cli import classify_main
 from tests.fixtures import synthetic_coeff_table
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core machine two threads contend and run ~10× slower."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _blobs(n_per=100, d=10, n_classes=3, sep=3.0, seed=0):
