@@ -168,7 +168,7 @@ def tables_html(folder: Path, dest: Path) -> list[str]:
     t3_caption = "Table 3 — expression confusion matrix (%; rows true, columns predicted)"
     if source:
         t3_caption += f": {table3_source(source)}"
-    for name, caption in (("table1", "Table 1 — accuracy (mean ± std over repeats or folds; one split: bootstrap 95 % interval)"),
+    for name, caption in (("table1", "Table 1 — accuracy (mean ± std over repeats or folds; one split and pooled folds: pooled, with a 95 % interval from resampling people)"),
                           ("table2", "Table 2 — training time per input"),
                           ("table3", t3_caption)):
         csv = tables / f"{name}.csv"
