@@ -145,8 +145,8 @@ def _paper_sentence(items: list[dict]) -> str | None:
     if not_paper:
         which = ("neither best row repeats" if len(not_paper) == 2 else
                  f"the best {not_paper[0][:-1]} row does not repeat")
-        caveat = (f" ({which} the paper's experiment — its ResNet-34 on its input, {PAPER_IMAGE_SIZE}-px pictures "
-                  "—: a distance, not a replication)")
+        caveat = (f" ({which} the paper's experiment, its ResNet-34 on its input and {PAPER_IMAGE_SIZE}-px pictures: "
+                  "read it as a distance, not a replication)")
     own = [r for it in items for _, r in it["rows"].iterrows() if paper_figure(r) is not None]
     if own:
         caveat += "; rows that repeat it: " + ", ".join(
