@@ -30,9 +30,10 @@ Sources
     is cached as an .npz keyed by the sha256 of every input file.
     Its vertex set is the same as 3DDFA's 53215-vertex set restricted to ``idx`` (the 68 keypoints coincide).
 
-``MorphableModel.from_ict(source, assets_folder, cache)`` (``source == "ict"``, layout ``ict``: pose 12, α 100, β 53)
+``facelib.face3d.ict.load_model(source, assets_folder, cache)`` (``source == "ict"``, layout ``ict``: pose 12, α 100, β 53)
     ICT-FaceKit's ICT Face Model Light (MIT): 26,719 vertices, 100 std-scaled identity modes, 53 ARKit expression
-    blend shapes (weights in [0, 1]), centimetres, BFM's axes; built, checked and cached by :mod:`facelib.face3d.ict`.
+    blend shapes (weights in [0, 1]), centimetres, BFM's axes; built, checked and cached by :mod:`facelib.face3d.ict`
+    (the source builds the class; this module does not import it).
 
 Coordinates (all sources): model space is BFM's: x towards the subject's left (image right in a frontal
 view), y up, z out of the face towards the viewer (the nose tip has the largest z).
@@ -346,14 +347,6 @@ class MorphableModel:
         return cls(source="3ddfa", layout="3ddfa", mean_shape=mean, id_basis=w_shp, exp_basis=w_exp,
                    triangles=triangles, keypoint_ids=keypoints, units="BFM raw (3DDFA)",
                    extras={"noneck_ids": noneck}, provenance=prov, device=device)
-
-    @classmethod
-    def from_ict(cls, source=None, assets_folder=None, cache=None, jaw: str = "substitutes", area: str = "narrow",
-                 device: str | torch.device = "cpu") -> "MorphableModel":
-        """ICT Face Model Light: 26,719 vertices, α 100, β 53 (ARKit weights in [0, 1]); :mod:`facelib.face3d.ict`."""
-        from . import ict  # here, not at the top: ict builds a MorphableModel (import cycle)
-
-        return ict.load_model(source, assets_folder, cache, jaw, area, device)
 
     @classmethod
     def from_bfm09(cls, bfm09_mat=None, exp_pca_bin=None, aux_folder=None, cache=None, recenter: bool = True,
