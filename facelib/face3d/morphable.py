@@ -30,10 +30,10 @@ Sources
     is cached as an .npz keyed by the sha256 of every input file.
     Its vertex set is the same as 3DDFA's 53215-vertex set restricted to ``idx`` (the 68 keypoints coincide).
 
-``facelib.face3d.ict.load_model(source, assets_folder, cache)`` (``source == "ict"``, layout ``ict``: pose 12, α 100, β 53)
+``ict.load_model(source, assets_folder, cache)`` (``source == "ict"``, layout ``ict``: pose 12, α 100, β 53)
     ICT-FaceKit's ICT Face Model Light (MIT): 26,719 vertices, 100 std-scaled identity modes, 53 ARKit expression
-    blend shapes (weights in [0, 1]), centimetres, BFM's axes; built, checked and cached by :mod:`facelib.face3d.ict`
-    (the source builds the class; this module does not import it).
+    blend shapes (weights in [0, 1]), centimetres, BFM's axes; built, checked and cached by
+    :mod:`facelib.face3d.ict` (the source builds the class; this module does not import it).
 
 Coordinates (all sources): model space is BFM's: x towards the subject's left (image right in a frontal
 view), y up, z out of the face towards the viewer (the nose tip has the largest z).

@@ -1,4 +1,4 @@
-"""dlib's face-recognition ResNet (``dlib_face_recognition_resnet_model_v1.dat``) parsed from its .dat file into PyTorch.
+"""dlib's face-recognition ResNet (``dlib_face_recognition_resnet_model_v1.dat``) read from its .dat file into PyTorch.
 
 The network is the 29-convolution ResNet of dlib's ``dnn_face_recognition_ex.cpp`` (input: a 150×150 RGB face chip,
 :mod:`facelib.fitting.face_chip`; output: a 128-d descriptor; same person ⇔ Euclidean distance < 0.6). Its weights
