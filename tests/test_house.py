@@ -91,3 +91,9 @@ def test_import_graph_counts_function_level_imports():
 
 def test_no_import_cycle():
     assert import_cycles(import_graph()) == []
+
+
+def test_no_module_over_500_lines():
+    long = {str(p.relative_to(PACKAGE.parent)): n for p in sorted(PACKAGE.rglob("*.py"))
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert long == {}, f"split these along their seams (over {MAX_LINES} lines): {long}"
