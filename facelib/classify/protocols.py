@@ -81,7 +81,7 @@ def paper_expression(df: pd.DataFrame, n_folds: int = 5, seed: int = 0,
                      test_fraction: float = PAPER_EXPR_TEST_FRACTION, label: str = "expression") -> list[Fold]:
     """The paper's expression protocol: all usable pictures, a stratified (by expression) random split with
     the paper's 2975/1925 proportion, repeated ``n_folds`` times with seeds (seed, fold). Leaks identity."""
-    from sklearn.model_selection import StratifiedShuffleSplit
+    from sklearn.model_selection import StratifiedShuffleSplit  # scikit-learn: out of report.tables' start-up
 
     n_folds = check_n_folds(n_folds)
     pos = usable_positions(df)
@@ -118,7 +118,7 @@ def random_split(df: pd.DataFrame, label: str, n_folds: int = 5, seed: int = 0, 
                  name: str = "random") -> list[Fold]:
     """Stratified random picture split repeated ``n_folds`` times (a generic task's 'paper-like' protocol).
     Leaks identity whenever a person has several pictures."""
-    from sklearn.model_selection import StratifiedShuffleSplit
+    from sklearn.model_selection import StratifiedShuffleSplit  # scikit-learn: out of report.tables' start-up
 
     pos = usable_positions(df)
     y = df[label].astype(str).to_numpy()[pos]

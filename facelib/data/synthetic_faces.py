@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from matplotlib.path import Path as MplPath
 
 from ..fitting.render import render, sh_shading
 from ..io import atomic_path
@@ -94,7 +95,6 @@ def gender_of(i: int, n: int) -> str:
 
 # ------------------------------------------------------------------------------------------ appearance
 def _polygon_mask(points_xy: np.ndarray, poly: np.ndarray) -> np.ndarray:
-    from matplotlib.path import Path as MplPath
 
     return MplPath(poly).contains_points(points_xy)
 

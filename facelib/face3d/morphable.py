@@ -66,6 +66,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.io import loadmat
 
 from .. import assets, config
 from ..io import cached_arrays
@@ -408,8 +409,6 @@ def _rows(vertex_ids: np.ndarray) -> np.ndarray:
 
 def convert_bfm09(bfm09_mat, exp_pca_bin, aux: dict) -> dict:
     """BFM09 + Guo expression basis → the 35709-vertex front model (arrays, 0-based indices, mean not recentred)."""
-    from scipy.io import loadmat
-
     bfm = loadmat(str(bfm09_mat), variable_names=["shapeMU", "shapePC", "shapeEV", "texMU", "texPC", "texEV"])
     missing = [k for k in ("shapeMU", "shapePC", "shapeEV", "texMU", "texPC", "texEV") if k not in bfm]
     if missing:
@@ -453,8 +452,6 @@ def convert_bfm09(bfm09_mat, exp_pca_bin, aux: dict) -> dict:
 
 def load_lm3d_std(assets_folder=None) -> np.ndarray:
     """Deep3D's standard 3-D landmarks reduced to 5 points (left eye, right eye, nose, left/right mouth) (5, 3)."""
-    from scipy.io import loadmat
-
     lm = loadmat(str(assets.resolve("lm3d_std", assets_folder)))["lm"].astype(np.float64)
     return five_points(lm)
 

@@ -156,7 +156,7 @@ def extract_chips(images: torch.Tensor, landmarks: torch.Tensor, size: int = CHI
 
 def detect_shape_5pt(image_rgb: np.ndarray, upsample: int = 1):
     """dlib frontal-face detection + 5-point landmarks of the largest face; None when no face is found."""
-    import dlib
+    import dlib  # optional dependency: dlib's reference crop only
     if not hasattr(detect_shape_5pt, "_tools"):
         detect_shape_5pt._tools = (dlib.get_frontal_face_detector(), dlib.shape_predictor(
             str(face_recognition_models_dir() / "shape_predictor_5_face_landmarks.dat")))
@@ -176,7 +176,7 @@ def shape_to_array(shape) -> np.ndarray:
 def chip_from_image(image_rgb: np.ndarray, shape_5pt, size: int = CHIP_SIZE,
                     padding: float = CHIP_PADDING) -> np.ndarray:
     """dlib's own aligned chip (size×size×3 uint8 RGB), the crop ``compute_face_descriptor`` uses."""
-    import dlib
+    import dlib  # optional dependency: dlib's reference crop only
 
     return dlib.get_face_chip(np.ascontiguousarray(image_rgb), shape_5pt, size=size, padding=padding)
 
