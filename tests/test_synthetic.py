@@ -73,7 +73,7 @@ def test_faces_are_not_black_and_vary(synth):
 def test_profiles_face_opposite_sides(synth, assets_dir):
     """FL turns the nose to image left (as KDEF's FL pictures), FR to image right: the face mask's centroid lies
     on opposite sides of the head pivot."""
-    from facelib.data import synthetic
+    from facelib.data import synthetic, synthetic_faces
     from facelib.face3d.morphable import MorphableModel
 
     _, res = synth
@@ -81,7 +81,7 @@ def test_profiles_face_opposite_sides(synth, assets_dir):
     rows = gt[(gt["dataset"] == "kdef") & (gt["image_id"].isin(["AF01NEFL", "AF01NEFR", "AF01NES"]))]
     rows = rows.set_index("image_id").loc[["AF01NEFL", "AF01NES", "AF01NEFR"]]
     model = MorphableModel.from_3ddfa(assets_dir)
-    r = synthetic._Renderer(model)
+    r = synthetic_faces.Renderer(model)
     H, W = SIZE
     alb = np.full((model.n_vertices, 3), 0.6, np.float32)
     _, mask = r.render(np.stack(rows["alpha"].map(np.asarray)), np.stack(rows["beta"].map(np.asarray)), alb,

@@ -16,6 +16,7 @@ from math import comb
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 
 Aggregator = Callable[[np.ndarray], np.ndarray]
 AGGREGATORS = ("mean", "median", "cnet")
@@ -151,10 +152,9 @@ def aggregation_curve(X: np.ndarray, subjects, ks=(1, 2, 3, 5), n_splits: int = 
     other's. Also reports the Fisher ratio (between-person / within-person variance, summed over dimensions) of
     the aggregated vectors. Returns a DataFrame: k, split, accuracy, fisher_ratio.
     """
-    import pandas as pd
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.linear_model import LogisticRegression  # scikit-learn (~1 s): out of report.tables' start-up
+    from sklearn.pipeline import make_pipeline  # (as above)
+    from sklearn.preprocessing import StandardScaler  # (as above)
 
     X = np.asarray(X, dtype=np.float64)
     subjects = np.asarray(subjects)

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from skimage.feature import hog
 
 from ..face3d.cameras import landmarks_136_to_68, square_crop
 from ..io import read_image
@@ -128,7 +129,6 @@ def picture_features(df, kind: str, boxes=None) -> np.ndarray:
 
 def _features(df, kind: str, paths: list[str], boxes) -> np.ndarray:
     if kind == "hog":
-        from skimage.feature import hog
 
         imgs = load_images(paths, 64, boxes, gray=True)
         return np.stack([hog(im, orientations=9, pixels_per_cell=(8, 8), cells_per_block=(2, 2),

@@ -24,6 +24,12 @@ import os
 from pathlib import Path
 
 import torch
+from sklearn.decomposition import PCA
+from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC, LinearSVC
 from torch import nn
 
 RESNET34_LAYERS = (3, 4, 6, 3)
@@ -115,7 +121,7 @@ class MLPVector(nn.Module):
 
 def count_basic_blocks(model: nn.Module) -> int:
     """Number of residual BasicBlocks (1-D ours or torchvision's 2-D)."""
-    from torchvision.models.resnet import BasicBlock
+    from torchvision.models.resnet import BasicBlock  # torchvision (seconds to import): image models only
 
     return sum(isinstance(m, (BasicBlock1d, BasicBlock)) for m in model.modules())
 
@@ -136,7 +142,7 @@ def n_parameters(model: nn.Module) -> int:
 
 def _cached_resnet34_weights() -> Path | None:
     """torchvision's ImageNet ResNet-34 file if it is already in the torch hub cache (TORCH_HOME); never downloads."""
-    from torchvision.models import ResNet34_Weights
+    from torchvision.models import ResNet34_Weights  # torchvision: image models only
 
     url = ResNet34_Weights.IMAGENET1K_V1.url
     hub = Path(os.environ.get("TORCH_HOME") or Path.home() / ".cache" / "torch")
@@ -151,7 +157,7 @@ def image_resnet34(n_classes: int, pretrained: bool = False) -> nn.Module:
     (``hub/checkpoints/resnet34-b627a593.pth``); it never downloads and raises ``FileNotFoundError`` otherwise.
     The default trains from scratch, as nothing in the paper says otherwise.
     """
-    from torchvision.models import resnet34
+    from torchvision.models import resnet34  # torchvision: image models only
 
     model = resnet34(weights=None)
     if pretrained:
@@ -186,8 +192,6 @@ def _linear_svc(C: float, seed: int, n_fit: int | None, n_features: int | None):
     18 s and 113 s, so the dual is used for many features; the primal for few (coefficients, dlib descriptors,
     LDA outputs: each Newton step is cheap there). ``tol`` 1e-3 and ``max_iter`` 1000 bound a large-C fit (which the
     trainer's C grid reaches only while validation accuracy has not fallen twice)."""
-    from sklearn.svm import LinearSVC
-
     few = n_features is not None and n_features <= LINEAR_PRIMAL_MAX_FEATURES and (n_fit or 0) > n_features
     return LinearSVC(C=C, dual=not few, tol=1e-3, max_iter=1000, random_state=seed)
 
@@ -204,13 +208,6 @@ def baseline(name: str, seed: int = 0, C: float | None = None, n_fit: int | None
     * ``fisherfaces`` — PCA (at most n_fit − 1 components, ≤ 150) → LDA → linear SVM (Thomaz & Giraldi 2010; the
       SVM sees ≤ classes − 1 dimensions: primal).
     """
-    from sklearn.decomposition import PCA
-    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import SVC
-
     c = 1.0 if C is None else C
     if name == "logreg":
         return make_pipeline(StandardScaler(), LogisticRegression(C=c, solver="lbfgs", max_iter=3000, tol=1e-4,

@@ -43,298 +43,48 @@ any         ``subject_independent``   :func:`subject_independent`: GroupKFold by
 any         ``random``                :func:`random_split`: stratified random picture split, repeated.
 =========== ========================= =============================================================================
 
-The module is over ~400 lines because it is the one place every protocol, its leakage note and the task registry
-live (one owner per idea); each generator is short.
+Modules: :class:`Fold` and the seeded split helpers are in :mod:`facelib.classify.folds`, the identity protocols in
+:mod:`facelib.classify.identity_protocols`; the expression, gender and generic protocols, every protocol's leakage
+note and the task registry are here, and every name is imported from here.
 """
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from ..data import labels
-from ..errors import FacelibError
-from ..vocab import ANGLES, EXPRESSIONS  # noqa: F401  (ANGLES: re-exported as protocols.ANGLES)
-from .aggregate import Aggregator, k_subsets
+from ..vocab import ANGLES, EXPRESSIONS
+from .folds import (Fold, ProtocolUnavailable, check_n_folds, fold_rng, group_kfold, subject_folds, usable_mask,
+                    usable_positions)
+from .identity_protocols import (MIRROR_GROUPS, PAPER_SUBJECTS, cross_angle_identity, cross_session_identity,
+                                 leave_expression_out_identity, paper_identity, paper_subjects)
 
-PAPER_SUBJECTS = tuple([f"F{i:02d}" for i in range(1, 6)] + [f"M{i:02d}" for i in range(1, 6)])
+__all__ = [  # expression, gender, generic protocols and the registry, here
+    "KDEF_FULL_COUNT", "PAPER_EXPR_TRAIN", "PAPER_EXPR_TEST", "PAPER_EXPR_TEST_FRACTION", "paper_expression",
+    "subject_independent_expression", "subject_independent", "random_split", "one_picture_per_subject",
+    "paper_gender", "two_picture_gender", "subject_independent_gender", "PROTOCOLS", "GENERIC_PROTOCOLS",
+    "LEAK_FREE", "REPEATED", "POOLED", "LEAKAGE", "TASK_LABEL", "NON_LABEL_COLUMNS", "label_column", "tasks_for",
+    "protocols_for", "is_leak_free", "make_folds",
+    # re-exported from vocab, folds and identity_protocols
+    "ANGLES", "EXPRESSIONS", "Fold", "ProtocolUnavailable", "check_n_folds", "fold_rng", "group_kfold",
+    "subject_folds", "usable_mask", "usable_positions", "MIRROR_GROUPS", "PAPER_SUBJECTS", "cross_angle_identity",
+    "cross_session_identity", "leave_expression_out_identity", "paper_identity", "paper_subjects"]
+
 KDEF_FULL_COUNT, PAPER_EXPR_TRAIN, PAPER_EXPR_TEST = 4900, 2975, 1925
 PAPER_EXPR_TEST_FRACTION = PAPER_EXPR_TEST / KDEF_FULL_COUNT
-
-
-class ProtocolUnavailable(FacelibError, RuntimeError, ValueError):
-    """The protocol cannot run on this data (cross-session on a single-session set, too few pictures or subjects);
-    the message says what is missing and how to fix it."""
-
-
-@dataclass
-class Fold:
-    train: np.ndarray
-    test: np.ndarray
-    name: str = ""
-    aggregator: Aggregator | None = None
-    info: dict = field(default_factory=dict)
-
-    def __iter__(self):  # ``train, test = fold``
-        return iter((self.train, self.test))
-
-    @property
-    def train_images(self) -> np.ndarray:
-        return np.unique(self.train.ravel())
-
-    @property
-    def test_images(self) -> np.ndarray:
-        return np.unique(self.test.ravel())
-
-    @property
-    def is_sets(self) -> bool:
-        return self.train.ndim == 2
-
-
-# --------------------------------------------------------------------------------------------------- helpers
-def usable_mask(df: pd.DataFrame) -> np.ndarray:
-    """True for rows usable by a classifier: ``status == 'ok'`` (when the column exists) and the manifest's
-    ``usable`` flag true (when that column exists; a missing value counts as unusable)."""
-    m = np.ones(len(df), dtype=bool)
-    if "status" in df.columns:
-        m &= (df["status"].astype(str) == "ok").to_numpy()
-    if "usable" in df.columns:
-        m &= df["usable"].fillna(False).astype(bool).to_numpy()
-    return m
-
-
-def _positions(df: pd.DataFrame, mask=None) -> np.ndarray:
-    m = usable_mask(df).copy()
-    if mask is not None:
-        m &= np.asarray(mask, dtype=bool)
-    return np.flatnonzero(m)
-
-
-def _rng(seed: int, fold: int) -> np.random.Generator:
-    return np.random.default_rng([int(seed), int(fold)])
-
-
-def _check_n_folds(n_folds: int) -> int:
-    if int(n_folds) < 1:
-        raise ValueError(f"n_folds must be >= 1, got {n_folds}")
-    return int(n_folds)
-
-
-def _subject_folds(subjects: np.ndarray, strata: np.ndarray | None, n_folds: int, seed: int) -> list[np.ndarray]:
-    """Assign unique subjects to ``n_folds`` groups: shuffled (seeded), round-robin within each stratum."""
-    uniq = pd.unique(pd.Series(subjects))
-    if len(uniq) < n_folds:
-        raise ProtocolUnavailable(f"{len(uniq)} subjects cannot make {n_folds} subject-disjoint folds; "
-                                  f"lower n_folds to at most {len(uniq)} or add subjects")
-    rng = np.random.default_rng(int(seed))
-    groups: list[list] = [[] for _ in range(n_folds)]
-    if strata is None:
-        strata_of = {s: "_" for s in uniq}
-    else:
-        strata_of = {s: ("_" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
-                     for s, v in zip(subjects, strata)}
-    offset = 0
-    for stratum in sorted(set(strata_of.values()), key=str):
-        members = np.array(sorted(s for s in uniq if strata_of[s] == stratum), dtype=object)
-        members = members[rng.permutation(len(members))]
-        for i, s in enumerate(members):
-            groups[(i + offset) % n_folds].append(s)
-        offset += len(members)
-    return [np.array(g, dtype=object) for g in groups]
-
-
-def _group_kfold(df: pd.DataFrame, positions: np.ndarray, n_folds: int, seed: int, stratify_col: str | None,
-                 name: str) -> list[Fold]:
-    subj = df["subject"].to_numpy()[positions]
-    strata = df[stratify_col].to_numpy()[positions] if stratify_col and stratify_col in df.columns else None
-    groups = _subject_folds(subj, strata, n_folds, seed)
-    folds = []
-    for i, test_subjects in enumerate(groups):
-        is_test = np.isin(subj, test_subjects)
-        tr, te = positions[~is_test], positions[is_test]
-        assert not set(df["subject"].iloc[tr]) & set(df["subject"].iloc[te]), "subject leak"
-        folds.append(Fold(tr, te, name=f"{name}-{i}", info={"test_subjects": sorted(map(str, test_subjects))}))
-    return folds
-
-
-# ------------------------------------------------------------------------------------------------- identity
-def paper_subjects(df: pd.DataFrame) -> list[str] | None:
-    """The people the paper's identity protocol uses: KDEF's F01…F05, M01…M05 when the table is KDEF and has
-    them all; otherwise ``None`` (every subject of the table)."""
-    subj = set(df["subject"].astype(str)) if "subject" in df.columns else set()
-    is_kdef = "dataset" not in df.columns or (df["dataset"].astype(str) == "kdef").all()
-    return list(PAPER_SUBJECTS) if is_kdef and set(PAPER_SUBJECTS) <= subj else None
-
-
-def paper_identity(df: pd.DataFrame, subjects="auto", session: str | None = "A", n_train: int = 20,
-                   n_test: int = 15, k: int = 3, n_folds: int = 5, seed: int = 0,
-                   aggregator: Aggregator | None = None, max_sets: int | None = None) -> list[Fold]:
-    """The paper's identity protocol (see module docstring); folds are *repeats* of a random picture split.
-
-    ``subjects="auto"``: the paper's 10 KDEF people on KDEF (:func:`paper_subjects`), every subject on any other
-    table; ``None``: every subject. Per person and repeat: a seeded random ``n_train`` of the person's usable
-    pictures (in ``session`` when the table has sessions) train, the next ``n_test`` (or what is left, >= k) test.
-    A person with fewer than ``n_train + k`` pictures is split 20:15 (at least ``k`` each side), so the
-    protocol runs on any labelled set; fewer than ``2k`` pictures raises :class:`ProtocolUnavailable`.
-    Then every k-subset of each side (C(20,3)=1140 train, C(15,3)=455 test per person; ``max_sets`` caps it).
-    """
-    n_folds = _check_n_folds(n_folds)
-    mask = np.ones(len(df), dtype=bool)
-    if session is not None and "session" in df.columns and (df["session"].astype(str) == str(session)).any():
-        mask &= (df["session"].astype(str) == str(session)).to_numpy()
-    pos = _positions(df, mask)
-    subj_all = df["subject"].astype(str).to_numpy()
-    if isinstance(subjects, str) and subjects == "auto":
-        subjects = paper_subjects(df.iloc[pos])
-    if subjects is None:
-        subjects = sorted(set(subj_all[pos]))
-    subjects = list(subjects)
-    by_subject = {s: pos[subj_all[pos] == s] for s in subjects}
-    short = {s: len(p) for s, p in by_subject.items() if len(p) < 2 * k}
-    if short:
-        raise ProtocolUnavailable(f"identity/paper needs >= {2 * k} usable pictures per person (k={k} per side); "
-                                  f"too few: {short} — drop these people (subjects=...) or lower k")
-    if len(subjects) < 2:
-        raise ProtocolUnavailable(f"identity/paper needs >= 2 people, found {len(subjects)}")
-    folds = []
-    for f in range(n_folds):
-        rng = _rng(seed, f)
-        tr_sets, te_sets, counts = [], [], {}
-        for si, s in enumerate(subjects):
-            n = len(by_subject[s])
-            if n >= n_train + k:
-                a, b = n_train, min(n_test, n - n_train)
-            else:
-                a = min(max(k, int(round(n * n_train / (n_train + n_test)))), n - k)
-                b = n - a
-            p = np.sort(by_subject[s])[rng.permutation(n)]
-            tr, te = np.sort(p[:a]), np.sort(p[a:a + b])
-            sub_seed = int(rng.integers(2**31))
-            tr_sets.append(k_subsets(tr, k, max_sets=max_sets, seed=sub_seed))
-            te_sets.append(k_subsets(te, k, max_sets=max_sets, seed=sub_seed + 1))
-            counts[s] = (len(tr), len(te))
-        folds.append(Fold(np.concatenate(tr_sets), np.concatenate(te_sets), name=f"paper_identity-repeat{f}",
-                          aggregator=aggregator,
-                          info={"pictures_per_subject": counts, "k": k, "subjects": subjects,
-                                "max_sets": max_sets}))
-    return folds
-
-
-def cross_session_identity(df: pd.DataFrame, subjects="auto", train_session: str = "A",
-                           test_session: str = "B", k: int = 1, max_sets: int | None = None, seed: int = 0,
-                           aggregator: Aggregator | None = None, n_folds: int = 1) -> list[Fold]:
-    """Identity across KDEF sessions: train on session A pictures, test on session B (one fold; the split is
-    fixed, ``n_folds`` is accepted for a uniform signature and ignored). With ``k > 1``, every k-subset within a
-    person and side (capped by ``max_sets``) is aggregated as in the paper's protocol.
-
-    Raises :class:`ProtocolUnavailable` when either session is absent (the KDEF dev set has session A only).
-    """
-    if "session" not in df.columns:
-        raise ProtocolUnavailable("cross_session identity not available: the table has no 'session' column")
-    pos = _positions(df)
-    sessions = set(df["session"].astype(str).to_numpy()[pos])
-    missing = {train_session, test_session} - sessions
-    if missing:
-        raise ProtocolUnavailable(
-            f"cross_session identity not available: needs both sessions {train_session} and {test_session}; "
-            f"the data has only session(s) {sorted(sessions)} (the KDEF dev set is session A only — use the full "
-            "KDEF, or the cross_angle / leave_expression_out identity protocols)")
-    sess = df["session"].astype(str).to_numpy()
-    return [_identity_split(df, pos[sess[pos] == train_session], pos[sess[pos] == test_session], subjects, k,
-                            max_sets, seed, aggregator, name="cross_session_identity-0",
-                            info={"train_session": train_session, "test_session": test_session})]
-
-
-MIRROR_GROUPS = (("FL", "FR"), ("HL", "HR"), ("S",))
-
-
-def cross_angle_identity(df: pd.DataFrame, subjects="auto", session: str | None = "A", k: int = 1,
-                         max_sets: int | None = None, seed: int = 0, aggregator: Aggregator | None = None,
-                         groups=MIRROR_GROUPS, n_folds: int | None = None) -> list[Fold]:
-    """Leave-one-view-pair-out identity (3 folds): fold i tests on the views ``groups[i]`` — a view *and its
-    mirror* ({FL, FR}, {HL, HR}, {S}) — and trains on the others (same people). A mirrored profile is nearly the
-    same picture flipped, so the pair is held out together, and image models train without flips
-    (``fold.info["flip"] is False``). ``n_folds`` (if given) keeps the first n groups."""
-    groups = [tuple(g) for g in groups][: n_folds or None]
-    folds = _leave_value_out(df, "angle", groups, subjects, session, k, max_sets, seed, aggregator,
-                             "cross_angle_identity")
-    for f in folds:
-        f.info["flip"] = False
-    return folds
-
-
-def leave_expression_out_identity(df: pd.DataFrame, subjects="auto", session: str | None = "A",
-                                  k: int = 1, max_sets: int | None = None, seed: int = 0,
-                                  aggregator: Aggregator | None = None, expressions=EXPRESSIONS,
-                                  n_folds: int | None = None) -> list[Fold]:
-    """Leave-one-expression-out identity: fold i tests on expression ``expressions[i]`` (all angles), trains on
-    the other six. Leak-aware: identity must be recognised across an expression never seen for that person."""
-    return _leave_value_out(df, "expression", [(e,) for e in list(expressions)[: n_folds or None]], subjects, session, k,
-                            max_sets, seed, aggregator, "leave_expression_out_identity")
-
-
-def _leave_value_out(df, column, groups, subjects, session, k, max_sets, seed, aggregator, name) -> list[Fold]:
-    """One fold per group of values of ``column``: test on the group's pictures, train on the rest."""
-    mask = np.ones(len(df), dtype=bool)
-    if session is not None and "session" in df.columns and (df["session"].astype(str) == str(session)).any():
-        mask &= (df["session"].astype(str) == str(session)).to_numpy()
-    if column not in df.columns:
-        raise ProtocolUnavailable(f"{name} needs a {column!r} column")
-    pos = _positions(df, mask)
-    col = df[column].astype(str).to_numpy()
-    present = set(col[pos])
-    folds = []
-    for i, group in enumerate(groups):
-        group = [v for v in group if v in present]
-        if not group:
-            continue
-        held = np.isin(col[pos], group)
-        test_key = f"test_{column}"
-        folds.append(_identity_split(df, pos[~held], pos[held], subjects, k, max_sets, seed + i, aggregator,
-                                     name=f"{name}-{i}",
-                                     info={test_key: group[0] if len(group) == 1 else "+".join(group),
-                                           f"test_{column}s": group}))
-    if not folds:
-        raise ProtocolUnavailable(f"{name}: none of {groups} found in column {column!r}")
-    return folds
-
-
-def _identity_split(df, tr_pos, te_pos, subjects, k, max_sets, seed, aggregator, name, info) -> Fold:
-    subj = df["subject"].astype(str).to_numpy()
-    if isinstance(subjects, str) and subjects == "auto":
-        subjects = paper_subjects(df.iloc[np.concatenate([tr_pos, te_pos])])
-    if subjects is None:
-        subjects = sorted(set(subj[tr_pos]) & set(subj[te_pos]))
-    tr_sets, te_sets = [], []
-    rng = np.random.default_rng(int(seed))
-    for s in subjects:
-        a, b = np.sort(tr_pos[subj[tr_pos] == s]), np.sort(te_pos[subj[te_pos] == s])
-        if len(a) < k or len(b) < k:
-            raise ProtocolUnavailable(f"{name}: subject {s} has {len(a)} train / {len(b)} test pictures (< k={k}); "
-                                      "drop that subject (subjects=...) or lower k")
-        if k == 1:
-            tr_sets.append(a), te_sets.append(b)
-        else:
-            tr_sets.append(k_subsets(a, k, max_sets, int(rng.integers(2**31))))
-            te_sets.append(k_subsets(b, k, max_sets, int(rng.integers(2**31))))
-    if len(tr_sets) < 2:
-        raise ProtocolUnavailable(f"{name}: needs >= 2 people with pictures on both sides, found {len(tr_sets)}")
-    info = dict(info, subjects=list(subjects), k=k)
-    return Fold(np.concatenate(tr_sets), np.concatenate(te_sets), name=name, aggregator=aggregator, info=info)
-
 
 # ----------------------------------------------------------------------------------------------- expression
 def paper_expression(df: pd.DataFrame, n_folds: int = 5, seed: int = 0,
                      test_fraction: float = PAPER_EXPR_TEST_FRACTION, label: str = "expression") -> list[Fold]:
     """The paper's expression protocol: all usable pictures, a stratified (by expression) random split with
     the paper's 2975/1925 proportion, repeated ``n_folds`` times with seeds (seed, fold). Leaks identity."""
-    from sklearn.model_selection import StratifiedShuffleSplit
+    from sklearn.model_selection import StratifiedShuffleSplit  # scikit-learn: out of report.tables' start-up
 
-    n_folds = _check_n_folds(n_folds)
-    pos = _positions(df)
+    n_folds = check_n_folds(n_folds)
+    pos = usable_positions(df)
     y = df[label].astype(str).to_numpy()[pos]
     folds = []
     for f in range(n_folds):
@@ -361,23 +111,23 @@ def subject_independent(df: pd.DataFrame, n_folds: int = 5, seed: int = 0, label
     if label and label in df.columns:
         per_subject = df.groupby(df["subject"].astype(str))[label].nunique(dropna=True)
         strat = label if (per_subject <= 1).all() else None
-    return _group_kfold(df, _positions(df), _check_n_folds(n_folds), seed, strat, name)
+    return group_kfold(df, usable_positions(df), check_n_folds(n_folds), seed, strat, name)
 
 
 def random_split(df: pd.DataFrame, label: str, n_folds: int = 5, seed: int = 0, test_fraction: float = 0.3,
                  name: str = "random") -> list[Fold]:
     """Stratified random picture split repeated ``n_folds`` times (a generic task's 'paper-like' protocol).
     Leaks identity whenever a person has several pictures."""
-    from sklearn.model_selection import StratifiedShuffleSplit
+    from sklearn.model_selection import StratifiedShuffleSplit  # scikit-learn: out of report.tables' start-up
 
-    pos = _positions(df)
+    pos = usable_positions(df)
     y = df[label].astype(str).to_numpy()[pos]
     counts = pd.Series(y).value_counts()
     if len(counts) < 2 or counts.min() < 2:
         raise ProtocolUnavailable(f"{name}: column {label!r} needs >= 2 classes with >= 2 pictures each; "
                                   f"counts: {counts.to_dict()}")
     folds = []
-    for f in range(_check_n_folds(n_folds)):
+    for f in range(check_n_folds(n_folds)):
         sss = StratifiedShuffleSplit(n_splits=1, test_size=test_fraction,
                                      random_state=int(np.random.SeedSequence([seed, f]).generate_state(1)[0]))
         tr, te = next(sss.split(np.zeros(len(pos)), y))
@@ -410,10 +160,10 @@ def paper_gender(df: pd.DataFrame, n_per_gender: int = 50, n_folds: int = 5, see
     (:func:`two_picture_gender`, both FEI frontal pictures of each subject: 200/200). Rows with ``dataset`` other
     than ``fei`` are ignored when a ``dataset`` column exists. Fewer than 2 subjects of a gender raises
     :class:`ProtocolUnavailable`; fewer than ``2 × n_per_gender`` splits that gender's subjects in half."""
-    n_folds = _check_n_folds(n_folds)
+    n_folds = check_n_folds(n_folds)
     if label not in df.columns:
         raise ProtocolUnavailable(f"gender protocols need a {label!r} column")
-    pos = _positions(df, _fei_mask(df))
+    pos = usable_positions(df, _fei_mask(df))
     pos = pos[df[label].iloc[pos].notna().to_numpy()]
     if pictures == "one":
         pos = one_picture_per_subject(df, pos)
@@ -423,7 +173,7 @@ def paper_gender(df: pd.DataFrame, n_per_gender: int = 50, n_folds: int = 5, see
     name = "paper_gender" if pictures == "one" else "two_picture_gender"
     folds = []
     for f in range(n_folds):
-        rng = _rng(seed, f)
+        rng = fold_rng(seed, f)
         train_s, test_s = [], []
         for g in sorted(set(subj_gender.values())):
             members = np.array(sorted(s for s, gg in subj_gender.items() if gg == g), dtype=object)
@@ -452,7 +202,7 @@ def subject_independent_gender(df: pd.DataFrame, n_folds: int = 5, seed: int = 0
                                ) -> list[Fold]:
     """GroupKFold by subject, subjects of each gender spread evenly over the folds (seeded)."""
     strat = label if label in df.columns else None
-    return _group_kfold(df, _positions(df, _fei_mask(df)), _check_n_folds(n_folds), seed, strat,
+    return group_kfold(df, usable_positions(df, _fei_mask(df)), check_n_folds(n_folds), seed, strat,
                         "subject_independent_gender")
 
 

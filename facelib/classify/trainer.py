@@ -38,6 +38,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
+from sklearn.pipeline import Pipeline  # noqa: E402
 from torch import nn  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
@@ -293,8 +294,6 @@ def _fit_sklearn(model, X_fit, y_fit, X_val, y_val, X_test, seed, n_classes, C=N
     The grid stops once the validation accuracy has fallen twice in a row (larger C only overfits more); the
     result's ``history`` lists every C tried, ``C_tried`` the values and ``grid_stop`` why the grid ended.
     Ties keep the smaller C."""
-    from sklearn.pipeline import Pipeline
-
     grid = [C] if C is not None else sorted(C_GRID)
     if C is None and not len(X_val):
         grid = grid[:1]  # nothing to choose on: the first C (what the full grid picked without a validation split)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from sklearn.model_selection import train_test_split
 
 from .aggregate import k_subsets
 from .protocols import Fold, ProtocolUnavailable
@@ -65,7 +66,6 @@ def inner_split(df: pd.DataFrame, fold: Fold, label: str, val_fraction: float = 
         is_val = np.isin(subj, held)
         if is_val.any() and (~is_val).any():
             return train[~is_val], train[is_val], "subjects"
-    from sklearn.model_selection import train_test_split
 
     n_val = max(1, int(round(val_fraction * len(train))))
     yy = y[train]

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+from PIL import Image
 
 from .. import assets, config
 from .morphable import LAYOUT_DEEP3D, five_points, load_lm3d_std
@@ -41,7 +42,7 @@ class ReconNet(nn.Module):
 
     def __init__(self):
         super().__init__()
-        import torchvision
+        import torchvision  # torchvision (seconds to import): only when this network is built
 
         backbone = torchvision.models.resnet50(weights=None)
         backbone.fc = nn.Identity()  # no parameters: the state_dict has no fc keys, as Deep3D's
@@ -160,8 +161,6 @@ def align_deep3d(image_rgb: np.ndarray, lm5, lm3d_std, target_size: int = TARGET
     w, h = int(w0 * s), int(h0 * s)
     left = int(w / 2 - target_size / 2 + (t[0] - w0 / 2) * s)
     up = int(h / 2 - target_size / 2 + (h0 / 2 - t[1]) * s)
-
-    from PIL import Image
 
     pil = Image.fromarray(img).resize((w, h), resample=Image.Resampling.BICUBIC)
     crop = np.asarray(pil.crop((left, up, left + target_size, up + target_size)), dtype=np.float32) / 255.0

@@ -270,7 +270,7 @@ class FaceBoxesDetector:
 
     def _postprocess(self, loc: torch.Tensor, prob: torch.Tensor, priors: torch.Tensor, hs: int, ws: int,
                      fx: float, fy: float) -> np.ndarray:
-        from torchvision.ops import nms
+        from torchvision.ops import nms  # torchvision (seconds to import): only when detecting
 
         keep = prob > self.conf_threshold
         if not bool(keep.any()):

@@ -327,3 +327,8 @@ def pose_from_3ddfa(pose12, similarity) -> np.ndarray:
     M, p = P[:, :, :3], P[:, :, 3]
     out = np.concatenate([s * M @ R, (M @ t + p)[:, :, None]], axis=2)
     return out.reshape(-1, 12).astype(np.float32)
+
+
+# Deprecated alias kept for notebooks/02_reconstruction.ipynb (which imports facelib.fitting.ict_fit, hence this
+# module, first): the source attaches its builder to the class, so morphable.py never imports ict.py.
+MorphableModel.from_ict = staticmethod(load_model)

@@ -36,7 +36,7 @@ class DlibLandmarker:
     name = "dlib"
 
     def __init__(self):
-        import dlib
+        import dlib  # optional dependency: only the dlib landmarker
 
         self._dlib = dlib
         self.model_path = face_recognition_models_dir() / "shape_predictor_68_face_landmarks.dat"
@@ -73,7 +73,7 @@ class FANLandmarker:
             shutil.copyfile(source, hub / weight)  # face-alignment only reads its torch-hub folder
         if problems:
             raise FileNotFoundError("FAN weights missing:\n" + "\n".join(problems))
-        import face_alignment
+        import face_alignment  # optional dependency: only the FAN landmarker
 
         self._fa = face_alignment.FaceAlignment(face_alignment.LandmarksType.TWO_D, device=device,
                                                 face_detector="sfd")

@@ -30,9 +30,10 @@ Sources
     is cached as an .npz keyed by the sha256 of every input file.
     Its vertex set is the same as 3DDFA's 53215-vertex set restricted to ``idx`` (the 68 keypoints coincide).
 
-``MorphableModel.from_ict(source, assets_folder, cache)`` (``source == "ict"``, layout ``ict``: pose 12, α 100, β 53)
+``ict.load_model(source, assets_folder, cache)`` (``source == "ict"``, layout ``ict``: pose 12, α 100, β 53)
     ICT-FaceKit's ICT Face Model Light (MIT): 26,719 vertices, 100 std-scaled identity modes, 53 ARKit expression
-    blend shapes (weights in [0, 1]), centimetres, BFM's axes; built, checked and cached by :mod:`facelib.face3d.ict`.
+    blend shapes (weights in [0, 1]), centimetres, BFM's axes; built, checked and cached by
+    :mod:`facelib.face3d.ict` (the source builds the class; this module does not import it).
 
 Coordinates (all sources): model space is BFM's: x towards the subject's left (image right in a frontal
 view), y up, z out of the face towards the viewer (the nose tip has the largest z).
@@ -65,6 +66,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.io import loadmat
 
 from .. import assets, config
 from ..io import cached_arrays
@@ -348,14 +350,6 @@ class MorphableModel:
                    extras={"noneck_ids": noneck}, provenance=prov, device=device)
 
     @classmethod
-    def from_ict(cls, source=None, assets_folder=None, cache=None, jaw: str = "substitutes", area: str = "narrow",
-                 device: str | torch.device = "cpu") -> "MorphableModel":
-        """ICT Face Model Light: 26,719 vertices, α 100, β 53 (ARKit weights in [0, 1]); :mod:`facelib.face3d.ict`."""
-        from . import ict  # here, not at the top: ict builds a MorphableModel (import cycle)
-
-        return ict.load_model(source, assets_folder, cache, jaw, area, device)
-
-    @classmethod
     def from_bfm09(cls, bfm09_mat=None, exp_pca_bin=None, aux_folder=None, cache=None, recenter: bool = True,
                    device: str | torch.device = "cpu") -> "MorphableModel":
         """The paper's 35709-vertex front model (see the module docstring).
@@ -415,8 +409,6 @@ def _rows(vertex_ids: np.ndarray) -> np.ndarray:
 
 def convert_bfm09(bfm09_mat, exp_pca_bin, aux: dict) -> dict:
     """BFM09 + Guo expression basis → the 35709-vertex front model (arrays, 0-based indices, mean not recentred)."""
-    from scipy.io import loadmat
-
     bfm = loadmat(str(bfm09_mat), variable_names=["shapeMU", "shapePC", "shapeEV", "texMU", "texPC", "texEV"])
     missing = [k for k in ("shapeMU", "shapePC", "shapeEV", "texMU", "texPC", "texEV") if k not in bfm]
     if missing:
@@ -460,8 +452,6 @@ def convert_bfm09(bfm09_mat, exp_pca_bin, aux: dict) -> dict:
 
 def load_lm3d_std(assets_folder=None) -> np.ndarray:
     """Deep3D's standard 3-D landmarks reduced to 5 points (left eye, right eye, nose, left/right mouth) (5, 3)."""
-    from scipy.io import loadmat
-
     lm = loadmat(str(assets.resolve("lm3d_std", assets_folder)))["lm"].astype(np.float64)
     return five_points(lm)
 

@@ -14,6 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -224,8 +225,6 @@ def qa_figure(table: pd.DataFrame, per_group: int = 4, group: str | None = "angl
               seed: int = 0, max_groups: int = 8):
     """A grid: one row per angle (or ``group``; see :func:`qa_groups` when the table lacks it), a few images
     each, detector box and 68 landmarks drawn. ``fig.qa_note`` says which grouping was used and why."""
-    import matplotlib.pyplot as plt
-
     ok = table[table["status"] == "ok"]
     if ok.empty:
         raise FacelibError("no picture was reconstructed (status ok): nothing to show in the QA figure",

@@ -67,7 +67,7 @@ class RNet(nn.Module):
             self.trunk = MobileNetV1(0.5)
             width = 512
         else:
-            import torchvision
+            import torchvision  # torchvision (seconds to import): only the ResNet-50 R-Net
 
             trunk = torchvision.models.resnet50(weights=None)
             trunk.fc = nn.Identity()

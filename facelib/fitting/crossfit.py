@@ -32,6 +32,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from .. import assets, config
 from ..face3d import rnet as R
@@ -309,10 +312,6 @@ def part_probe(table: pd.DataFrame, column: str = "alpha", n_splits: int = 5, se
     (pooled over all held-out pictures),
     ``chance`` (the majority part's share of the pictures), ``person_accuracy`` (a person counts as right when
     most of their pictures are), ``fold_accuracies``, ``n_pictures``, ``n_people``, ``n_parts``, ``column``."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     if "rnet_part" not in table.columns:
         raise ValueError("part_probe needs an R-Net table (column 'rnet_part', from rnet_tables)")
     ok = table[table["rnet_part"].notna() & table[column].notna()]

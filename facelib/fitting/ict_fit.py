@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from ..face3d.cameras import crop_box, crop_rgb, crop_to_image, image_to_crop
-from ..face3d.ict import bfm_similarity, pose_from_3ddfa
+from ..face3d.ict import bfm_similarity, load_model, pose_from_3ddfa
 from ..face3d.morphable import MorphableModel
 from ..face3d.reconstruct import TDDFABackend, register_backend
 from ..io import atomic_write_table
@@ -53,7 +53,7 @@ class ICTFitter:
 
     def __init__(self, device: str | None = None, assets_folder=None, ict_source=None, texture=None,
                  skin_model=None, embedder: Callable | None = None, image_size: int = 160):
-        model = MorphableModel.from_ict(ict_source, assets_folder)
+        model = load_model(ict_source, assets_folder)
         self.similarity = bfm_similarity(model, MorphableModel.from_3ddfa(assets_folder))
         self.texture_sha = None
         if texture is not None:

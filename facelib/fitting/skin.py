@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.io import loadmat
+from sklearn.mixture import GaussianMixture
 
 from .. import assets, config
 from ..face3d.cameras import landmarks_136_to_68
@@ -96,8 +97,6 @@ class SkinModel:
             max_samples: int = 200_000, seed: int = 0) -> "SkinModel":
         """Fit both mixtures. pixels (…, 3) RGB; ``prior_skin`` None → the skin fraction of the samples given;
         at most ``max_samples`` pixels per class are used (random subset)."""
-        from sklearn.mixture import GaussianMixture
-
         rng = np.random.default_rng(seed)
         models = []
         counts = []

@@ -59,7 +59,7 @@ class DlibTargets:
     name = "dlib"
 
     def __init__(self):
-        import dlib
+        import dlib  # optional dependency: only dlib's landmark targets
 
         self._marker = DlibLandmarker()
         self._det = dlib.get_frontal_face_detector()

@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import cv2
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.ticker import FuncFormatter
@@ -42,8 +43,6 @@ def _save(fig, out):
 def image_grid(manifest: pd.DataFrame, rows: str | None = "expression", cols: str | None = "angle",
                subject: str | None = None, ncols: int = 6, thumb: int = 110, out=None):
     """Thumbnails: one person's pictures as an expression × angle grid, or simply the first images in a grid."""
-    import matplotlib.pyplot as plt
-
     df = manifest if subject is None else manifest[manifest["subject"] == subject]
     if rows and cols:
         row_keys = [k for k in ("AF", "AN", "DI", "HA", "NE", "SA", "SU") if k in set(df[rows])] or \
@@ -84,10 +83,9 @@ def image_grid(manifest: pd.DataFrame, rows: str | None = "expression", cols: st
 
 def embedding_plot(vectors: np.ndarray, labels: pd.Series, title: str, out=None, ax=None):
     """2-D PCA projection of coefficient vectors coloured by a label (standardised first, as the classifiers are)."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-    from sklearn.decomposition import PCA
-    from sklearn.preprocessing import StandardScaler
+    import seaborn as sns  # seaborn (~1 s to import): out of report.index's start-up
+    from sklearn.decomposition import PCA  # scikit-learn: out of report.index's start-up
+    from sklearn.preprocessing import StandardScaler  # (as above)
 
     xy = PCA(n_components=2, random_state=0).fit_transform(StandardScaler().fit_transform(vectors))
     if ax is None:
@@ -160,8 +158,7 @@ def _wrap_at_dots(text: str, width: int) -> list[str]:
 
 def plot_confusion(percent: pd.DataFrame, source: dict, provenance: dict, out: Path | None = None):
     """Table 3 as a heatmap: rows the true expression, columns the predicted one, each row in % of its pictures."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
+    import seaborn as sns  # seaborn (~1 s to import): out of report.index's start-up
 
     names = [f"{EXPRESSION_NAMES.get(e, e)} ({e})" for e in percent.index]
     fig, ax = plt.subplots(figsize=(7.5, 6.2))
@@ -192,8 +189,6 @@ def plot_per_angle(results: list[dict], provenance: dict, out: Path | None = Non
                    results_dir: str | Path | None = None):
     """Accuracy per KDEF view angle: one panel per protocol, one line per input × model (× coefficient backend),
     mean ± std over repeats / folds, and the chance line."""
-    import matplotlib.pyplot as plt
-
     chosen = [r for r in results if r.get("task") == task and r.get("per_angle_accuracy")]
     if not chosen:
         return None
@@ -241,8 +236,6 @@ def training_time_pairs(t2: pd.DataFrame) -> pd.DataFrame:
 
 def plot_training_time(t2: pd.DataFrame, provenance: dict, out: Path | None = None):
     """Paired dot plot: per task and input, our ResNet-34's training time per input beside the paper's."""
-    import matplotlib.pyplot as plt
-
     d = training_time_pairs(t2)
     if d.empty:
         return None

@@ -3,6 +3,7 @@ fitted ICT meshes rendered over the pictures (all five angles). Each returns a m
 :func:`facelib.io.save_figure` when ``out`` is given."""
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -41,8 +42,6 @@ def _shade(model: MorphableModel, verts: torch.Tensor, rot: torch.Tensor | None 
 def landmark_figure(model: MorphableModel, size: int = 640, out=None):
     """The neutral face area, frontal orthographic view, with the 68 landmark vertices numbered (0-based).
     Returns (figure, landmarks (68, 2) in the image's pixels)."""
-    import matplotlib.pyplot as plt
-
     v = model.shape().cpu()
     tri = _face_triangles(model)
     face = v[0, torch.unique(tri)]
@@ -73,8 +72,6 @@ def expression_activation(table: pd.DataFrame, names: list[str]) -> pd.DataFrame
 
 def expression_heatmap(table: pd.DataFrame, names: list[str], out=None, title: str | None = None):
     """7 × 53 heatmap of :func:`expression_activation`, columns labelled with the shapes' FACS units."""
-    import matplotlib.pyplot as plt
-
     act = expression_activation(table, names)
     fig, ax = plt.subplots(figsize=(16, 4.2))
     im = ax.imshow(act.to_numpy(), aspect="auto", cmap="magma", vmin=0, vmax=max(float(act.to_numpy().max()), 1e-6))
@@ -91,8 +88,6 @@ def overlay_figure(table: pd.DataFrame, model: MorphableModel, picks: list[tuple
     """Fitted ICT meshes (grey shaded, 55 % opacity) over the pictures: one row per (subject, expression) in
     ``picks`` (default: the first subject with HA, SU, AN), one column per angle FL HL S HR FR; the fitted 68
     landmarks in red."""
-    import matplotlib.pyplot as plt
-
     ok = table[(table["status"] == "ok") & table["alpha"].notna()]
     if picks is None:
         subj = sorted(ok["subject"].unique())[0]
