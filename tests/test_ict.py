@@ -84,12 +84,6 @@ def test_read_obj_rejects_bad_indices(tmp_path):
         ict.read_obj(path, faces=True)
 
 
-def test_from_ict_is_a_deprecated_alias_of_the_source():
-    """notebooks/02 still calls ``MorphableModel.from_ict``: the ICT source attaches its builder to the class (one
-    import direction, ict → morphable; tests/test_house.py checks there is no cycle), so the alias is the builder."""
-    assert MorphableModel.from_ict is ict.load_model
-
-
 def test_face3d_does_not_import_fitting():
     """The ict backend lives in fitting (it fits); face3d names it only for ``make_backend``, imported on use."""
     code = ("import sys; import facelib.face3d.ict, facelib.face3d.reconstruct as r; "

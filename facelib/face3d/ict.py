@@ -329,6 +329,3 @@ def pose_from_3ddfa(pose12, similarity) -> np.ndarray:
     return out.reshape(-1, 12).astype(np.float32)
 
 
-# Deprecated alias kept for notebooks/02_reconstruction.ipynb (which imports facelib.fitting.ict_fit, hence this
-# module, first): the source attaches its builder to the class, so morphable.py never imports ict.py.
-MorphableModel.from_ict = staticmethod(load_model)
