@@ -124,7 +124,7 @@ def generate_synthetic(out_dir, n_identities: int = 20, sessions=("A",), seed: i
                   gender_rule="identity i of n: F if i < n//2 else M; alpha shifted by -/+ delta along a seeded "
                               "unit direction of the whitened first 10 alpha components",
                   yaw_deg=YAW_DEG, model="3ddfa (BFM, 53215 vertices, alpha 40, beta 10)")
-    kdef_root, fei_root = out / "KDEF", out / "fei" / "frontal"
+    fei_root = out / "fei" / "frontal"
     marker, partial = out / MARKER, out / PARTIAL_MARKER
     for existing in (marker, partial):
         if existing.is_file():

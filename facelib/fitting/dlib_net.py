@@ -225,7 +225,7 @@ def _read_details(r: _Reader) -> Layer:
     if name in ("fc_2", "fc_3"):
         a = dict(num_outputs=r.int(), num_inputs=r.int())
         params = r.tensor("fc params")
-        wshape = r.alias_tensor("fc weights")
+        r.alias_tensor("fc weights")
         r.alias_tensor("fc biases")
         a["bias_mode"] = r.int("fc bias mode")
         for _ in range(4):
