@@ -110,8 +110,8 @@ def main(argv=None) -> int:
         return 2
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
-    det = FaceBoxesDetector(assets_folder=args.assets, max_side=args.max_side or None)
-    reg = TDDFARegressor(assets_folder=args.assets)
+    det = FaceBoxesDetector(assets_dir=args.assets, max_side=args.max_side or None)
+    reg = TDDFARegressor(assets_dir=args.assets)
     paths = list_images(args.kdef)
     if args.limit:
         paths = paths[:args.limit]

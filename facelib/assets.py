@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import config
+from .deprecation import renamed_kwargs
 from .errors import FacelibError
 
 TDDFA_URL = "https://github.com/cleardusk/3DDFA_V2/raw/master"
@@ -139,13 +140,14 @@ class AssetChecksumError(AssetError):
 NEEDED_ALWAYS = ("faceboxes", "mb05", "param_mean_std", "tri", "bfm_u_shp", "bfm_u_exp", "bfm_w_shp", "bfm_w_exp",
                  "bfm_keypoints")
 NEEDED_BY_BACKEND = {"tddfa": (), "deep3d": ("deep3d_epoch20", "lm3d_std")}
-NEEDED_BY_LANDMARKS = {"model": (), "dlib": (), "fan": ("fan_2d", "fan_s3fd")}
+NEEDED_BY_LANDMARK_SOURCE = {"model": (), "dlib": (), "fan": ("fan_2d", "fan_s3fd")}
 
 
-def needed(backend: str = "tddfa", landmarks: str | None = "model") -> list[str]:
+@renamed_kwargs(landmarks="landmark_source")
+def needed(backend: str = "tddfa", landmark_source: str | None = "model") -> list[str]:
     """Names of the assets a study with this backend and landmarker needs (detection and the BFM bases always)."""
     return list(NEEDED_ALWAYS) + list(NEEDED_BY_BACKEND.get(backend, ())) + \
-        list(NEEDED_BY_LANDMARKS.get(landmarks or "model", ()))
+        list(NEEDED_BY_LANDMARK_SOURCE.get(landmark_source or "model", ()))
 
 
 def get(name: str) -> Asset:

@@ -22,7 +22,9 @@ from .classify.trainer import INPUTS, MODELS
 from .config import resolve_device
 from .data import datasets, labels
 from .data.synthetic import generate_synthetic
+from .deprecation import normalise_params
 from .errors import EXIT_EXPECTED, FacelibError, format_error
+from .face3d.landmarks import LANDMARKERS
 from .face3d.reconstruct import BACKENDS, make_backend, qa_figure, reconstruct_manifest, summarize
 from .fitting import ict_fit
 from .fitting.fitter import MODES
@@ -34,13 +36,13 @@ from .study import PARAMS_DIR, run_study
 def cmd_assets(args) -> int:
     """What the chosen backend needs, where each file goes, and its state; exit 1 when a needed one is missing."""
     rows = assets_mod.status(args.assets)
-    need = set(assets_mod.needed(args.backend, args.landmarks))
+    need = set(assets_mod.needed(args.backend, args.landmark_source))
     dirs = assets_mod.search_dirs(args.assets)
     print(f"asset folders searched, in order: {', '.join(str(d) for d in dirs)}")
     print(f"a missing file goes in {dirs[0]}/<file> (set FACELIB_ASSETS to use another folder)")
     print("downloadable files are fetched on first use unless FACELIB_OFFLINE=1\n")
     width = max(len(r["file"]) for r in rows)
-    for title, group in ((f"needed for backend={args.backend}, landmarks={args.landmarks}:",
+    for title, group in ((f"needed for backend={args.backend}, landmark source={args.landmark_source}:",
                           [r for r in rows if r["name"] in need]),
                          ("not needed for this choice:", [r for r in rows if r["name"] not in need])):
         print(title)
@@ -103,14 +105,14 @@ def cmd_data_check(args) -> int:
 
 def cmd_synthetic(args) -> int:
     res = generate_synthetic(args.out, n_identities=args.identities, sessions=tuple(args.sessions), seed=args.seed,
-                             n_fei=args.fei, assets_folder=args.assets, progress=not args.quiet)
+                             n_fei=args.fei, assets_dir=args.assets, progress=not args.quiet)
     print(json.dumps(res, indent=2))
     return 0
 
 
 def cmd_reconstruct(args) -> int:
     # The model files first: a missing or bad one stops the command before the dataset is scanned.
-    backend = make_backend(args.backend, resolve_device(args.device), args.assets, args.landmarks,
+    backend = make_backend(args.backend, resolve_device(args.device), args.assets, args.landmark_source,
                            not args.no_fallback)
     if args.manifest:
         _require_file(args.manifest, "manifest", "write one with `python -m facelib data check … --out <file>`")
@@ -118,7 +120,7 @@ def cmd_reconstruct(args) -> int:
     else:
         manifest = _load_dataset(args, progress=True)
     table = reconstruct_manifest(manifest, backend, out=args.out, batch_size=args.batch_size,
-                                 assets_folder=args.assets)
+                                 assets_dir=args.assets)
     print(json.dumps(summarize(table), indent=2))
     if args.qa:
         fig = qa_figure(table, out=args.qa)
@@ -131,14 +133,14 @@ def cmd_fit(args) -> int:
     table = pd.read_parquet(args.table)
     if args.texture == "build":
         tex_path = Path(args.out).with_name(Path(args.out).stem + "_texture.npz")
-        build_from_table(table, out=tex_path, device=args.device, assets_folder=args.assets)
+        build_from_table(table, out=tex_path, device=args.device, assets_dir=args.assets)
         args.texture = str(tex_path)
     out = fit_table(table, mode=args.mode, iterations=args.iterations, batch_size=args.batch_size,
                     device=args.device, target_landmarks=args.targets, texture=args.texture,
-                    image_size=args.size, assets_folder=args.assets, limit=args.limit, out=args.out)
+                    image_size=args.size, assets_dir=args.assets, limit=args.limit, out=args.out)
     print(loss_summary(out).round(5).to_string())
     if args.figure:
-        fit_figure(table, n=4, texture=args.texture, device=args.device, assets_folder=args.assets, out=args.figure)
+        fit_figure(table, n=4, texture=args.texture, device=args.device, assets_dir=args.assets, out=args.figure)
     return 0
 
 
@@ -146,7 +148,7 @@ def cmd_ict(args) -> int:
     table = pd.read_parquet(args.table)
     out = ict_fit.fit_ict_table(table, mode=args.mode, iterations=args.iterations, batch_size=args.batch_size,
                                 device=args.device, target_landmarks=args.targets, texture=args.texture,
-                                image_size=args.size, assets_folder=args.assets, ict_source=args.source,
+                                image_size=args.size, assets_dir=args.assets, ict_source=args.source,
                                 limit=args.limit, out=args.out)
     ok = out[out["status"] == "ok"]
     err = ict_fit.landmark_error(ok)
@@ -240,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "exit 1 when a needed one is missing")
     a.add_argument("--assets", default=None, help="asset folder (None: $FACELIB_ASSETS, then the user cache)")
     a.add_argument("--backend", choices=BACKENDS, default="tddfa", help="reconstruction backend to check for")
-    a.add_argument("--landmarks", choices=["model", "dlib", "fan"], default="model", help="landmarker to check for")
+    _add_landmark_source(a, "landmarker to check for")
     a.set_defaults(func=cmd_assets)
 
     d = sub.add_parser("data", help="dataset commands")
@@ -261,6 +263,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_landmark_source(p: argparse.ArgumentParser, what: str) -> None:
+    """``--landmark-source`` and its deprecated spelling ``--landmarks`` (mapped by :func:`_renamed_options`)."""
+    p.add_argument("--landmark-source", choices=LANDMARKERS, default=None,
+                   help=f"{what}: the backend's own (model), dlib or fan (None: model)")
+    p.add_argument("--landmarks", choices=LANDMARKERS, default=None,
+                   help="deprecated spelling of --landmark-source (removed in the next release)")
+
+
+def _renamed_options(args: argparse.Namespace) -> argparse.Namespace:
+    """A deprecated option (``--landmarks``) → its new one, with one warning; both with different values: error."""
+    if "landmark_source" in args:
+        given = {k: v for k, v in (("landmarks", args.landmarks), ("landmark_source", args.landmark_source))
+                 if v is not None}
+        args.landmark_source = normalise_params(given, kind="option").get("landmark_source") or "model"
+        del args.landmarks
+    return args
+
+
 def _add_synthetic(sub) -> None:
     """Register ``python -m facelib synthetic --out DIR [--identities N] [--seed S] …``."""
     p = sub.add_parser("synthetic", help="render the labelled synthetic KDEF-like + FEI-like set")
@@ -279,7 +299,7 @@ def _add_reconstruct(sub) -> None:
     _add_dataset_arguments(r, default="kdef")
     r.add_argument("--manifest", default=None, help="use a saved manifest (.parquet) instead of --dataset/--root")
     r.add_argument("--backend", choices=BACKENDS, default="tddfa", help="coefficient regressor")
-    r.add_argument("--landmarks", choices=["model", "dlib", "fan"], default="model", help="68-point landmarker")
+    _add_landmark_source(r, "68-point landmarker")
     r.add_argument("--out", required=True, help="coefficient table (.parquet)")
     r.add_argument("--qa", default=None, help="also write the QA figure (PNG)")
     r.add_argument("--device", default=None, help="cpu, cuda, mps or auto (default: $FACELIB_DEVICE or auto)")
@@ -356,5 +376,5 @@ def _guarded(func, args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return _guarded(args.func, args)
+    return _guarded(lambda a: a.func(_renamed_options(a)), args)
 

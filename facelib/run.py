@@ -20,6 +20,7 @@ import torch
 from . import __version__, config
 from .classify.precision import choose_precision
 from .data.datasets import study_datasets
+from .deprecation import DEPRECATED_PARAMETERS, normalise_params
 from .errors import FacelibError, format_error
 from .io import atomic_write_json
 
@@ -27,10 +28,10 @@ STATUS_FILE = "run.json"  # the runner's record of a run: status, notebook, prof
 PROVENANCE_FILE = "provenance.json"
 
 # --------------------------------------------------------------------------------------- notebook run context
-PARAMETER_NAMES = ("run_name", "out_dir", "kdef_root", "fei_root", "assets", "backend", "landmarks", "device",
-                   "seed", "n_folds", "epochs", "image_epochs", "image_size", "batch_size", "identity_session",
-                   "identity_max_sets", "models", "image_baseline", "synthetic", "fit_modes", "ict_modes",
-                   "dataset", "data_root", "data_csv",
+PARAMETER_NAMES = ("run_name", "out_dir", "kdef_root", "fei_root", "assets", "backend", "landmark_source",
+                   "device", "seed", "n_folds", "epochs", "image_epochs", "image_size", "batch_size",
+                   "identity_session", "identity_max_sets", "models", "image_baseline", "synthetic", "fit_modes",
+                   "ict_modes", "dataset", "data_root", "data_csv",
                    "rnet", "rnet_settings", "aggregators")
 
 
@@ -52,6 +53,7 @@ class Run:
     notebooks wrote here, so any notebook can be rerun alone."""
 
     def __init__(self, params: dict):
+        params = normalise_params(params)  # a deprecated name (e.g. ``landmarks``) → its new one, with a warning
         self.params = {k: params.get(k) for k in PARAMETER_NAMES}
         self.dir = run_dir(params)
         self._recover_results()
@@ -60,7 +62,10 @@ class Run:
 
     @classmethod
     def from_namespace(cls, namespace: dict) -> "Run":
-        return cls({k: namespace.get(k) for k in PARAMETER_NAMES})
+        """A notebook's run from its variables. A deprecated parameter name there can only come from a papermill
+        injection (``-p landmarks fan``): it wins over the parameters cell's default of the new name."""
+        old = {k: namespace[k] for k in DEPRECATED_PARAMETERS if k in namespace}
+        return cls(normalise_params({**{k: namespace.get(k) for k in PARAMETER_NAMES}, **old}, old_wins=True))
 
     def __repr__(self) -> str:
         shown = self.dir.relative_to(config.PROJECT_ROOT) if self.dir.is_relative_to(config.PROJECT_ROOT) else self.dir

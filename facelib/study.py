@@ -31,6 +31,7 @@ from papermill.engines import NBClientEngine, papermill_engines
 from . import assets, config
 from .data.datasets import folder_problems
 from .data.synthetic import generate_synthetic
+from .deprecation import DEPRECATED_PARAMETERS, normalise_params
 from .errors import notebook_failure
 from .face3d import ict
 from .report.index import notebook_html, quiet_stderr, write_overview, write_run_page
@@ -55,21 +56,22 @@ def load_params(path: str | Path) -> dict:
     params = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(params, dict):
         raise ValueError(f"{path}: expected a mapping of notebook parameters")
-    return params
+    return normalise_params(params)
 
 
 def apply_overrides(params: dict, sets: list[str] | None) -> dict:
-    """``["seed=1", "models=[logreg]"]`` → params updated; values are YAML (``null``, numbers, lists)."""
-    out = dict(params)
+    """``["seed=1", "models=[logreg]"]`` → params updated; values are YAML (``null``, numbers, lists). A deprecated
+    name (``landmarks=model``) sets its new one, with a warning."""
+    given = {}
     for item in sets or []:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise SystemExit(f"--set {item!r}: expected key=value, e.g. --set seed=1")
-        if key not in PARAMETER_NAMES:
+        if key not in PARAMETER_NAMES and key not in DEPRECATED_PARAMETERS:
             raise SystemExit(f"--set {key}: not a notebook parameter; known: {', '.join(PARAMETER_NAMES)}")
-        out[key] = yaml.safe_load(value) if value.strip() else None
-    return out
+        given[key] = yaml.safe_load(value) if value.strip() else None
+    return {**params, **normalise_params(given)}
 
 
 DEMO_PROFILE = PARAMS_DIR / "demo.yaml"
@@ -111,7 +113,7 @@ def missing_inputs(params: dict) -> list[str]:
             ict.locate(None, params.get("assets"))
         except assets.AssetError as exc:
             problems.append(str(exc))
-    for name in assets.needed(params.get("backend", "tddfa"), params.get("landmarks")):
+    for name in assets.needed(params.get("backend", "tddfa"), params.get("landmark_source")):
         try:
             assets.resolve(name, params.get("assets"))
         except assets.AssetError as exc:
@@ -282,7 +284,7 @@ def run_study(params_file: str | Path | None = None, run_name: str | None = None
     print(f"[study] profile {_shown(profile)}, device {config.resolve_device(params.get('device'))}", flush=True)
     if params.get("synthetic"):
         made = generate_synthetic(project_path("data/interim/synthetic"), seed=int(params.get("seed") or 0),
-                                  assets_folder=params.get("assets"))
+                                  assets_dir=params.get("assets"))
         params["kdef_root"], params["fei_root"] = str(made["kdef_root"]), str(made["fei_root"])
     run = run_dir(params)
     run.mkdir(parents=True, exist_ok=True)

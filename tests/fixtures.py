@@ -63,7 +63,7 @@ def tddfa_rows(kdef_root, assets_dir, stems) -> dict | None:
     if not all(p.is_file() for p in paths):
         return None
     imgs = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths]
-    backend = TDDFABackend(device="cpu", assets_folder=assets_dir)
+    backend = TDDFABackend(device="cpu", assets_dir=assets_dir)
     boxes = [b for b, _ in backend.detect(imgs)]
     out = backend.regress(imgs, boxes)
     rows = [{"image_id": s, "path": str(p), "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),

@@ -102,7 +102,7 @@ def test_module_prefix_and_missing_bn_counters_are_tolerated(official_ckpt, tmp_
 
 def test_missing_checkpoint_names_the_asset(tmp_path):
     with pytest.raises(AssetMissingError, match="deep3d_epoch20"):
-        deep3d.Deep3DRegressor(checkpoint=None, assets_folder=tmp_path)
+        deep3d.Deep3DRegressor(checkpoint=None, assets_dir=tmp_path)
 
 
 def test_five_points_from_68():
@@ -142,7 +142,7 @@ def test_alignment_on_kdef(kdef_root, assets_dir):
 
 def test_regressor_end_to_end(official_ckpt, kdef_root, assets_dir):
     path, _ = official_ckpt
-    reg = deep3d.Deep3DRegressor(checkpoint=path, device="cpu", assets_folder=assets_dir)
+    reg = deep3d.Deep3DRegressor(checkpoint=path, device="cpu", assets_dir=assets_dir)
     bgr = cv2.imread(str(kdef_root / "AF01" / "AF01NES.JPG"))
     lm68 = np.zeros((68, 2))
     lm68[[36, 39]] = AF01NES_LM5[0]

@@ -15,7 +15,7 @@ from facelib.face3d.detect import FaceBoxesDetector, FaceBoxesNet, load_state_st
 @pytest.fixture(scope="module")
 def detector(assets_dir):
     torch.set_num_threads(2)
-    return FaceBoxesDetector(assets_folder=assets_dir)
+    return FaceBoxesDetector(assets_dir=assets_dir)
 
 
 def _kdef(kdef_root: Path, stem: str) -> np.ndarray:

@@ -269,7 +269,7 @@ def test_3ddfa_backend(monkeypatch, data, assets_dir):
     from facelib.face3d.reconstruct import TDDFABackend
 
     with simulated_mps(monkeypatch):
-        backend = TDDFABackend(device="cpu", assets_folder=assets_dir)
+        backend = TDDFABackend(device="cpu", assets_dir=assets_dir)
         boxes = [b for b, _ in backend.detect(data["imgs"][:2])]
         out = backend.regress(data["imgs"][:2], boxes)
     np.testing.assert_allclose(out["alpha"], data["init"]["alpha"][:2], rtol=1e-4, atol=1e-4)
@@ -282,7 +282,7 @@ def test_bfm_fits(monkeypatch, data, assets_dir, skin_model):
     tl = image_to_crop(data["lm_img"], data["rois"], SIZE)
     crops = np.stack([crop_rgb(im, r, SIZE) for im, r in zip(data["imgs"], data["rois"])])
     with simulated_mps(monkeypatch):
-        f = Fitter(device="cpu", assets_folder=assets_dir, image_size=SIZE, skin_model=skin_model,
+        f = Fitter(device="cpu", assets_dir=assets_dir, image_size=SIZE, skin_model=skin_model,
                    embedder=_embedder_or_none())
         lm = f.fit(data["init"], data["rois"], tl, mode="landmarks", iterations=2)
         full = f.fit(data["init"], data["rois"], tl, crops, mode="full", iterations=2, keep_render=True)
@@ -297,7 +297,7 @@ def test_ict_fits(monkeypatch, data, assets_dir, skin_model):
     if not (assets_dir / assets.get("ict_facekit").relpath).is_file():
         pytest.skip("ICT-FaceKit archive not in FACELIB_ASSETS")
     with simulated_mps(monkeypatch):
-        icf = ICTFitter(device="cpu", assets_folder=assets_dir, image_size=SIZE, skin_model=skin_model)
+        icf = ICTFitter(device="cpu", assets_dir=assets_dir, image_size=SIZE, skin_model=skin_model)
         init = dict(icf.initial(data["init"]["pose"][:2]), _from="tddfa")
         res, first = icf.fit(init, data["rois"][:2], data["lm_img"][:2], data["imgs"][:2], mode="full",
                              iterations=2)
@@ -313,7 +313,7 @@ def test_rnet_and_cnet_training(monkeypatch, data, assets_dir, skin_model):
     torch.manual_seed(0)
     with simulated_mps(monkeypatch):
         emb = _embedder_or_none()
-        composer = T.Composer(Fitter(device="cpu", assets_folder=assets_dir, image_size=SIZE), embedder=emb,
+        composer = T.Composer(Fitter(device="cpu", assets_dir=assets_dir, image_size=SIZE), embedder=emb,
                               mesh_vertices=2000)
         td = T.prepare_data(data["table"], SIZE, "table", skin_model=skin_model, embedder=emb)
         net = rnet.build_rnet("mobilenet", 0, assets_dir)

@@ -43,7 +43,7 @@ def data(kdef_root, assets_dir):
     if not all(p.is_file() for p in paths):
         pytest.skip("KDEF dev images AF01NES/AM05HAS/AF01ANHL/AM02SUS absent")
     imgs = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths]
-    backend = TDDFABackend(device="cpu", assets_folder=assets_dir)
+    backend = TDDFABackend(device="cpu", assets_dir=assets_dir)
     boxes = [b for b, _ in backend.detect(imgs)]
     assert all(b is not None for b in boxes)
     out = backend.regress(imgs, boxes)
@@ -66,7 +66,7 @@ def data(kdef_root, assets_dir):
 
 @pytest.fixture(scope="module")
 def fitter(data, assets_dir):
-    return Fitter(device="cpu", assets_folder=assets_dir, image_size=SIZE)
+    return Fitter(device="cpu", assets_dir=assets_dir, image_size=SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +185,7 @@ def test_perceptual_embedder_plugs_in(data, small_fitter):
 def test_fit_table_keeps_schema_and_resumes(data, assets_dir, tmp_path):
     table = data["table"]
     kw = dict(mode="landmarks", iterations=5, batch_size=2, device="cpu", target_landmarks="table",
-              assets_folder=assets_dir, cache_dir=tmp_path, progress=False)
+              assets_dir=assets_dir, cache_dir=tmp_path, progress=False)
     part = fit_table(table, limit=2, **kw)
     shards = list(tmp_path.glob("tddfa+fit_landmarks-*/shard-*.parquet"))
     assert len(shards) == 1
@@ -209,7 +209,7 @@ def test_fit_table_keeps_schema_and_resumes(data, assets_dir, tmp_path):
 def test_device_honoured(data, assets_dir):
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for dev in devices:
-        f = Fitter(device=dev, assets_folder=assets_dir, image_size=64)
+        f = Fitter(device=dev, assets_dir=assets_dir, image_size=64)
         assert f.mesh.mean_shape.device.type == dev and f.sigma_alpha.device.type == dev
         r = f.fit({k: v[:1] for k, v in data["init"].items()}, data["rois"][:1],
                   cameras.image_to_crop(data["own_lm"][:1], data["rois"][:1], 64), mode="landmarks", iterations=2)

@@ -104,12 +104,12 @@ def test_manifest_entry_points_to_the_official_source():
 def ict_model(assets_dir):
     if not (assets_dir / assets.get("ict_facekit").relpath).is_file():
         pytest.skip("ICT-FaceKit archive not in FACELIB_ASSETS")
-    return ict.load_model(assets_folder=assets_dir)
+    return ict.load_model(assets_dir=assets_dir)
 
 
 @pytest.fixture(scope="module")
 def ict_folder(ict_model, assets_dir):
-    return ict.locate(assets_folder=assets_dir)[0]
+    return ict.locate(assets_dir=assets_dir)[0]
 
 
 def test_model_dimensions_and_cache(ict_model, assets_dir):
@@ -119,7 +119,7 @@ def test_model_dimensions_and_cache(ict_model, assets_dir):
     assert m.split_coeff(np.zeros(165))["beta"].shape == (53,)
     assert m.expression_names[0] == "browDown_L" and "PupilDilate_L" not in m.expression_names
     assert m.extras["noneck_ids"].numel() == 6706 and m.keypoint_ids.max() <= 6705  # narrow face area
-    again = ict.load_model(assets_folder=assets_dir)
+    again = ict.load_model(assets_dir=assets_dir)
     assert again.cache_hit and again.cache_path == m.cache_path and again.key == m.key
     torch.testing.assert_close(again.exp_basis_t, m.exp_basis_t)
 
@@ -269,9 +269,9 @@ def test_ict_table_on_real_pictures(ict_model, kdef_root, assets_dir, tmp_path):
     and the resumable cache (a second call fits nothing)."""
     manifest = datasets.load("kdef", kdef_root, progress=False)
     manifest = manifest[manifest["usable"] & (manifest["angle"] == "S")].head(2)
-    table = reconstruct.reconstruct_manifest(manifest, "tddfa", device="cpu", assets_folder=assets_dir,
+    table = reconstruct.reconstruct_manifest(manifest, "tddfa", device="cpu", assets_dir=assets_dir,
                                              cache_dir=tmp_path / "rec", progress=False)
-    out = ict_fit.fit_ict_table(table, "landmarks", device="cpu", assets_folder=assets_dir,
+    out = ict_fit.fit_ict_table(table, "landmarks", device="cpu", assets_dir=assets_dir,
                                 cache_dir=tmp_path / "fit", progress=False, iterations=60)
     ok = out[out["status"] == "ok"]
     assert len(ok) == 2 and set(out["backend"]) == {"ict"}
@@ -280,7 +280,7 @@ def test_ict_table_on_real_pictures(ict_model, kdef_root, assets_dir, tmp_path):
     assert beta.min() >= 0 and beta.max() <= 1
     err = ict_fit.landmark_error(ok)
     assert err.notna().all() and (err < 15).all()   # pixels in a 562×762 picture
-    again = ict_fit.fit_ict_table(table, "landmarks", device="cpu", assets_folder=assets_dir,
+    again = ict_fit.fit_ict_table(table, "landmarks", device="cpu", assets_dir=assets_dir,
                                   cache_dir=tmp_path / "fit", progress=False, iterations=60)
     assert again["fit_seconds"].tolist() == out["fit_seconds"].tolist()  # read from the shards, not refitted
 
@@ -290,7 +290,7 @@ def test_make_backend_ict(ict_model, kdef_root, assets_dir, tmp_path):
     """``reconstruct_manifest(..., "ict")``: detection + tddfa + ICT landmark fit in one backend."""
     manifest = datasets.load("kdef", kdef_root, progress=False)
     manifest = manifest[manifest["usable"] & (manifest["angle"] == "HL")].head(2)
-    table = reconstruct.reconstruct_manifest(manifest, "ict", device="cpu", assets_folder=assets_dir,
+    table = reconstruct.reconstruct_manifest(manifest, "ict", device="cpu", assets_dir=assets_dir,
                                              cache_dir=tmp_path / "rec", progress=False)
     ok = table[table["status"] == "ok"]
     assert len(ok) == 2 and set(table["backend"]) == {"ict"}
@@ -306,11 +306,11 @@ def test_study_variants_and_figures(ict_model, kdef_root, assets_dir, tmp_path):
     manifest = datasets.load("kdef", kdef_root, progress=False)
     manifest = manifest[manifest["usable"] & (manifest["subject"] == "F02") & manifest["expression"].isin(["HA", "SU"])
                         & manifest["angle"].isin(["S", "HL"])]
-    table = reconstruct.reconstruct_manifest(manifest, "tddfa", device="cpu", assets_folder=assets_dir,
+    table = reconstruct.reconstruct_manifest(manifest, "tddfa", device="cpu", assets_dir=assets_dir,
                                              cache_dir=tmp_path / "rec", progress=False)
     run = Run({"out_dir": str(tmp_path / "run"), "backend": "tddfa", "ict_modes": ["landmarks", "full"]})
     out = ict_fit.study_variants(run, {"kdef": table}, ["landmarks", "full"], device="cpu",
-                                 assets_folder=assets_dir, progress=False)
+                                 assets_dir=assets_dir, progress=False)
     assert set(out) == {("kdef", "landmarks"), ("kdef", "full")}
     full = out[("kdef", "full")]
     assert set(full["backend"]) == {"ict+fit_full"} and run.ict_coeffs("kdef", "full").is_file()

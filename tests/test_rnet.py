@@ -41,7 +41,7 @@ def table(kdef_root, assets_dir):
 def setup(table, assets_dir):
     from facelib.fitting.fitter import Fitter
 
-    fitter = Fitter(assets_folder=assets_dir, image_size=SIZE)
+    fitter = Fitter(assets_dir=assets_dir, image_size=SIZE)
     composer = T.Composer(fitter, mesh_vertices=3000)
     data = T.prepare_data(table, SIZE, "table")
     return composer, data
@@ -54,7 +54,7 @@ def test_untrained_mobilenet_rnet_is_3ddfa(table, assets_dir):
     net = rnet.build_rnet("mobilenet", 0, assets_dir)
     img = cv2.imread(table["path"].iloc[0])
     crop, _ = crop_and_resize(img, table["box"].iloc[0])
-    ref, _ = TDDFARegressor(assets_folder=assets_dir).forward_crops([crop])
+    ref, _ = TDDFARegressor(assets_dir=assets_dir).forward_crops([crop])
     out = rnet.predict(net, crop[None])
     np.testing.assert_allclose(out["alpha"], ref[:, 12:52], rtol=1e-4, atol=1e-2)
     np.testing.assert_allclose(out["pose"], ref[:, :12], rtol=1e-4, atol=1e-5)
@@ -246,7 +246,7 @@ def test_crossfit_never_codes_a_training_picture(table, assets_dir, tmp_path):
     log = []
     settings = dict(epochs=1, batch_size=4, image_size=SIZE, mesh_vertices=3000, cnet_steps=2, cnet_k=2,
                     cnet_sets_per_step=2, targets="table")
-    out = crossfit.rnet_tables({"kdef": table}, k=2, settings=settings, skin_model=False, assets_folder=assets_dir,
+    out = crossfit.rnet_tables({"kdef": table}, k=2, settings=settings, skin_model=False, assets_dir=assets_dir,
                                cache_dir=tmp_path, progress=False, log=log)["kdef"]
     ok = out[out["status"] == "ok"]
     assert (out.loc[out["status"] != "ok", "rnet_network"].isna()).all()
@@ -259,7 +259,7 @@ def test_crossfit_never_codes_a_training_picture(table, assets_dir, tmp_path):
         assert row["sha256"] not in saved["train_sha256"]
     assert len(by_key) == 2 and all(not r["cached"] for r in log)
     assert np.all(np.stack(ok["confidence"].map(np.asarray)) > 0)
-    fig = crossfit.reconstruction_figure(out, n=3, image_size=64, assets_folder=assets_dir,
+    fig = crossfit.reconstruction_figure(out, n=3, image_size=64, assets_dir=assets_dir,
                                          out=tmp_path / "rec.png")
     assert (tmp_path / "rec.png").stat().st_size > 0 and len(fig.axes) == 3 * len(set(ok["angle"]))
     tab = C.confidence_by_angle(ok)
@@ -268,14 +268,14 @@ def test_crossfit_never_codes_a_training_picture(table, assets_dir, tmp_path):
     # a second run reuses the cached weights and gives the same coefficients
     log2 = []
     again = crossfit.rnet_tables({"kdef": table}, k=2, settings=settings, skin_model=False,
-                                 assets_folder=assets_dir, cache_dir=tmp_path, progress=False, log=log2)["kdef"]
+                                 assets_dir=assets_dir, cache_dir=tmp_path, progress=False, log=log2)["kdef"]
     assert all(r["cached"] and r["cnet_cached"] for r in log2)
     np.testing.assert_allclose(np.stack(again.loc[ok.index, "alpha"]), np.stack(ok["alpha"]), rtol=1e-5)
     # one training picture fewer: a different key for the network that trained on it
     smaller = table.drop(index=table.index[table["image_id"] == "AM02AFHL"])
     log3 = []
     crossfit.rnet_tables({"kdef": smaller}, k=2, settings={**settings, "cnet": False}, skin_model=False,
-                         assets_folder=assets_dir, cache_dir=tmp_path, progress=False, log=log3)
+                         assets_dir=assets_dir, cache_dir=tmp_path, progress=False, log=log3)
     changed = [r for r in log3 if "M02" in r["train_subjects"]]
     same = [r for r in log3 if "M02" not in r["train_subjects"]]
     assert changed and changed[0]["rnet_key"] not in by_key and not changed[0]["cached"]
@@ -296,7 +296,7 @@ def test_crossfit_skin_model_per_part_sees_only_training_pictures(table, assets_
     monkeypatch.setattr(crossfit, "skin_model_for_table", spy)
     log = []
     settings = dict(epochs=1, batch_size=4, image_size=SIZE, mesh_vertices=3000, cnet=False, targets="table")
-    out = crossfit.rnet_tables({"kdef": table}, k=2, settings=settings, assets_folder=assets_dir,
+    out = crossfit.rnet_tables({"kdef": table}, k=2, settings=settings, assets_dir=assets_dir,
                                cache_dir=tmp_path, progress=False, log=log)["kdef"]
     ok = out[out["status"] == "ok"]
     assert len(seen) == 2
@@ -341,7 +341,7 @@ def test_fast_coder_matches_the_study_path(table, assets_dir, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not a jpeg")
     paths = list(table.loc[table["status"] == "ok", "path"].iloc[:3]) + [str(bad)]
-    out = rnet.RNetCoder(net, assets_folder=assets_dir, batch_size=4, threads=1)(paths)
+    out = rnet.RNetCoder(net, assets_dir=assets_dir, batch_size=4, threads=1)(paths)
     assert out["found"].tolist() == [True, True, True, False] and np.isnan(out["alpha"][3]).all()
     ref = np.stack(table.loc[table["status"] == "ok", "box"].iloc[:3].map(np.asarray))[:, :4]
     assert np.abs(out["box"][:3, :4] - ref).max() < 0.08 * (ref[:, 2] - ref[:, 0]).max()
@@ -357,7 +357,7 @@ def test_study_rnet_writes_the_run_tables(table, assets_dir, tmp_path):
     run = Run({"out_dir": str(tmp_path / "run"), "backend": "tddfa", "rnet": True})
     settings = {"epochs": 1, "batch_size": 4, "image_size": 64, "mesh_vertices": 2000, "cnet": False,
                 "targets": "table", "parts": 2, "tuned_on_test": "epochs picked on test"}
-    tables, summary = crossfit.study_rnet({"kdef": table}, run, settings, assets_folder=assets_dir,
+    tables, summary = crossfit.study_rnet({"kdef": table}, run, settings, assets_dir=assets_dir,
                                           progress=False)
     path = run.coeffs("kdef", rnet=True)
     assert path.name == "kdef_tddfa+rnet.parquet" and path in run.coefficient_variants("kdef")

@@ -18,7 +18,7 @@ def synth(tmp_path_factory, assets_dir):
     out = tmp_path_factory.mktemp("synthetic")
     try:
         res = synthetic.generate_synthetic(out, n_identities=N_ID, n_fei=N_FEI, seed=3, image_size=SIZE,
-                                           assets_folder=assets_dir, progress=False)
+                                           assets_dir=assets_dir, progress=False)
     except FileNotFoundError as exc:  # pragma: no cover - assets absent
         pytest.skip(f"3DDFA assets missing: {exc}")
     return out, res
@@ -131,13 +131,13 @@ def test_deterministic_and_resumable(synth, assets_dir):
         p.unlink()
     (out / "SYNTHETIC.json").unlink()
     res2 = synthetic.generate_synthetic(out, n_identities=N_ID, n_fei=N_FEI, seed=3, image_size=SIZE,
-                                       assets_folder=assets_dir, progress=False)
+                                       assets_dir=assets_dir, progress=False)
     for p in victims:
         assert p.read_bytes() == before[p], p.name
     pd.testing.assert_frame_equal(pd.read_parquet(res2["ground_truth"]), gt_before)
     with pytest.raises(ValueError, match="other parameters"):
         synthetic.generate_synthetic(out, n_identities=N_ID, n_fei=N_FEI, seed=4, image_size=SIZE,
-                                     assets_folder=assets_dir, progress=False)
+                                     assets_dir=assets_dir, progress=False)
 
 
 def test_cli_registration():

@@ -16,7 +16,7 @@ from facelib.face3d.tddfa import MobileNetV1, TDDFARegressor, load_state_strict,
 @pytest.fixture(scope="module")
 def models(assets_dir):
     torch.set_num_threads(2)
-    return FaceBoxesDetector(assets_folder=assets_dir), TDDFARegressor(assets_folder=assets_dir)
+    return FaceBoxesDetector(assets_dir=assets_dir), TDDFARegressor(assets_dir=assets_dir)
 
 
 def _kdef(kdef_root: Path, stem: str) -> np.ndarray:
@@ -72,7 +72,7 @@ def test_strict_loading(assets_dir):
     load_state_strict(MobileNetV1(0.5), ckpt)  # the real file loads strictly
     del sd["module.dw5_3.bn_sep.running_mean"]
     with pytest.raises(RuntimeError, match=r"missing key.*dw5_3\.bn_sep\.running_mean"):
-        TDDFARegressor(assets_folder=assets_dir, weights={"state_dict": sd})
+        TDDFARegressor(assets_dir=assets_dir, weights={"state_dict": sd})
 
 
 # --------------------------------------------------------------------------------------------- real images

@@ -66,12 +66,12 @@ def fitted(kdef_root, assets_dir):
     if not all(p.is_file() for p in paths):
         pytest.skip(f"KDEF dev images {stems} absent")
     imgs = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths]
-    be = TDDFABackend(device="cpu", assets_folder=assets_dir)
+    be = TDDFABackend(device="cpu", assets_dir=assets_dir)
     boxes = [b for b, _ in be.detect(imgs)]
     out = be.regress(imgs, boxes)
     rois = np.stack([crop_box(b) for b in boxes])
     size = 96
-    f = fitter.Fitter(device="cpu", assets_folder=assets_dir, image_size=size)
+    f = fitter.Fitter(device="cpu", assets_dir=assets_dir, image_size=size)
     lm = np.stack([cameras.landmarks_136_to_68(v) for v in out["landmarks"]])
     crops = np.stack([cameras.crop_rgb(im, r, size) for im, r in zip(imgs, rois)])
     init = {k: out[k] for k in ("alpha", "beta", "pose")}

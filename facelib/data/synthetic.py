@@ -85,6 +85,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ..deprecation import renamed_kwargs
 from ..face3d.morphable import MorphableModel
 from ..face3d.tddfa import coefficient_sigma
 from ..io import atomic_path, atomic_write_json, atomic_write_table
@@ -99,8 +100,9 @@ PARTIAL_MARKER = "SYNTHETIC.partial.json"
 GROUND_TRUTH = "ground_truth.parquet"
 
 # ------------------------------------------------------------------------------------------ the generator
+@renamed_kwargs(assets_folder="assets_dir")
 def generate_synthetic(out_dir, n_identities: int = 20, sessions=("A",), seed: int = 0,
-                       image_size: tuple[int, int] = (381, 281), assets_folder=None, progress: bool = True,
+                       image_size: tuple[int, int] = (381, 281), assets_dir=None, progress: bool = True,
                        n_fei: int = 40, gender_delta: float = 1.5, expression_gain: float = 1.0,
                        beta_jitter: float = 0.08, batch_size: int = 35) -> dict:
     """Render the synthetic KDEF-like and FEI-like sets into ``out_dir`` (see the module docstring).
@@ -137,8 +139,8 @@ def generate_synthetic(out_dir, n_identities: int = 20, sessions=("A",), seed: i
         return _result(out, info, time.time() - t0)
     atomic_write_json({"params": params, "complete": False}, partial)
 
-    model = MorphableModel.from_3ddfa(assets_folder=assets_folder)
-    sigma_a, sigma_b = coefficient_sigma(assets_folder)
+    model = MorphableModel.from_3ddfa(assets_dir=assets_dir)
+    sigma_a, sigma_b = coefficient_sigma(assets_dir)
     protos = expression_prototypes(model, sigma_b, gain=expression_gain)
     gdir = gender_direction(seed, model.n_id)
     regions = Regions(model)

@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import assets, config
+from ..deprecation import renamed_kwargs
 
 MEAN_BGR = (104.0, 117.0, 123.0)
 VARIANCES = (0.1, 0.2)
@@ -221,12 +222,13 @@ class FaceBoxesDetector:
     ``batch_size``: images per forward pass.
     """
 
+    @renamed_kwargs(assets_folder="assets_dir")
     def __init__(self, weights=None, device: str = "cpu", conf_threshold: float = 0.5, nms_threshold: float = 0.3,
-                 assets_folder=None, max_side: int | None = 384, batch_size: int = 16, top_k: int = 5000,
+                 assets_dir=None, max_side: int | None = 384, batch_size: int = 16, top_k: int = 5000,
                  keep_top_k: int = 750):
         self.device = torch.device(config.resolve_device(device))
         if weights is None:
-            weights = assets.resolve("faceboxes", assets_folder)
+            weights = assets.resolve("faceboxes", assets_dir)
         self.weights_path = str(weights) if isinstance(weights, (str, Path)) else None
         self.net = load_state_strict(FaceBoxesNet(), weights, "FaceBoxes").eval().to(self.device)
         # channels_last: the (n, h, w, 3) uint8 batch permuted to NCHW already has this layout, and oneDNN's

@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import assets, config
+from ..deprecation import renamed_kwargs
 from ..io import cached_arrays
 from .ict_members import MEMBERS
 from .morphable import MorphableModel
@@ -200,7 +201,8 @@ def unpack(archive, cache_root=None) -> Path:
     return final
 
 
-def locate(source=None, assets_folder=None, cache_root=None) -> tuple[Path, bool]:
+@renamed_kwargs(assets_folder="assets_dir")
+def locate(source=None, assets_dir=None, cache_root=None) -> tuple[Path, bool]:
     """(repository root holding ``FaceXModel/``, members_verified).
 
     ``source``: a cloned repository (or its ``FaceXModel/`` folder) or the archive; None → a clone at
@@ -216,10 +218,10 @@ def locate(source=None, assets_folder=None, cache_root=None) -> tuple[Path, bool
         if not (p / "FaceXModel").is_dir():
             raise _member_error("FaceXModel/", p, "missing (not a clone of ICT-FaceKit)")
         return p, False
-    for d in assets.search_dirs(assets_folder):
+    for d in assets.search_dirs(assets_dir):
         if (d / "ict_facekit" / "FaceXModel").is_dir():
             return d / "ict_facekit", False
-    return unpack(assets.resolve("ict_facekit", assets_folder), cache_root), True
+    return unpack(assets.resolve("ict_facekit", assets_dir), cache_root), True
 
 
 # ----------------------------------------------------------------------------------------------- conversion
@@ -262,13 +264,14 @@ def convert(folder: Path) -> dict:
             "polygons": polys, "expression_names": np.array([Path(n).stem for n in exp_names])}
 
 
-def load_model(source=None, assets_folder=None, cache=None, jaw: str = "substitutes", area: str = "narrow",
+@renamed_kwargs(assets_folder="assets_dir")
+def load_model(source=None, assets_dir=None, cache=None, jaw: str = "substitutes", area: str = "narrow",
                device="cpu"):
     """The ICT Face Model Light as a :class:`MorphableModel` (see the module docstring).
 
     ``cache``: None → ``$FACELIB_CACHE/morphable/``; a folder; an ``.npz`` path; or False (no cache).
     ``model.cache_hit`` says whether the converted arrays came from the cache."""
-    folder, unpacked = locate(source, assets_folder)
+    folder, unpacked = locate(source, assets_dir)
     if not unpacked:
         verify_member(folder, INDICES)
     indices = json.loads((folder / INDICES).read_text())

@@ -1,4 +1,4 @@
-"""Alternative 68-point landmarkers, chosen by parameter (``landmarks=`` in reconstruction).
+"""Alternative 68-point landmarkers, chosen by parameter (``landmark_source=`` in reconstruction).
 
 - ``model``: the regressor's own landmarks (3DDFA_V2's BFM keypoints) — default, always available;
 - ``dlib``: dlib's 68-point shape predictor from the ``face_recognition_models`` package (runtime ``dlib-bin``);
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import assets
+from ..deprecation import renamed_kwargs
 
 LANDMARKERS = ("model", "dlib", "fan")
 
@@ -58,14 +59,15 @@ class FANLandmarker:
 
     ASSETS = ("fan_2d", "fan_s3fd")  # the same files, in the asset manifest
 
-    def __init__(self, device: str = "cpu", assets_folder=None):
+    @renamed_kwargs(assets_folder="assets_dir")
+    def __init__(self, device: str = "cpu", assets_dir=None):
         hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
         problems = []
         for name, weight in zip(self.ASSETS, self.WEIGHTS):
             if (hub / weight).is_file():
                 continue
             try:
-                source = assets.resolve(name, assets_folder)
+                source = assets.resolve(name, assets_dir)
             except assets.AssetError as exc:
                 problems.append(str(exc))
                 continue
@@ -94,4 +96,4 @@ def make_landmarker(name: str, device: str = "cpu"):
         return DlibLandmarker()
     if name == "fan":
         return FANLandmarker(device)
-    raise ValueError(f"landmarks must be one of {LANDMARKERS}, got {name!r}")
+    raise ValueError(f"landmark_source must be one of {LANDMARKERS}, got {name!r}")

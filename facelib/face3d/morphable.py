@@ -30,7 +30,7 @@ Sources
     is cached as an .npz keyed by the sha256 of every input file.
     Its vertex set is the same as 3DDFA's 53215-vertex set restricted to ``idx`` (the 68 keypoints coincide).
 
-``ict.load_model(source, assets_folder, cache)`` (``source == "ict"``, layout ``ict``: pose 12, α 100, β 53)
+``ict.load_model(source, assets_dir, cache)`` (``source == "ict"``, layout ``ict``: pose 12, α 100, β 53)
     ICT-FaceKit's ICT Face Model Light (MIT): 26,719 vertices, 100 std-scaled identity modes, 53 ARKit expression
     blend shapes (weights in [0, 1]), centimetres, BFM's axes; built, checked and cached by
     :mod:`facelib.face3d.ict` (the source builds the class; this module does not import it).
@@ -69,6 +69,7 @@ import torch.nn.functional as F
 from scipy.io import loadmat
 
 from .. import assets, config
+from ..deprecation import renamed_kwargs
 from ..io import cached_arrays
 
 LAYOUT_DEEP3D: tuple[tuple[str, int], ...] = (
@@ -322,10 +323,11 @@ class MorphableModel:
 
     # ------------------------------------------------------------------ sources
     @classmethod
-    def from_3ddfa(cls, assets_folder=None, device: str | torch.device = "cpu") -> "MorphableModel":
+    @renamed_kwargs(assets_folder="assets_dir")
+    def from_3ddfa(cls, assets_dir=None, device: str | torch.device = "cpu") -> "MorphableModel":
         """3DDFA's BFM bases: 53215 vertices, α 40, β 10, no texture (see the module docstring)."""
         names = ("bfm_u_shp", "bfm_u_exp", "bfm_w_shp", "bfm_w_exp", "bfm_keypoints", "tri", "indices")
-        p = {n: assets.resolve(n, assets_folder) for n in names}
+        p = {n: assets.resolve(n, assets_dir) for n in names}
         mean = np.load(p["bfm_u_shp"]).astype(np.float32) + np.load(p["bfm_u_exp"]).astype(np.float32)
         w_shp = np.load(p["bfm_w_shp"]).astype(np.float32)
         w_exp = np.load(p["bfm_w_exp"]).astype(np.float32)
@@ -450,9 +452,10 @@ def convert_bfm09(bfm09_mat, exp_pca_bin, aux: dict) -> dict:
     }
 
 
-def load_lm3d_std(assets_folder=None) -> np.ndarray:
+@renamed_kwargs(assets_folder="assets_dir")
+def load_lm3d_std(assets_dir=None) -> np.ndarray:
     """Deep3D's standard 3-D landmarks reduced to 5 points (left eye, right eye, nose, left/right mouth) (5, 3)."""
-    lm = loadmat(str(assets.resolve("lm3d_std", assets_folder)))["lm"].astype(np.float64)
+    lm = loadmat(str(assets.resolve("lm3d_std", assets_dir)))["lm"].astype(np.float64)
     return five_points(lm)
 
 

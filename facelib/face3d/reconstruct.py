@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import assets, config
+from ..deprecation import renamed_kwargs
 from ..errors import FacelibError
 from ..io import append_shard, atomic_write_table, read_image, read_shards, save_figure
 from ..vocab import ANGLES
@@ -59,11 +60,13 @@ class TDDFABackend:
     asset_names = ("faceboxes", "mb05", "param_mean_std", "bfm_u_shp", "bfm_u_exp", "bfm_w_shp", "bfm_w_exp",
                    "bfm_keypoints")
 
-    def __init__(self, device: str = "cpu", assets_folder=None, landmarks: str = "model", fallback: bool = True):
-        self.detector = FaceBoxesDetector(device=device, assets_folder=assets_folder)
-        self.regressor = TDDFARegressor(device=device, assets_folder=assets_folder)
-        self.landmarker = make_landmarker(landmarks, device)
-        self.settings = {"landmarks": landmarks, "fallback": fallback}
+    @renamed_kwargs(assets_folder="assets_dir", landmarks="landmark_source")
+    def __init__(self, device: str = "cpu", assets_dir=None, landmark_source: str = "model", fallback: bool = True):
+        self.detector = FaceBoxesDetector(device=device, assets_dir=assets_dir)
+        self.regressor = TDDFARegressor(device=device, assets_dir=assets_dir)
+        self.landmarker = make_landmarker(landmark_source, device)
+        # "landmarks": the cache key's name for the landmark source, kept so that existing caches stay valid
+        self.settings = {"landmarks": landmark_source, "fallback": fallback}
         self.fallback = fallback
 
     def detect(self, images: list[np.ndarray]) -> list[tuple[np.ndarray | None, str]]:
@@ -87,9 +90,10 @@ class Deep3DBackend:
     name = "deep3d"
     asset_names = TDDFABackend.asset_names + ("deep3d_epoch20", "lm3d_std")
 
-    def __init__(self, device: str = "cpu", assets_folder=None, landmarks: str = "model", fallback: bool = True):
-        self.rnet = Deep3DRegressor(device=device, assets_folder=assets_folder)  # clear error if gated file absent
-        self.front = TDDFABackend(device, assets_folder, landmarks, fallback)
+    @renamed_kwargs(assets_folder="assets_dir", landmarks="landmark_source")
+    def __init__(self, device: str = "cpu", assets_dir=None, landmark_source: str = "model", fallback: bool = True):
+        self.rnet = Deep3DRegressor(device=device, assets_dir=assets_dir)  # clear error if gated file absent
+        self.front = TDDFABackend(device, assets_dir, landmark_source, fallback)
         self.settings = self.front.settings
 
     def detect(self, images: list[np.ndarray]) -> list[tuple[np.ndarray | None, str]]:
@@ -105,26 +109,29 @@ class Deep3DBackend:
 
 
 def register_backend(name: str, factory) -> None:
-    """``factory(device, assets_folder, landmarks, fallback)`` → a backend (``detect``, ``regress``, ``name``, …)."""
+    """``factory(device, assets_dir, landmark_source, fallback)`` → a backend (``detect``, ``regress``, ``name``,
+    …)."""
     _REGISTERED[name] = factory
 
 
-def make_backend(name: str, device: str = "cpu", assets_folder=None, landmarks: str = "model",
+@renamed_kwargs(assets_folder="assets_dir", landmarks="landmark_source")
+def make_backend(name: str, device: str = "cpu", assets_dir=None, landmark_source: str = "model",
                  fallback: bool = True):
     if name in LATER_BACKENDS and name not in _REGISTERED:
         importlib.import_module(LATER_BACKENDS[name])
     if name in _REGISTERED:
-        return _REGISTERED[name](device, assets_folder, landmarks, fallback)
+        return _REGISTERED[name](device, assets_dir, landmark_source, fallback)
     if name == "tddfa":
-        return TDDFABackend(device, assets_folder, landmarks, fallback)
+        return TDDFABackend(device, assets_dir, landmark_source, fallback)
     if name == "deep3d":
-        return Deep3DBackend(device, assets_folder, landmarks, fallback)
+        return Deep3DBackend(device, assets_dir, landmark_source, fallback)
     raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
 
 
 # ---------------------------------------------------------------------------------------------------- cache
-def cache_key(backend, assets_folder=None) -> tuple[str, dict]:
-    sums = assets.checksums(list(backend.asset_names), assets_folder)
+@renamed_kwargs(assets_folder="assets_dir")
+def cache_key(backend, assets_dir=None) -> tuple[str, dict]:
+    sums = assets.checksums(list(backend.asset_names), assets_dir)
     payload = {"backend": backend.name, "settings": backend.settings, "assets": sums, "version": CACHE_VERSION}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16], sums
 
@@ -152,9 +159,10 @@ def _process_batch(backend, items: list[tuple[str, str]], pool) -> list[dict]:
     return results
 
 
+@renamed_kwargs(assets_folder="assets_dir", landmarks="landmark_source")
 def reconstruct_manifest(manifest: pd.DataFrame, backend: str | object = "tddfa", out: str | Path | None = None,
                          cache_dir: str | Path | None = None, batch_size: int = 32, device: str | None = None,
-                         assets_folder=None, landmarks: str = "model", fallback: bool = True,
+                         assets_dir=None, landmark_source: str = "model", fallback: bool = True,
                          progress: bool = True, limit: int | None = None) -> pd.DataFrame:
     """Coefficient table for every decodable image of a manifest (see docs/ARCHITECTURE.md for columns).
 
@@ -162,8 +170,8 @@ def reconstruct_manifest(manifest: pd.DataFrame, backend: str | object = "tddfa"
     many new images (used by tests to simulate an interrupted run).
     """
     if isinstance(backend, str):
-        backend = make_backend(backend, config.resolve_device(device), assets_folder, landmarks, fallback)
-    key, sums = cache_key(backend, assets_folder)
+        backend = make_backend(backend, config.resolve_device(device), assets_dir, landmark_source, fallback)
+    key, sums = cache_key(backend, assets_dir)
     folder = Path(cache_dir or config.cache_dir() / "reconstruct") / f"{backend.name}-{key}"
     folder.mkdir(parents=True, exist_ok=True)
     done = read_shards(folder, RESULT_COLUMNS)

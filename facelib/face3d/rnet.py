@@ -38,6 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import assets
+from ..deprecation import renamed_kwargs
 from ..io import atomic_path
 from .cameras import crop_box, crop_image
 from .deep3d import load_rnet
@@ -135,21 +136,22 @@ class RNet(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ construction
-def _load_mean_std(model: RNet, assets_folder=None) -> None:
-    with open(assets.resolve("param_mean_std", assets_folder), "rb") as fh:
+def _load_mean_std(model: RNet, assets_dir=None) -> None:
+    with open(assets.resolve("param_mean_std", assets_dir), "rb") as fh:
         ms = pickle.load(fh)
     model.param_mean.copy_(torch.as_tensor(np.asarray(ms["mean"], np.float32).reshape(-1)))
     model.param_std.copy_(torch.as_tensor(np.asarray(ms["std"], np.float32).reshape(-1)))
 
 
-def build_rnet(backbone: str = "mobilenet", n_tex: int = 0, assets_folder=None, init: str | Path | None = "released",
+@renamed_kwargs(assets_folder="assets_dir")
+def build_rnet(backbone: str = "mobilenet", n_tex: int = 0, assets_dir=None, init: str | Path | None = "released",
                allow_pickle: bool = False) -> RNet:
     """A fresh R-Net. ``init``: ``"released"`` (mobilenet: 3DDFA_V2's mb05 weights; resnet50: ``None``), None
     (random trunk), or a path to ``epoch_20.pth`` (resnet50: its trunk, :func:`load_deep3d_trunk`)."""
     net = RNet(backbone, n_tex)
-    _load_mean_std(net, assets_folder)
+    _load_mean_std(net, assets_dir)
     if backbone == "mobilenet" and init == "released":
-        load_state_strict(net.trunk, assets.resolve("mb05", assets_folder), "3DDFA_V2 mb05")
+        load_state_strict(net.trunk, assets.resolve("mb05", assets_dir), "3DDFA_V2 mb05")
     elif backbone == "resnet50" and init not in (None, "released"):
         load_deep3d_trunk(net, init, allow_pickle=allow_pickle)
     elif backbone == "mobilenet" and init not in (None, "released"):
@@ -220,11 +222,12 @@ class RNetCoder:
     FaceBoxes at ``max_side``, 3DDFA_V2's crop rule, the crop resized (area) to the network's input. Boxes and
     ROIs are returned in the original pictures' pixels. Decoding runs in a thread pool of ``threads``."""
 
-    def __init__(self, net: RNet, device: str = "cpu", assets_folder=None, max_side: int = 192, reduce: int = 2,
+    @renamed_kwargs(assets_folder="assets_dir")
+    def __init__(self, net: RNet, device: str = "cpu", assets_dir=None, max_side: int = 192, reduce: int = 2,
                  batch_size: int = 64, threads: int = 2):
         self.net = net.eval().to(device)
         self.device = device
-        self.detector = FaceBoxesDetector(device=device, assets_folder=assets_folder, max_side=max_side,
+        self.detector = FaceBoxesDetector(device=device, assets_dir=assets_dir, max_side=max_side,
                                           batch_size=batch_size)
         self.reduce = int(reduce)
         self.batch_size = int(batch_size)

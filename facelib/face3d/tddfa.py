@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import assets, config
+from ..deprecation import renamed_kwargs
 from .cameras import crop_box, crop_image
 from .detect import as_bgr, load_state_strict
 
@@ -114,10 +115,11 @@ def roi_to_image(pts_crop: np.ndarray, rois: np.ndarray) -> np.ndarray:
     return np.stack([x, y], 1)
 
 
-def coefficient_sigma(assets_folder=None) -> tuple[np.ndarray, np.ndarray]:
+@renamed_kwargs(assets_folder="assets_dir")
+def coefficient_sigma(assets_dir=None) -> tuple[np.ndarray, np.ndarray]:
     """(σ_α (40,), σ_β (10,)) float64: standard deviations of 3DDFA_V2's training parameters
     (``param_mean_std_62d_120x120.pkl``) — the whitening of α, β in fitting and the spread of the synthetic set."""
-    with open(assets.resolve("param_mean_std", assets_folder), "rb") as fh:
+    with open(assets.resolve("param_mean_std", assets_dir), "rb") as fh:
         std = np.asarray(pickle.load(fh)["std"], dtype=np.float64).reshape(-1)
     return std[12:52].copy(), std[52:62].copy()
 
@@ -127,14 +129,15 @@ class BFMKeypoints:
     """The 68 keypoint rows of 3DDFA's BFM bases: mean (3·68), W_shp (3·68, 40), W_exp (3·68, 10), x,y,z
     interleaved per vertex."""
 
-    def __init__(self, assets_folder=None):
+    @renamed_kwargs(assets_folder="assets_dir")
+    def __init__(self, assets_dir=None):
 
-        load = lambda n: np.load(assets.resolve(n, assets_folder))  # noqa: E731
+        load = lambda n: np.load(assets.resolve(n, assets_dir))  # noqa: E731
         kp = load("bfm_keypoints").astype(np.int64).ravel()
         u = (load("bfm_u_shp") + load("bfm_u_exp")).astype(np.float64).ravel()
         self.u = u[kp]
-        self.w_shp = np.load(assets.resolve("bfm_w_shp", assets_folder), mmap_mode="r")[kp].astype(np.float64)
-        self.w_exp = np.load(assets.resolve("bfm_w_exp", assets_folder), mmap_mode="r")[kp].astype(np.float64)
+        self.w_shp = np.load(assets.resolve("bfm_w_shp", assets_dir), mmap_mode="r")[kp].astype(np.float64)
+        self.w_exp = np.load(assets.resolve("bfm_w_exp", assets_dir), mmap_mode="r")[kp].astype(np.float64)
 
     def project(self, params62: np.ndarray) -> np.ndarray:
         """(n, 62) → (n, 3, 68) points in the 120×120 crop frame (3DDFA's ``recon_vers`` + ``similar_transform``
@@ -157,18 +160,19 @@ class TDDFARegressor:
     x0..x67, y0..y67 in image pixels, from the BFM keypoints), ``landmarks_fc`` (n, 136, the unused ``fc_lm``
     head read as crop fractions, image pixels), ``roi`` (n, 4)."""
 
-    def __init__(self, device: str = "cpu", assets_folder=None, weights=None, batch_size: int = 64):
+    @renamed_kwargs(assets_folder="assets_dir")
+    def __init__(self, device: str = "cpu", assets_dir=None, weights=None, batch_size: int = 64):
 
         self.device = torch.device(config.resolve_device(device))
         if weights is None:
-            weights = assets.resolve("mb05", assets_folder)
+            weights = assets.resolve("mb05", assets_dir)
         self.net = load_state_strict(MobileNetV1(0.5), weights, "3DDFA_V2 mb05").eval().to(self.device)
         self.net = self.net.to(memory_format=torch.channels_last)
-        with open(assets.resolve("param_mean_std", assets_folder), "rb") as fh:
+        with open(assets.resolve("param_mean_std", assets_dir), "rb") as fh:
             ms = pickle.load(fh)
         self.param_mean = np.asarray(ms["mean"], dtype=np.float32)
         self.param_std = np.asarray(ms["std"], dtype=np.float32)
-        self.bfm = BFMKeypoints(assets_folder)
+        self.bfm = BFMKeypoints(assets_dir)
         self.batch_size = int(batch_size)
 
     @torch.inference_mode()

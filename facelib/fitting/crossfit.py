@@ -37,6 +37,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from .. import assets, config
+from ..deprecation import renamed_kwargs
 from ..face3d import rnet as R
 from ..face3d.cameras import crop_box, crop_rgb
 from ..face3d.morphable import MorphableModel
@@ -147,8 +148,9 @@ def _as_rows(arr: np.ndarray | None, n: int) -> list:
     return [None] * n if arr is None else [np.asarray(a, np.float32).tolist() for a in arr]
 
 
+@renamed_kwargs(assets_folder="assets_dir")
 def rnet_tables(tables: dict[str, pd.DataFrame], k: int = 2, settings: RNetSettings | dict | None = None,
-                texture=None, skin_model=None, device: str | None = None, assets_folder=None, cache_dir=None,
+                texture=None, skin_model=None, device: str | None = None, assets_dir=None, cache_dir=None,
                 progress: bool = True, log: list | None = None) -> dict[str, pd.DataFrame]:
     """Cross-fitted R-Net (+ C-Net) coefficient tables for tddfa tables ``{name: table}`` (one study).
 
@@ -166,8 +168,8 @@ def rnet_tables(tables: dict[str, pd.DataFrame], k: int = 2, settings: RNetSetti
     parts = assign_parts(ok["subject"], k, s.seed, strata=ok["_table"])
     per_part_skin = skin_model is None
     skin_dir = None if cache_dir is None else Path(cache_dir) / "fitting"
-    model = MorphableModel.from_3ddfa(assets_folder)
-    sums = assets.checksums(list(ASSET_NAMES), assets_folder)
+    model = MorphableModel.from_3ddfa(assets_dir)
+    sums = assets.checksums(list(ASSET_NAMES), assets_dir)
     if texture is not None:
         model = with_texture(model, load_texture_basis(texture))
         sums["texture"] = assets.sha256_file(texture)
@@ -178,10 +180,10 @@ def rnet_tables(tables: dict[str, pd.DataFrame], k: int = 2, settings: RNetSetti
     elif per_part_skin:
         sums["skin"] = "per-part"  # each part's key adds its own skin model's fingerprint below
     embedder = dlib_embedder() if s.perceptual else None
-    fitter = Fitter(model, device=dev, assets_folder=assets_folder, image_size=s.image_size)
+    fitter = Fitter(model, device=dev, assets_dir=assets_dir, image_size=s.image_size)
     composer = T.Composer(fitter, s.weights, embedder=embedder, mesh_vertices=s.mesh_vertices)
     n_tex = model.n_tex
-    bfm = BFMKeypoints(assets_folder)
+    bfm = BFMKeypoints(assets_dir)
     folder = Path(cache_dir or config.cache_dir() / "rnet")
     folder.mkdir(parents=True, exist_ok=True)
     # the training inputs (crops, fixed landmark targets, skin attention, photo embeddings), computed once
@@ -217,7 +219,7 @@ def rnet_tables(tables: dict[str, pd.DataFrame], k: int = 2, settings: RNetSetti
             record.update(cached=True, **meta.get("summary", {}))
         else:
             torch.manual_seed(s.seed)
-            net = R.build_rnet(s.backbone, n_tex, assets_folder, init=s.init).to(dev)
+            net = R.build_rnet(s.backbone, n_tex, assets_dir, init=s.init).to(dev)
             before = T.evaluate_loss(net, composer, train)
             hist = T.train_rnet(net, composer, train, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr,
                                 head_lr=s.head_lr, seed=s.seed + p, max_seconds=s.max_seconds,
@@ -352,8 +354,9 @@ def part_probe(table: pd.DataFrame, column: str = "alpha", n_splits: int = 5, se
 
 
 # ----------------------------------------------------------------------------------------------- study glue
+@renamed_kwargs(assets_folder="assets_dir")
 def study_rnet(coeffs: dict[str, pd.DataFrame], run, settings: dict | None = None, k: int = 2, device=None,
-               assets_folder=None, progress: bool = True) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+               assets_dir=None, progress: bool = True) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
     """Notebook 02's R-Net step: cross-fitted coding of every dataset of a run, written to
     ``run.coeffs(name, rnet=True)``. ``settings``: :class:`RNetSettings` overrides, plus ``parts`` (K) and
     ``texture`` (True: use/build the run's data-built texture basis ``coeffs/texture_kdef_S.npz`` from at most
@@ -370,9 +373,9 @@ def study_rnet(coeffs: dict[str, pd.DataFrame], run, settings: dict | None = Non
     if texture is not None:
         if not texture.exists():
             build_from_table(coeffs["kdef"], out=texture, max_images=n_tex_img, device=device,
-                             assets_folder=assets_folder, progress=progress)
+                             assets_dir=assets_dir, progress=progress)
     log: list = []
-    tables = rnet_tables(coeffs, k=k, settings=s, texture=texture, device=device, assets_folder=assets_folder,
+    tables = rnet_tables(coeffs, k=k, settings=s, texture=texture, device=device, assets_dir=assets_dir,
                          progress=progress, log=log)
     if texture is not None:  # the basis is a PCA over this study's frontal KDEF pictures, coded ones included
         note = (f"R-Net texture basis built from up to {n_tex_img} frontal KDEF pictures of this study "
@@ -407,18 +410,19 @@ def texture_path(run, settings: dict | None) -> Path | None:
     return run.dir / "coeffs" / "texture_kdef_S.npz" if (settings or {}).get("texture") else None
 
 
+@renamed_kwargs(assets_folder="assets_dir")
 def reconstruction_figure(table: pd.DataFrame, n: int = 6, texture=None, image_size: int = 160, device=None,
-                          assets_folder=None, seed: int = 0, out=None):
+                          assets_dir=None, seed: int = 0, out=None):
     """Coded pictures (cross-fitted: each by a network that never saw its person) beside their rendering from
     the table's coefficients and an overlay; one column per angle when the table has KDEF angles."""
     ok = table[(table["status"] == "ok") & table["alpha"].notna()]
     rows = ok.groupby("angle", group_keys=False).apply(lambda g: g.sample(1, random_state=seed)) \
         if "angle" in ok and ok["angle"].nunique() > 1 else ok.sample(min(n, len(ok)), random_state=seed)
     rows = rows.iloc[:n]
-    model = MorphableModel.from_3ddfa(assets_folder)
+    model = MorphableModel.from_3ddfa(assets_dir)
     if texture is not None:
         model = with_texture(model, load_texture_basis(texture))
-    comp = T.Composer(Fitter(model, device=device, assets_folder=assets_folder, image_size=image_size),
+    comp = T.Composer(Fitter(model, device=device, assets_dir=assets_dir, image_size=image_size),
                       mesh_vertices=None)
     dev = comp.f.device
     f32 = lambda col: torch.as_tensor(np.stack([np.asarray(v, np.float32) for v in rows[col]])).to(dev)  # noqa

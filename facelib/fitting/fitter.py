@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from .. import config
+from ..deprecation import renamed_kwargs
 from ..face3d.cameras import tddfa_crop_screen
 from ..face3d.morphable import GREY, MorphableModel
 from ..face3d.tddfa import coefficient_sigma
@@ -162,11 +163,12 @@ class Fitter:
     switches the term off).
     """
 
-    def __init__(self, model: MorphableModel | None = None, device: str | None = None, assets_folder=None,
+    @renamed_kwargs(assets_folder="assets_dir")
+    def __init__(self, model: MorphableModel | None = None, device: str | None = None, assets_dir=None,
                  skin_model=None, embedder: Callable | None = None, image_size: int = 160):
         self.device = torch.device(config.resolve_device(device))
         if model is None:
-            model = MorphableModel.from_3ddfa(assets_folder, device=self.device)
+            model = MorphableModel.from_3ddfa(assets_dir, device=self.device)
         if model.coeff_layout[0] != ("pose", 12):
             raise ValueError("Fitter works with 3DDFA's camera: a layout starting with pose 12 ('3ddfa', 'ict')")
         model = model.to(self.device)
@@ -178,12 +180,12 @@ class Fitter:
         if "sigma_alpha" in model.extras:  # a model that carries its coefficient scales (ICT: 1)
             sa, sb = (model.extras[k].cpu().numpy() for k in ("sigma_alpha", "sigma_beta"))
         else:
-            sa, sb = coefficient_sigma(assets_folder)
+            sa, sb = coefficient_sigma(assets_dir)
         bounds = model.extras.get("beta_bounds")  # box constraint on β (ICT's ARKit weights: [0, 1])
         self.beta_bounds = None if bounds is None else tuple(float(b) for b in bounds.cpu())
         self.sigma_alpha = torch.from_numpy(sa.astype(np.float32)).to(self.device)
         self.sigma_beta = torch.from_numpy(sb.astype(np.float32)).to(self.device)
-        self.skin_vertices = skin_vertex_mask(model, assets_folder)[self.mesh.extras["parent_ids"]]
+        self.skin_vertices = skin_vertex_mask(model, assets_dir)[self.mesh.extras["parent_ids"]]
         self.landmark_weights = deep3d_landmark_weights(self.device)
         self.skin_model = skin_model
         self.embedder = embedder

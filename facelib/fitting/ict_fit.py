@@ -28,6 +28,7 @@ import pandas as pd
 
 import torch
 
+from ..deprecation import renamed_kwargs
 from ..face3d.cameras import crop_box, crop_rgb, crop_to_image, image_to_crop
 from ..face3d.ict import bfm_similarity, load_model, pose_from_3ddfa
 from ..face3d.morphable import MorphableModel
@@ -51,10 +52,11 @@ def backend_name(mode: str) -> str:
 class ICTFitter:
     """The ICT model, its similarity to the BFM frame, and a :class:`Fitter` over its face area."""
 
-    def __init__(self, device: str | None = None, assets_folder=None, ict_source=None, texture=None,
+    @renamed_kwargs(assets_folder="assets_dir")
+    def __init__(self, device: str | None = None, assets_dir=None, ict_source=None, texture=None,
                  skin_model=None, embedder: Callable | None = None, image_size: int = 160):
-        model = load_model(ict_source, assets_folder)
-        self.similarity = bfm_similarity(model, MorphableModel.from_3ddfa(assets_folder))
+        model = load_model(ict_source, assets_dir)
+        self.similarity = bfm_similarity(model, MorphableModel.from_3ddfa(assets_dir))
         self.texture_sha = None
         if texture is not None:
             tb = load_texture_basis(texture)
@@ -62,7 +64,7 @@ class ICTFitter:
             model.key, model.expression_names = base.key, base.expression_names
             self.texture_sha = tb["provenance"].get("sha256") or hashlib.sha256(Path(texture).read_bytes()).hexdigest()
         self.model = model
-        self.fitter = Fitter(model, device=device, assets_folder=assets_folder, skin_model=skin_model,
+        self.fitter = Fitter(model, device=device, assets_dir=assets_dir, skin_model=skin_model,
                              embedder=embedder, image_size=image_size)
         self.image_size = int(image_size)
 
@@ -90,10 +92,11 @@ class ICTFitter:
         return res, first
 
 
+@renamed_kwargs(assets_folder="assets_dir")
 def fit_ict_table(coeff_table: pd.DataFrame, mode: str = "landmarks", iterations: int | None = None,
                   batch_size: int = 8, device: str | None = None, weights: Mapping[str, float | None] | None = None,
                   target_landmarks: str = "dlib", texture=None, skin_model=None, embedder: Callable | None = None,
-                  image_size: int = 160, assets_folder=None, ict_source=None, cache_dir=None, progress: bool = True,
+                  image_size: int = 160, assets_dir=None, ict_source=None, cache_dir=None, progress: bool = True,
                   limit: int | None = None, out=None) -> pd.DataFrame:
     """ICT coefficients for every ``ok`` row of a tddfa coefficient table (or, for ``mode="full"``, continuing an
     ``ict`` table); returns a table in the same schema with backend :func:`backend_name` (see the module docstring).
@@ -109,7 +112,7 @@ def fit_ict_table(coeff_table: pd.DataFrame, mode: str = "landmarks", iterations
     name = backend_name(mode)
     if mode == "full" and skin_model is None:
         skin_model = skin_model_for_table(coeff_table, cache_dir=cache_dir)
-    icf = ICTFitter(device=device, assets_folder=assets_folder, ict_source=ict_source,
+    icf = ICTFitter(device=device, assets_dir=assets_dir, ict_source=ict_source,
                     texture=texture if mode == "full" else None, skin_model=(skin_model or None) if mode == "full"
                     else None, embedder=embedder if mode == "full" else None, image_size=image_size)
     if target_landmarks not in ("dlib", "table"):
@@ -165,10 +168,11 @@ class ICTBackend:
 
     name = "ict"
 
-    def __init__(self, device: str = "cpu", assets_folder=None, landmarks: str = "model", fallback: bool = True,
+    @renamed_kwargs(assets_folder="assets_dir", landmarks="landmark_source")
+    def __init__(self, device: str = "cpu", assets_dir=None, landmark_source: str = "model", fallback: bool = True,
                  ict_source=None):
-        self.tddfa = TDDFABackend(device, assets_folder, landmarks, fallback)
-        self.icf = ICTFitter(device=device, assets_folder=assets_folder, ict_source=ict_source)
+        self.tddfa = TDDFABackend(device, assets_dir, landmark_source, fallback)
+        self.icf = ICTFitter(device=device, assets_dir=assets_dir, ict_source=ict_source)
         self.targets = DlibTargets()
         self.asset_names = self.tddfa.asset_names
         self.settings = {**self.tddfa.settings, "ict_model": self.icf.model.key, "v": VERSION,
@@ -190,8 +194,9 @@ class ICTBackend:
                 "landmarks": np.concatenate([lm[:, :, 0], lm[:, :, 1]], axis=1)}
 
 
+@renamed_kwargs(assets_folder="assets_dir")
 def build_ict_texture(ict_table: pd.DataFrame, out=None, angle: str | None = "S", max_images: int | None = None,
-                      device: str | None = None, assets_folder=None, ict_source=None, skin_model=None,
+                      device: str | None = None, assets_dir=None, ict_source=None, skin_model=None,
                       image_size: int = 160, progress: bool = True) -> dict:
     """A texture (albedo) PCA basis over the ICT vertices learnt from the pictures, as
     :mod:`facelib.fitting.texture_basis` does for the BFM: full-mode fits (grey albedo + gain) of the ``angle`` rows
@@ -199,13 +204,14 @@ def build_ict_texture(ict_table: pd.DataFrame, out=None, angle: str | None = "S"
     (:func:`facelib.fitting.texture_basis.build_from_table` with an ICT fitter)."""
     if skin_model is None:
         skin_model = skin_model_for_table(ict_table)
-    icf = ICTFitter(device=device, assets_folder=assets_folder, ict_source=ict_source, skin_model=skin_model or None,
+    icf = ICTFitter(device=device, assets_dir=assets_dir, ict_source=ict_source, skin_model=skin_model or None,
                     image_size=image_size)
     return build_from_table(ict_table, out=out, angle=angle, max_images=max_images, device=device,
-                            assets_folder=assets_folder, progress=progress, fitter=icf.fitter)
+                            assets_dir=assets_dir, progress=progress, fitter=icf.fitter)
 
 
-def study_variants(run, coeffs: dict[str, pd.DataFrame], modes, device: str | None = None, assets_folder=None,
+@renamed_kwargs(assets_folder="assets_dir")
+def study_variants(run, coeffs: dict[str, pd.DataFrame], modes, device: str | None = None, assets_dir=None,
                    progress: bool = True, texture: bool = True) -> dict[tuple[str, str], pd.DataFrame]:
     """The ICT coefficient tables of a study run (:meth:`facelib.run.Run.ict_coeffs`) for every dataset of
     ``coeffs`` (tddfa tables) and every mode in ``modes`` (``landmarks`` → ``ict``, ``full`` → ``ict+fit_full``,
@@ -220,19 +226,19 @@ def study_variants(run, coeffs: dict[str, pd.DataFrame], modes, device: str | No
         raise ValueError(f"ict_modes must be among {MODES}, got {sorted(unknown)}")
     if not modes:
         return out
-    lms = {name: fit_ict_table(table, "landmarks", device=device, assets_folder=assets_folder, progress=progress,
+    lms = {name: fit_ict_table(table, "landmarks", device=device, assets_dir=assets_dir, progress=progress,
                                out=run.ict_coeffs(name, "landmarks")) for name, table in coeffs.items()}
     tex = None
     if "full" in modes and texture:
         src = "kdef" if "kdef" in lms else next(iter(lms))
         tex = run.dir / "coeffs" / f"texture_ict_{src}_S.npz"
         if not tex.exists():
-            build_ict_texture(lms[src], out=tex, device=device, assets_folder=assets_folder, progress=progress)
+            build_ict_texture(lms[src], out=tex, device=device, assets_dir=assets_dir, progress=progress)
     for name, lm in lms.items():
         if "landmarks" in modes:
             out[(name, "landmarks")] = lm
         if "full" in modes:
-            out[(name, "full")] = fit_ict_table(lm, "full", device=device, assets_folder=assets_folder, texture=tex,
+            out[(name, "full")] = fit_ict_table(lm, "full", device=device, assets_dir=assets_dir, texture=tex,
                                                 progress=progress, out=run.ict_coeffs(name, "full"))
     return out
 

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import config
+from ..deprecation import renamed_kwargs
 from ..face3d.cameras import crop_box, crop_image, crop_rgb, crop_to_image, image_to_crop, landmarks_136_to_68, pose_yaw
 from ..face3d.landmarks import DlibLandmarker
 from ..face3d.morphable import MorphableModel
@@ -109,10 +110,11 @@ def landmark_targets(rows: pd.DataFrame, images: list[np.ndarray], source, landm
     return lm, ["table" if f is None else "dlib" for f in found]
 
 
+@renamed_kwargs(assets_folder="assets_dir")
 def fit_table(coeff_table: pd.DataFrame, mode: str = "landmarks", iterations: int | None = None,
               batch_size: int = 8, device: str | None = None, weights: Mapping[str, float | None] | None = None,
               target_landmarks: str = "dlib", texture: str | Path | None = None, skin_model=None,
-              embedder: Callable | None = None, image_size: int = 160, assets_folder=None,
+              embedder: Callable | None = None, image_size: int = 160, assets_dir=None,
               cache_dir: str | Path | None = None, progress: bool = True, limit: int | None = None,
               optimize: tuple[str, ...] | None = None, out: str | Path | None = None) -> pd.DataFrame:
     """Fit every ``ok`` row of a tddfa coefficient table; returns a table in the same schema.
@@ -135,7 +137,7 @@ def fit_table(coeff_table: pd.DataFrame, mode: str = "landmarks", iterations: in
         raise ValueError(f"fit_table fits 3DDFA coefficients; table backend is {backends}")
     base = str(next(iter(backends))) if backends else "tddfa"
     name = f"{base}+fit_{mode}"
-    model = MorphableModel.from_3ddfa(assets_folder)
+    model = MorphableModel.from_3ddfa(assets_dir)
     tex_sha = None
     if mode == "full" and texture is not None:
         tb = load_texture_basis(texture)
@@ -143,7 +145,7 @@ def fit_table(coeff_table: pd.DataFrame, mode: str = "landmarks", iterations: in
         tex_sha = tb["provenance"].get("sha256") or hashlib.sha256(Path(texture).read_bytes()).hexdigest()
     if mode == "full" and skin_model is None:
         skin_model = skin_model_for_table(coeff_table, cache_dir=cache_dir)
-    fitter = Fitter(model, device=device, assets_folder=assets_folder, skin_model=skin_model or None,
+    fitter = Fitter(model, device=device, assets_dir=assets_dir, skin_model=skin_model or None,
                     embedder=embedder, image_size=image_size)
     landmarker = None
     if target_landmarks == "dlib":
@@ -258,21 +260,22 @@ def loss_summary(table: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
     return df.groupby(by).mean() if by else df.mean().to_frame("mean").T
 
 
+@renamed_kwargs(assets_folder="assets_dir")
 def fit_figure(coeff_table: pd.DataFrame, image_ids=None, n: int = 4, iterations: int = 40, texture=None,
                skin_model=None, target_landmarks: str = "dlib", image_size: int = 160, device: str | None = None,
-               assets_folder=None, out=None, seed: int = 0):
+               assets_dir=None, out=None, seed: int = 0):
     """Fit a few images (full mode) and draw one row per image: photo (crop) | rendering | overlay | per-term loss
     curve (weighted terms, log scale). ``image_ids`` picks rows by ``image_id``; else ``n`` ok rows at random.
     Returns (figure, FitResult)."""
     ok = coeff_table[coeff_table["status"] == "ok"]
     rows = ok[ok["image_id"].isin(list(image_ids))] if image_ids is not None else \
         ok.sample(min(n, len(ok)), random_state=seed)
-    model = MorphableModel.from_3ddfa(assets_folder)
+    model = MorphableModel.from_3ddfa(assets_dir)
     if texture is not None:
         model = with_texture(model, load_texture_basis(texture))
     if skin_model is None:
         skin_model = skin_model_for_table(coeff_table)
-    fitter = Fitter(model, device=device, assets_folder=assets_folder, skin_model=skin_model or None,
+    fitter = Fitter(model, device=device, assets_dir=assets_dir, skin_model=skin_model or None,
                     image_size=image_size)
     imgs = [read_image(p) for p in rows["path"]]
     rois = np.stack([crop_box(b) for b in rows["box"]])

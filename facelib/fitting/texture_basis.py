@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import assets
+from ..deprecation import renamed_kwargs
 from ..face3d.cameras import crop_box, crop_rgb, crop_to_image, image_to_crop, landmarks_136_to_68
 from ..face3d.reconstruct import read_image
 from .fitter import Fitter
@@ -63,9 +64,10 @@ def sample_albedo(fitter, result, images_bgr: list[np.ndarray], rois, min_facing
 
 
 
+@renamed_kwargs(assets_folder="assets_dir")
 def build_from_table(coeff_table: pd.DataFrame, out=None, angle: str | None = "S", max_images: int | None = None,
                      k: int = MAX_K, iterations: int = 40, batch_size: int = 8, image_size: int = 160,
-                     keep_quantile: float = 0.8, device: str | None = None, assets_folder=None, skin_model=None,
+                     keep_quantile: float = 0.8, device: str | None = None, assets_dir=None, skin_model=None,
                      progress: bool = True, return_albedos: bool = False, fitter=None):
     """Fit the ``angle`` rows (ok) of a tddfa coefficient table (full mode, grey albedo + gain), sample and de-light
     their albedo, keep the well-fitted ones and PCA them. Returns the basis dict (saved to ``out`` when given);
@@ -84,7 +86,7 @@ def build_from_table(coeff_table: pd.DataFrame, out=None, angle: str | None = "S
     if own_model:
         if skin_model is None:
             skin_model = skin_model_for_table(coeff_table)
-        fitter = Fitter(device=device, assets_folder=assets_folder, skin_model=skin_model or None,
+        fitter = Fitter(device=device, assets_dir=assets_dir, skin_model=skin_model or None,
                         image_size=image_size)
     image_size = fitter.image_size
     albedos, photo, ids = [], [], []
@@ -112,7 +114,7 @@ def build_from_table(coeff_table: pd.DataFrame, out=None, angle: str | None = "S
             "image_ids": [str(x) for x in rows["image_id"].to_numpy()[keep]] if "image_id" in rows else [],
             "fit": {"iterations": iterations, "image_size": image_size, "mode": "full", "albedo": "grey+gain"},
             "keep_quantile": keep_quantile, "photo_threshold": float(np.quantile(photo, keep_quantile)),
-            "assets": {n: assets.checksum(assets.resolve(n, assets_folder))
+            "assets": {n: assets.checksum(assets.resolve(n, assets_dir))
                        for n in ("bfm_u_shp", "bfm_w_shp", "bfm_w_exp", "tri", "indices")} if own_model
             else {"model": fitter.model.source, **{k: str(v) for k, v in fitter.model.provenance.items()}}}
     basis = build_texture_basis(albedos[keep], k=k, provenance=prov)
