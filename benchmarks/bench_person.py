@@ -9,7 +9,7 @@ Prints logistic-regression accuracy (mean ± std over the protocol's splits: the
 expression (input β; two protocols: ``paper`` = same people, ``subject_independent`` = unseen people)
     raw 3DDFA β; the per-picture BFM landmark fit (``tddfa+fit_landmarks``); the person-consistent BFM fit
     (``tddfa+fit_person``: α = leave-one-out mean of the person's per-picture α, β + pose refitted); ICT per
-    picture (``ict``) and person-consistent (``ict+person``); the 68 points the fits are fitted to (dlib placed by
+    picture (``ict``) and person-consistent (``ict+fit_person``); the 68 points the fits are fitted to (dlib placed by
     HOG / the table's where HOG fails), raw image pixels and normalised (centred, RMS radius 1); the table's own
     3DDFA 68 points; and the cheap person-grouped baseline "β minus the person's leave-one-out mean β" (no refit).
     Every person-grouped row uses the test person's *other* pictures (of other expressions) for identity — on
@@ -44,9 +44,12 @@ from facelib.fitting.ict_fit import ICTFitter, fit_ict_table  # noqa: E402
 from facelib.fitting.table import fit_table  # noqa: E402
 
 
-def _kdef() -> pd.DataFrame:
+def _kdef(people: int | None = None) -> pd.DataFrame:
     root = Path(os.environ.get("FACELIB_KDEF") or ROOT.parent / "shared" / "data" / "kdef_dev" / "KDEF")
-    return reconstruct_manifest(datasets.load("kdef", root, progress=False), "tddfa", progress=False)
+    m = datasets.load("kdef", root, progress=False)
+    if people:  # a smoke run on the first few people
+        m = m[m["subject"].isin(sorted(m["subject"].dropna().unique())[:people])].reset_index(drop=True)
+    return reconstruct_manifest(m, "tddfa", progress=False)
 
 
 def _secs(t: pd.DataFrame) -> float:
@@ -68,6 +71,7 @@ def main(argv=None) -> int:
     ap.add_argument("--evaluate", default="test", choices=["test", "validation"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-identity", action="store_true")
+    ap.add_argument("--people", type=int, default=None, help="smoke run: only the first N people")
     ap.add_argument("--out", default=str(ROOT / "reports" / "bench_person"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -76,7 +80,7 @@ def main(argv=None) -> int:
     timing = {}
 
     t0 = time.perf_counter()
-    raw = _kdef()
+    raw = _kdef(args.people)
     timing["tddfa table"] = time.perf_counter() - t0
     n_ok = int((raw["status"] == "ok").sum())
     print(f"KDEF dev: {len(raw)} pictures, {n_ok} ok, {raw['subject'].nunique()} people", flush=True)
@@ -93,14 +97,14 @@ def main(argv=None) -> int:
 
     fitter = Fitter()
     t0 = time.perf_counter()
-    bfm_p = PF.person_consistent_table(bfm, fitter, targets, iterations=60)
+    bfm_p = PF.person_consistent_table(bfm, fitter, targets, iterations=60, batch_size=8)
     timing["BFM person-consistent fit"] = time.perf_counter() - t0
     icf = ICTFitter()
     t0 = time.perf_counter()
-    ict_p = PF.person_consistent_table(ict, icf.fitter, targets, iterations=150)
+    ict_p = PF.person_consistent_table(ict, icf.fitter, targets, iterations=150, batch_size=8)
     timing["ICT person-consistent fit"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ict_p0 = PF.person_consistent_table(ict, icf.fitter, targets, iterations=150, start_beta="zero",
+    ict_p0 = PF.person_consistent_table(ict, icf.fitter, targets, iterations=150, start_beta="zero", batch_size=8,
                                         backend="ict+person_b0")
     timing["ICT person-consistent fit, β from 0"] = time.perf_counter() - t0
     for t in (bfm_p, ict_p, ict_p0):
@@ -112,7 +116,7 @@ def main(argv=None) -> int:
         "BFM person-consistent β (tddfa+fit_person) [pg]": bfm_p,
         "BFM per-picture β − person LOO mean β [pg]": PF.person_centred(bfm),
         "ICT per-picture β (ict)": ict,
-        "ICT person-consistent β (ict+person) [pg]": ict_p,
+        "ICT person-consistent β (ict+fit_person) [pg]": ict_p,
         "ICT person-consistent β, β from 0 [pg]": ict_p0,
         "ICT per-picture β − person LOO mean β [pg]": PF.person_centred(ict),
         "68 target points, image px": PF.points_table(raw, targets, normalise=False),

@@ -259,6 +259,9 @@ def _run_task(coeffs_df, *, task, protocol, input, model, backend=None, n_folds=
     df = _task_table(coeffs_df, task)
     if not len(df):
         raise P.ProtocolUnavailable(f"no usable rows for task {task}")
+    if kind == "coefficients" and "alpha" in input and _column_note(df, "person_grouped"):
+        raise P.ProtocolUnavailable("a person-grouped table's α comes from its person's other pictures (built "
+                                    "from who is who): it is scored on β only")
     agg_name = aggregator if isinstance(aggregator, str) else getattr(aggregator, "name", None)
     if isinstance(aggregator, str):  # "mean", "median", "cnet" (C-Net confidences of the table's rows)
         aggregator = make_aggregator(aggregator, df)

@@ -4,7 +4,7 @@ Per-picture fits estimate identity α and expression β from one picture each, s
 remedies, both in landmark mode (68 points, no rendering: cheap):
 
 **Person-consistent expression** (:func:`person_consistent_table`, backends ``tddfa+fit_person`` and
-``ict+person``). For every picture, α is held fixed at the *leave-one-out* mean of the same person's per-picture
+``ict+fit_person``). For every picture, α is held fixed at the *leave-one-out* mean of the same person's per-picture
 α (:func:`loo_mean`: the person's other pictures, never the picture itself) and only β and the pose are fitted to
 the picture's 68 target points (``Fitter.fit(..., optimize=("beta", "pose"))``), so β has to explain what α does
 not: the expression. Works for any per-picture landmark fit — the BFM one (:func:`facelib.fitting.table.fit_table`,
@@ -41,7 +41,7 @@ from .table import DlibTargets, cached_fits, fit_records, landmark_targets, merg
 
 VERSION = 1
 PERSON_NOTE = "identity α from the person's other pictures (leave-one-out mean of their per-picture fits)"
-BACKENDS = {"tddfa+fit_landmarks": "tddfa+fit_person", "ict": "ict+person"}
+BACKENDS = {"tddfa+fit_landmarks": "tddfa+fit_person", "ict": "ict+fit_person"}
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -147,6 +147,8 @@ def person_consistent_table(fit_table_: pd.DataFrame, fitter: Fitter, targets: p
         raise ValueError("alpha_source must be 'loo_mean'")
     if start_beta not in ("fit", "zero"):
         raise ValueError("start_beta must be 'fit' or 'zero'")
+    if person not in fit_table_.columns:
+        raise ValueError(f"a person-consistent fit needs a {person!r} column (who is who)")
     src = str(fit_table_["backend"].dropna().iloc[0])
     name = backend or BACKENDS.get(src, f"{src}+person")
     ok = (fit_table_["status"] == "ok") & fit_table_["alpha"].notna()
@@ -295,3 +297,28 @@ class SetFitAggregator:
 
     def __repr__(self) -> str:
         return f"<aggregator {self.name}>"
+
+
+# ----------------------------------------------------------------------------------------------- study variants
+def fit_person_table(coeff_table: pd.DataFrame, device: str | None = None, assets_folder=None, cache_dir=None,
+                     progress: bool = True, out=None) -> pd.DataFrame:
+    """The study's ``fit_modes: [person]`` (:func:`facelib.fitting.table.fit_table` with ``mode="person"``): the
+    per-picture BFM landmark fit of a tddfa table (cached, shared with ``fit_modes: [landmarks]``), then
+    :func:`person_consistent_table` → backend ``tddfa+fit_person``."""
+    from .table import fit_table
+
+    lm = fit_table(coeff_table, "landmarks", device=device, assets_folder=assets_folder, cache_dir=cache_dir,
+                   progress=progress)
+    targets = target_table(coeff_table, cache_dir=cache_dir, progress=progress)
+    return person_consistent_table(lm, Fitter(device=device, assets_folder=assets_folder), targets,
+                                   cache_dir=cache_dir, progress=progress, out=out)
+
+
+def ict_person_table(ict_table: pd.DataFrame, coeff_table: pd.DataFrame, fitter: Fitter, cache_dir=None,
+                     progress: bool = True, out=None) -> pd.DataFrame:
+    """The study's ``ict_modes: [person]``: :func:`person_consistent_table` on an ``ict`` landmark-fit table with
+    the ICT fitter, its targets from the tddfa table ``coeff_table`` the ICT fit started from (150 iterations, as
+    the ICT landmark fit) → backend ``ict+fit_person``."""
+    targets = target_table(coeff_table, cache_dir=cache_dir, progress=progress)
+    return person_consistent_table(ict_table, fitter, targets, iterations=150, cache_dir=cache_dir,
+                                   progress=progress, out=out)
