@@ -162,7 +162,7 @@ def main(argv=None) -> int:
         print(f"  {label}: {_secs(t):.4f}")
     print("wall clock of each stage this run (s):")
     for k, v in timing.items():
-        print(f"  {k}: {v:.2f}")
+        print(f"  {k}: {v:.4f}" if "per picture" in k else f"  {k}: {v:.2f}")
     return 0
 
 
