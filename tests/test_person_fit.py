@@ -9,7 +9,6 @@ import torch
 
 from facelib.classify.experiment import run_task
 from facelib.classify.protocols import ProtocolUnavailable
-from facelib.report import tables
 from facelib.fitting import person_fit as PF
 from tests.fixtures import synthetic_coeff_table, tddfa_rows
 
@@ -39,12 +38,6 @@ def test_person_grouped_flag_reaches_the_result():
     assert pg.to_dict()["person_grouped"] == pg["person_grouped"]
     with pytest.raises(ProtocolUnavailable):  # a person-grouped table is scored on β only
         run_task(PF.person_centred(t), "identity", "paper", "alpha", "logreg", n_folds=2, keep_predictions=False)
-    # Table 1: the column, shown only when a row has it, and a footnote naming the backend
-    t1 = tables.table1([plain.to_dict(), pg.to_dict()])
-    assert list(t1["person_grouped"].astype(bool)) == [False, True]
-    assert "person_grouped" in tables.table1_display(t1).columns
-    assert "person_grouped" not in tables.table1_display(t1.iloc[:1]).columns
-    assert f"`{pg['backend']}` is **person-grouped**" in tables.table1_footnotes(t1)
 
 
 def test_person_centred_subtracts_the_others_mean():

@@ -209,17 +209,15 @@ def study_variants(run, coeffs: dict[str, pd.DataFrame], modes, device: str | No
                    progress: bool = True, texture: bool = True) -> dict[tuple[str, str], pd.DataFrame]:
     """The ICT coefficient tables of a study run (:meth:`facelib.run.Run.ict_coeffs`) for every dataset of
     ``coeffs`` (tddfa tables) and every mode in ``modes`` (``landmarks`` → ``ict``, ``full`` → ``ict+fit_full``,
-    which continues from the landmark fit; that one is computed, and written, whenever ``full`` is asked;
-    ``person`` → ``ict+fit_person``: β refitted with α at the person's leave-one-out mean,
-    :mod:`facelib.fitting.person_fit`).
+    which continues from the landmark fit; that one is computed, and written, whenever ``full`` is asked).
     Full mode uses a texture basis over the ICT vertices built from KDEF's frontal pictures
     (``<run>/coeffs/texture_ict_kdef_S.npz``, :func:`build_ict_texture`; the first dataset's when there is no KDEF)
     unless ``texture`` is False (grey albedo + gain)."""
     out: dict[tuple[str, str], pd.DataFrame] = {}
     modes = list(modes or [])
-    unknown = set(modes) - set(MODES) - {"person"}
+    unknown = set(modes) - set(MODES)
     if unknown:
-        raise ValueError(f"ict_modes must be among {MODES + ('person',)}, got {sorted(unknown)}")
+        raise ValueError(f"ict_modes must be among {MODES}, got {sorted(unknown)}")
     if not modes:
         return out
     lms = {name: fit_ict_table(table, "landmarks", device=device, assets_folder=assets_folder, progress=progress,
@@ -236,12 +234,6 @@ def study_variants(run, coeffs: dict[str, pd.DataFrame], modes, device: str | No
         if "full" in modes:
             out[(name, "full")] = fit_ict_table(lm, "full", device=device, assets_folder=assets_folder, texture=tex,
                                                 progress=progress, out=run.ict_coeffs(name, "full"))
-        if "person" in modes:  # β with α at the person's leave-one-out mean (issue 22)
-            from .person_fit import ict_person_table
-
-            fitter = ICTFitter(device=device, assets_folder=assets_folder).fitter
-            out[(name, "person")] = ict_person_table(lm, coeffs[name], fitter, progress=progress,
-                                                     out=run.ict_coeffs(name, "person"))
     return out
 
 

@@ -298,27 +298,3 @@ class SetFitAggregator:
     def __repr__(self) -> str:
         return f"<aggregator {self.name}>"
 
-
-# ----------------------------------------------------------------------------------------------- study variants
-def fit_person_table(coeff_table: pd.DataFrame, device: str | None = None, assets_folder=None, cache_dir=None,
-                     progress: bool = True, out=None) -> pd.DataFrame:
-    """The study's ``fit_modes: [person]`` (:func:`facelib.fitting.table.fit_table` with ``mode="person"``): the
-    per-picture BFM landmark fit of a tddfa table (cached, shared with ``fit_modes: [landmarks]``), then
-    :func:`person_consistent_table` → backend ``tddfa+fit_person``."""
-    from .table import fit_table
-
-    lm = fit_table(coeff_table, "landmarks", device=device, assets_folder=assets_folder, cache_dir=cache_dir,
-                   progress=progress)
-    targets = target_table(coeff_table, cache_dir=cache_dir, progress=progress)
-    return person_consistent_table(lm, Fitter(device=device, assets_folder=assets_folder), targets,
-                                   cache_dir=cache_dir, progress=progress, out=out)
-
-
-def ict_person_table(ict_table: pd.DataFrame, coeff_table: pd.DataFrame, fitter: Fitter, cache_dir=None,
-                     progress: bool = True, out=None) -> pd.DataFrame:
-    """The study's ``ict_modes: [person]``: :func:`person_consistent_table` on an ``ict`` landmark-fit table with
-    the ICT fitter, its targets from the tddfa table ``coeff_table`` the ICT fit started from (150 iterations, as
-    the ICT landmark fit) → backend ``ict+fit_person``."""
-    targets = target_table(coeff_table, cache_dir=cache_dir, progress=progress)
-    return person_consistent_table(ict_table, fitter, targets, iterations=150, cache_dir=cache_dir,
-                                   progress=progress, out=out)

@@ -128,13 +128,8 @@ def fit_table(coeff_table: pd.DataFrame, mode: str = "landmarks", iterations: in
     (:func:`skin_model_for_table`, cached), False → no attention. Resumable: finished batches are cached in
     ``<cache>/fitting/<key>/`` as parquet shards keyed by the image sha256.
     """
-    if mode == "person":  # β with α at the person's leave-one-out mean (issue 22; facelib.fitting.person_fit)
-        from .person_fit import fit_person_table
-
-        return fit_person_table(coeff_table, device=device, assets_folder=assets_folder, cache_dir=cache_dir,
-                                progress=progress, out=out)
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES + ('person',)}, got {mode!r}")
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     backends = set(coeff_table["backend"].dropna())
     if backends and not all(str(b).startswith("tddfa") for b in backends):
         raise ValueError(f"fit_table fits 3DDFA coefficients; table backend is {backends}")

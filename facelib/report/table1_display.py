@@ -36,17 +36,11 @@ def table1_display(t1: pd.DataFrame) -> pd.DataFrame:
             "tuned_on_test", "accuracy", "paper", "splits", "split_accuracies", "image_size", "epochs_max",
             "patience", "epochs_run", "best_epoch", "at_cap", "pretrained", "n_fit_pictures", "n_val_pictures",
             "n_fit_sets", "n_val_sets", "max_sets", "n_test_pictures", "n_test_sets", "transductive"]
-    if "person_grouped" in d.columns and d["person_grouped"].map(lambda v: isinstance(v, str) and v != "").any():
-        cols.append("person_grouped")  # shown only when a row is (facelib.fitting.person_fit)
     return d[[c for c in cols if c in d.columns]]
 
 
 FOOTNOTE_LEAK_FREE = ("`leak_free`: true only when the protocol is leak-free *and* nothing transductive fed the "
                       "coefficients (a transductive backend makes every row it feeds not leak-free).")
-FOOTNOTE_PERSON = ("each picture's β was fitted with its identity α held at the mean of its person's *other* "
-                   "pictures (who is who, never an expression label; facelib.fitting.person_fit). On unseen people "
-                   "the test person's identity comes from their own pictures of other expressions. Scored on β "
-                   "only.")
 FOOTNOTE_TUNED = ("`tuned_on_test`: the coefficients' settings were chosen by accuracy on Table 1's own test folds "
                   "(an optimistic selection); read these rows as an upper bound.")
 FOOTNOTE_COUNTS = ("`n_fit_pictures` / `n_val_pictures`: every model (coefficients and pictures alike) is fit on the "
@@ -86,10 +80,6 @@ def table1_footnotes(t1: pd.DataFrame) -> str:
     for b, note in t1.loc[t1["transductive"].astype(str).str.len() > 0, ["backend", "transductive"]] \
             .drop_duplicates().itertuples(index=False):
         lines.append(f"* backend `{b}` is **transductive**: {note}")
-    if "person_grouped" in t1.columns:
-        grouped = t1["person_grouped"].map(lambda v: isinstance(v, str) and v != "")
-        for b in sorted(set(t1.loc[grouped, "backend"].astype(str))):
-            lines.append(f"* backend `{b}` is **person-grouped**: {FOOTNOTE_PERSON}")
     tuned = _flag(t1, "tuned_on_test", False)
     if tuned.any():
         lines.append(f"* {FOOTNOTE_TUNED} Backends: "
@@ -174,11 +164,6 @@ TABLE1_GLOSSARY = {
     "n_test_sets": "test k-picture sets per split (rows with k > 1).",
     "transductive": "non-empty when the coefficients came from a step that saw the test pictures without their "
                     "labels (e.g. a texture basis built from the study's own pictures); the note says which.",
-    "person_grouped": "non-empty when a picture's coefficients used its person's other pictures (who is who, no "
-                      "label of the task): β fitted with α held at the mean of the person's other pictures "
-                      "(`+fit_person` backends). Still leak-free regarding labels; on unseen people the test "
-                      "person's identity comes from their own pictures of other expressions. Such tables are "
-                      "scored on β only.",
     "synthetic": "True when the data are the rendered synthetic faces, not KDEF/FEI.",
     "dataset": "whose pictures: `kdef`, `fei`, or `folder` (your own).",
     "note": "⚠ when the model predicts one class for every test picture (its accuracy is that class's share).",

@@ -63,8 +63,7 @@ TABLE1_COLUMNS = ["task", "protocol", "input", "model", "backend", "aggregator",
                   "tuned_on_test", "accuracy_mean", "accuracy_std", "ci_low", "ci_high", "ci_unit", "n_splits",
                   "split_kind", "split_accuracies", "image_size", "epochs_max", "patience", "epochs_run",
                   "best_epoch", "at_cap", "pretrained", "n_fit_pictures", "n_val_pictures", "n_fit_sets",
-                  "n_val_sets", "max_sets", "n_test_pictures", "n_test_sets", "transductive", "synthetic", "dataset",
-                  "person_grouped"]
+                  "n_val_sets", "max_sets", "n_test_pictures", "n_test_sets", "transductive", "synthetic", "dataset"]
 TABLE2_COLUMNS = ["task", "input", "model", "backend", "device", "precision", "threads", "batch_size", "image_size", "input_unit",
                   "seconds_per_input", "seconds_per_epoch", "coefficient_seconds_per_picture", "synthetic"]
 
@@ -150,7 +149,7 @@ def table1(results: list[dict], synthetic: bool = False) -> pd.DataFrame:
                 "n_test_pictures": _mean(r.get("n_test_pictures")) if not sets else None,
                 "n_test_sets": _mean(d.get("n_test")) if sets else None,
                 "transductive": r.get("transductive") or "", "synthetic": bool(synthetic),
-                "dataset": r.get("dataset"), "person_grouped": r.get("person_grouped") or ""})
+                "dataset": r.get("dataset")})
     return pd.DataFrame(rows, columns=TABLE1_COLUMNS)
 
 
