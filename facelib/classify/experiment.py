@@ -115,6 +115,7 @@ class TaskResult:
     fold_labels: list = field(default_factory=list)     # the held-out condition of each split (e.g. FL+FR)
     evaluated_on: str = "test"     # "validation": scored on the inner validation side (choosing settings)
     part_centered: bool = False    # R-Net coefficients: each cross-fit part's fit-split mean subtracted per split
+    person_grouped: str = ""       # non-empty: a picture's coefficients used its person's other pictures (no label)
 
     def to_dict(self) -> dict:
         return _jsonable(asdict(self))
@@ -258,6 +259,9 @@ def _run_task(coeffs_df, *, task, protocol, input, model, backend=None, n_folds=
     df = _task_table(coeffs_df, task)
     if not len(df):
         raise P.ProtocolUnavailable(f"no usable rows for task {task}")
+    if kind == "coefficients" and "alpha" in input and _column_note(df, "person_grouped"):
+        raise P.ProtocolUnavailable("a person-grouped table's α comes from its person's other pictures (built "
+                                    "from who is who): it is scored on β only")
     agg_name = aggregator if isinstance(aggregator, str) else getattr(aggregator, "name", None)
     if isinstance(aggregator, str):  # "mean", "median", "cnet" (C-Net confidences of the table's rows)
         aggregator = make_aggregator(aggregator, df)
@@ -455,6 +459,7 @@ def _run_task(coeffs_df, *, task, protocol, input, model, backend=None, n_folds=
         n_fit_pictures=acc["fit_pic"], n_val_pictures=acc["val_pic"], n_fit_sets=acc["fit_set"],
         n_val_sets=acc["val_set"], fold_labels=[_fold_label(f) for f in folds], evaluated_on=evaluate,
         part_centered=parts is not None,
+        person_grouped=_column_note(df, "person_grouped") if kind == "coefficients" else "",
         precision=next((p for p in acc["prec"] if p), None), c_grids=acc["grid"])
 
 

@@ -1,0 +1,300 @@
+"""Fits that use *who is who* (never an expression label): issue 22, levers 1 and 2.
+
+Per-picture fits estimate identity α and expression β from one picture each, so each leaks into the other. Two
+remedies, both in landmark mode (68 points, no rendering: cheap):
+
+**Person-consistent expression** (:func:`person_consistent_table`, backends ``tddfa+fit_person`` and
+``ict+fit_person``). For every picture, α is held fixed at the *leave-one-out* mean of the same person's per-picture
+α (:func:`loo_mean`: the person's other pictures, never the picture itself) and only β and the pose are fitted to
+the picture's 68 target points (``Fitter.fit(..., optimize=("beta", "pose"))``), so β has to explain what α does
+not: the expression. Works for any per-picture landmark fit — the BFM one (:func:`facelib.fitting.table.fit_table`,
+``tddfa+fit_landmarks``) and the ICT one (:func:`facelib.fitting.ict_fit.fit_ict_table`, ``ict``). The rows are
+flagged in the table's ``person_grouped`` column (carried into results): the coefficients of a picture used the
+*other* pictures of its person. No label is used, but on a protocol that tests unseen people the identity of a test
+picture comes from that test person's own pictures of other expressions.
+
+**Set fitting** (:func:`set_fit`, :class:`SetFitAggregator`): one α shared by the k pictures of a set, fitted
+jointly (per-picture β and pose), against per-picture fits aggregated by the mean. The aggregator plugs into
+:func:`facelib.classify.experiment.run_task` (``aggregator=``): each identity k-set's vector is its set fit's α.
+The regulariser counts the shared α once per member (the data and prior terms keep a per-picture fit's balance).
+
+Target landmarks (:func:`target_table`) are those of the per-picture fits (dlib placed by HOG, the tddfa table's
+where HOG finds none or |yaw| > 60°), computed once per table and cached. Every fit here is cached as parquet
+shards (:func:`facelib.fitting.table.cached_fits`), so reruns are cheap and resumable.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import config
+from ..face3d.cameras import crop_box, crop_to_image, image_to_crop
+from ..io import append_shard, atomic_write_table, read_shards
+from .fitter import Fitter
+from .table import DlibTargets, cached_fits, fit_records, landmark_targets, merge_fits
+
+VERSION = 1
+PERSON_NOTE = "identity α from the person's other pictures (leave-one-out mean of their per-picture fits)"
+BACKENDS = {"tddfa+fit_landmarks": "tddfa+fit_person", "ict": "ict+fit_person"}
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _stack(col) -> np.ndarray:
+    return np.stack([np.asarray(v, np.float32) for v in col])
+
+
+def _fingerprint(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def loo_mean(values: np.ndarray, groups) -> np.ndarray:
+    """Row i → mean of the rows of i's group *other than i* (n, d). A group of one gives NaN (no other picture)."""
+    X = np.asarray(values, np.float64)
+    g = np.asarray(groups).astype(str)
+    _, inv = np.unique(g, return_inverse=True)
+    sums = np.zeros((inv.max() + 1, X.shape[1]))
+    np.add.at(sums, inv, X)
+    counts = np.bincount(inv).astype(np.float64)
+    others = counts[inv] - 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (sums[inv] - X) / others[:, None]
+    out[others == 0] = np.nan
+    return out.astype(np.float32)
+
+
+def target_table(coeff_table: pd.DataFrame, target_landmarks: str = "dlib", cache_dir=None,
+                 progress: bool = False, batch_size: int = 16) -> pd.DataFrame:
+    """The 68 target points of every ``ok`` picture (the per-picture fits' targets, see module docstring):
+    columns ``sha256``, ``target`` (136: x0..x67, y0..y67, image pixels), ``source`` (dlib / table). Cached."""
+    landmarker = DlibTargets() if target_landmarks == "dlib" else None
+
+    def batch(rows, images, rois):
+        lm, src = landmark_targets(rows, images, target_landmarks, landmarker, rois)
+        return [{"sha256": s, "target": np.concatenate([lm[j, :, 0], lm[j, :, 1]]).astype(np.float32).tolist(),
+                 "source": src[j]} for j, s in enumerate(rows["sha256"])]
+
+    done = cached_fits(coeff_table, "targets", {"v": VERSION, "target": target_landmarks}, batch,
+                       cache_dir=cache_dir, batch_size=batch_size, progress=progress, desc="targets")
+    return done.drop_duplicates("sha256", keep="last").reset_index(drop=True)
+
+
+def _targets_of(targets: pd.DataFrame, shas) -> np.ndarray:
+    by = targets.set_index("sha256")["target"]
+    t = _stack(by.reindex(list(shas)))
+    return np.stack([t[:, :68], t[:, 68:]], -1)  # (B, 68, 2)
+
+
+def points_table(coeff_table: pd.DataFrame, targets: pd.DataFrame | None = None, normalise: bool = True
+                 ) -> pd.DataFrame:
+    """The landmark points themselves as a coefficient-like table (``beta`` = 136 numbers) for
+    :func:`facelib.classify.experiment.run_task`: the fits' target points (``targets``) or the table's own
+    ``landmarks``. ``normalise``: centred on their mean and divided by their RMS radius (translation and scale
+    removed; rotation kept — the head's angle is part of the picture)."""
+    t = coeff_table.copy()
+    ok = t["status"] == "ok"
+    if targets is not None:
+        pts = _targets_of(targets, t.loc[ok, "sha256"])
+    else:
+        lm = _stack(t.loc[ok, "landmarks"])
+        pts = np.stack([lm[:, :68], lm[:, 68:]], -1) if lm.shape[1] == 136 else lm[:, :, :2]
+    if normalise:
+        pts = pts - pts.mean(1, keepdims=True)
+        pts = pts / np.sqrt((pts ** 2).sum(-1).mean(1))[:, None, None]
+    t["beta"] = None
+    t["beta"] = t["beta"].astype(object)
+    t.loc[ok, "beta"] = pd.Series([p.T.reshape(-1).tolist() for p in pts], index=t.index[ok], dtype=object)
+    t["backend"] = "points68" + ("_norm" if normalise else "") + ("_target" if targets is not None else "_table")
+    return t
+
+
+def person_centred(table: pd.DataFrame, column: str = "beta", person: str = "subject") -> pd.DataFrame:
+    """``column`` minus the leave-one-out mean of the same person's other pictures (a cheap person-grouped
+    baseline: no refit). Flagged ``person_grouped``."""
+    t = table.copy()
+    ok = (t["status"] == "ok") & t[column].notna()
+    X = _stack(t.loc[ok, column])
+    C = X - loo_mean(X, t.loc[ok, person])
+    t[column] = t[column].astype(object)
+    t.loc[ok, column] = pd.Series(list(C.tolist()), index=t.index[ok], dtype=object)
+    t["backend"] = f"{t['backend'].iloc[0]}-person_mean"
+    t["person_grouped"] = f"{column} minus the leave-one-out mean {column} of the person's other pictures"
+    return t
+
+
+# ----------------------------------------------------------------------------------------------- lever 2
+def person_consistent_table(fit_table_: pd.DataFrame, fitter: Fitter, targets: pd.DataFrame,
+                            alpha_source: str = "loo_mean", person: str = "subject", iterations: int = 60,
+                            start_beta: str = "fit", batch_size: int = 64, image_size: int = 160,
+                            cache_dir=None, progress: bool = False, out=None, backend: str | None = None
+                            ) -> pd.DataFrame:
+    """β (and pose) refitted with α held at the person's leave-one-out mean (module docstring).
+
+    ``fit_table_``: a per-picture landmark fit (``tddfa+fit_landmarks`` with a BFM :class:`Fitter`, ``ict`` with
+    :class:`facelib.fitting.ict_fit.ICTFitter`'s ``.fitter``): its α give the identities, its β / pose the start
+    (``start_beta="zero"``: β from 0, the mean expression). ``targets``: :func:`target_table`. Pictures whose
+    person has no other fitted picture get status ``no_person_alpha``. Returns a table in the same schema, backend
+    :data:`BACKENDS` [input's] (or ``backend``), column ``person_grouped`` set; cached and resumable."""
+    if alpha_source != "loo_mean":
+        raise ValueError("alpha_source must be 'loo_mean'")
+    if start_beta not in ("fit", "zero"):
+        raise ValueError("start_beta must be 'fit' or 'zero'")
+    if person not in fit_table_.columns:
+        raise ValueError(f"a person-consistent fit needs a {person!r} column (who is who)")
+    src = str(fit_table_["backend"].dropna().iloc[0])
+    name = backend or BACKENDS.get(src, f"{src}+person")
+    ok = (fit_table_["status"] == "ok") & fit_table_["alpha"].notna()
+    rows = fit_table_[ok].drop_duplicates("sha256")
+    A = _stack(rows["alpha"])
+    loo = loo_mean(A, rows[person])
+    init_of = {s: (loo[j], np.asarray(b, np.float32), np.asarray(p, np.float32))
+               for j, (s, b, p) in enumerate(zip(rows["sha256"], rows["beta"], rows["pose"]))}
+    usable = rows[np.isfinite(loo).all(1)]
+    settings = {"v": VERSION, "src": src, "alpha": alpha_source, "person": person, "iterations": iterations,
+                "start_beta": start_beta, "size": image_size,
+                "data": _fingerprint(A, _stack(rows["beta"]), _stack(rows["pose"]),
+                                     rows["sha256"].astype(str).to_numpy().astype("S64"), rows[person].astype(str)
+                                     .to_numpy().astype("S64")),
+                "targets": _fingerprint(_stack(targets["target"]))}
+
+    def fit_batch(batch_rows, images, rois):
+        shas = list(batch_rows["sha256"])
+        a, b, p = (np.stack([init_of[s][i] for s in shas]) for i in range(3))
+        if start_beta == "zero":
+            b = np.zeros_like(b)
+        tgt = _targets_of(targets, shas)
+        res = fitter.fit({"alpha": a, "beta": b, "pose": p}, rois, image_to_crop(tgt, rois, image_size),
+                         mode="landmarks", iterations=iterations, optimize=("beta", "pose"))
+        lm_fit = crop_to_image(res.landmarks, rois, image_size)
+        err = np.linalg.norm(lm_fit - tgt, axis=-1).mean(-1)
+        src_of = targets.set_index("sha256")["source"]
+        return fit_records(res, shas, lm_fit, [src_of[s] for s in shas], res.seconds / len(shas),
+                           extra_losses=[{"_lm_px": float(e)} for e in err])
+
+    done = cached_fits(usable, name, settings, fit_batch, cache_dir=cache_dir, batch_size=batch_size,
+                       progress=progress, desc=f"{name}")
+    table = fit_table_.copy()
+    table["backend"] = name
+    merge_fits(table, done, ("alpha", "beta", "pose", "landmarks", "fit_losses", "fit_seconds"),
+               convert=lambda v: v.tolist() if isinstance(v, np.ndarray) else v)
+    missing = (table["status"] == "ok") & ~table["sha256"].isin(set(done["sha256"]))
+    table.loc[missing, "status"] = "no_person_alpha"
+    for col in ("alpha", "beta", "pose"):
+        table[col] = table[col].astype(object)
+        table.loc[missing, col] = None
+    table["person_grouped"] = PERSON_NOTE
+    if out is not None:
+        atomic_write_table(table, Path(out))
+    return table
+
+
+# ----------------------------------------------------------------------------------------------- lever 1
+class SharedAlphaFitter(Fitter):
+    """A :class:`Fitter` whose α is one variable per *group* of batch rows (``groups``: (B,) group index per
+    row, set before :meth:`fit`); β and pose stay per picture. ``init["alpha"]`` must agree within a group."""
+
+    groups: torch.Tensor | None = None
+
+    @classmethod
+    def wrap(cls, fitter: Fitter) -> "SharedAlphaFitter":
+        new = cls.__new__(cls)
+        new.__dict__.update(fitter.__dict__)
+        new.groups = None
+        return new
+
+    def start_params(self, init, batch):
+        params = super().start_params(init, batch)
+        g = self.groups
+        if g is None or len(g) != batch.size:
+            raise ValueError("SharedAlphaFitter.groups must give one group index per batch row")
+        params["alpha"] = torch.zeros(int(g.max()) + 1, self.mesh.n_id, device=self.device)
+        return params
+
+    def forward(self, params, batch, visibility=None):
+        return super().forward({**params, "alpha": params["alpha"][self.groups]}, batch, visibility)
+
+
+def set_fit(fitter: Fitter, init: Mapping[str, np.ndarray], rois: np.ndarray, target_lm_img: np.ndarray,
+            sets: np.ndarray, iterations: int = 60, image_size: int = 160) -> dict[str, np.ndarray]:
+    """One α per set, fitted jointly to the set's pictures (landmark mode); β and pose per member.
+
+    ``init``/``rois``/``target_lm_img`` are per *picture* (n, …); ``sets`` (n_sets, k) picture positions. The
+    shared α starts at the mean of the members' ``init["alpha"]``. Returns ``alpha`` (n_sets, n_id), ``beta``
+    (n_sets, k, n_exp), ``pose`` (n_sets, k, 12), ``seconds``."""
+    sets = np.asarray(sets, np.int64)
+    n_sets, k = sets.shape
+    flat = sets.reshape(-1)
+    a0 = np.asarray(init["alpha"], np.float32)[sets].mean(1)  # (n_sets, n_id)
+    shared = SharedAlphaFitter.wrap(fitter)
+    shared.groups = torch.as_tensor(np.repeat(np.arange(n_sets), k), device=fitter.device)
+    start = {"alpha": np.repeat(a0, k, axis=0), "beta": np.asarray(init["beta"], np.float32)[flat],
+             "pose": np.asarray(init["pose"], np.float32)[flat]}
+    r = np.asarray(rois, np.float32)[flat]
+    res = shared.fit(start, r, image_to_crop(np.asarray(target_lm_img, np.float32)[flat], r, image_size),
+                     mode="landmarks", iterations=iterations)
+    return {"alpha": res.alpha.reshape(n_sets, k, -1)[:, 0], "beta": res.beta.reshape(n_sets, k, -1),
+            "pose": res.pose.reshape(n_sets, k, 12), "seconds": res.seconds,
+            "alpha_members": res.alpha.reshape(n_sets, k, -1)}
+
+
+class SetFitAggregator:
+    """A :func:`facelib.classify.experiment.run_task` aggregator: a k-set's vector is the α of one joint fit of its
+    pictures (:func:`set_fit`). ``task_rows``: the rows run_task classifies, in its order
+    (``experiment._task_table(table, task)``); ``init``: the table whose coefficients start the fit (the raw
+    tddfa one, as the per-picture fit starts from it), matched by sha256. Set fits are memoised and cached on disk
+    (key: the members' sha256s), so every repeat and rerun fits each distinct set once."""
+
+    name = "set_fit"
+
+    def __init__(self, fitter: Fitter, task_rows: pd.DataFrame, init: pd.DataFrame, targets: pd.DataFrame,
+                 iterations: int = 60, chunk: int = 256, image_size: int = 160, cache_dir=None):
+        self.fitter, self.iterations, self.chunk, self.image_size = fitter, iterations, chunk, image_size
+        self.shas = task_rows["sha256"].astype(str).to_numpy()
+        by = init.drop_duplicates("sha256").set_index("sha256").reindex(self.shas)
+        self.init = {c: _stack(by[c]) for c in ("alpha", "beta", "pose")}
+        self.rois = np.stack([crop_box(b) for b in task_rows["box"]]).astype(np.float32)
+        self.targets = _targets_of(targets, self.shas)
+        settings = {"v": VERSION, "iterations": iterations, "size": image_size,
+                    "init": _fingerprint(*self.init.values()), "targets": _fingerprint(self.targets)}
+        key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        self.folder = Path(cache_dir or config.cache_dir() / "fitting") / f"set_fit-{key}"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        done = read_shards(self.folder)
+        self.memo = {s: np.asarray(a, np.float32) for s, a in zip(done["sha256"], done.get("alpha", []))}
+        self.seconds, self.n_fitted = 0.0, 0
+
+    def _key(self, members) -> str:
+        return hashlib.sha256("+".join(sorted(self.shas[members])).encode()).hexdigest()
+
+    def aggregate_sets(self, X: np.ndarray, sets: np.ndarray) -> np.ndarray:
+        sets = np.asarray(sets, np.int64)
+        if X.shape[1] != self.init["alpha"].shape[1]:
+            raise ValueError("the set-fit aggregator gives α: use input 'alpha'")
+        keys = [self._key(s) for s in sets]
+        todo = {}
+        for key, s in zip(keys, sets):
+            if key not in self.memo:
+                todo.setdefault(key, s)
+        items = list(todo.items())
+        for start in range(0, len(items), self.chunk):
+            part = items[start:start + self.chunk]
+            r = set_fit(self.fitter, self.init, self.rois, self.targets, np.stack([s for _, s in part]),
+                        self.iterations, self.image_size)
+            self.seconds += r["seconds"]
+            self.n_fitted += len(part)
+            shard = pd.DataFrame({"sha256": [kk for kk, _ in part], "alpha": list(r["alpha"].tolist())})
+            append_shard(self.folder, shard)
+            self.memo.update({kk: a for (kk, _), a in zip(part, r["alpha"])})
+        return np.stack([self.memo[kk] for kk in keys]).astype(np.float32)
+
+    def __repr__(self) -> str:
+        return f"<aggregator {self.name}>"
+
