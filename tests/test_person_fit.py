@@ -65,7 +65,7 @@ def data(kdef_root, assets_dir):
 def fitter(assets_dir):
     from facelib.fitting.fitter import Fitter
 
-    return Fitter(device="cpu", assets_folder=assets_dir, image_size=SIZE)
+    return Fitter(device="cpu", assets_dir=assets_dir, image_size=SIZE)
 
 
 @pytest.fixture(scope="module")
