@@ -64,9 +64,27 @@ def test_baselines_and_early_stopping():
         assert [h["C"] for h in r["history"]] == list(T.C_GRID)  # C chosen on the validation split
         best = max(r["history"], key=lambda h: h["val_accuracy"])
         assert r["best_val_accuracy"] == best["val_accuracy"]
-    y_shuf = np.random.default_rng(1).permutation(y)  # nothing to learn: validation stops improving
-    r = T.train_vector_model(X[:200], y_shuf[:200], X[200:], y_shuf[200:], model="mlp", epochs=50, patience=2)
-    assert r["epochs_run"] < 50 and r["best_epoch"] == r["epochs_run"] - 2
+    # learnable: validation beats chance at once, then patience stops the run before the cap
+    r = T.train_vector_model(X[:200], y[:200], X[200:], y[200:], model="mlp", epochs=50, patience=2)
+    assert r["learning_epoch"] is not None and r["epochs_run"] < 50
+    assert r["best_epoch"] == r["epochs_run"] - 2
+
+
+def test_learning_threshold_against_binomial_arithmetic():
+    y = np.array([0] * 30 + [1] * 10 + [2] * 10)  # majority rate 0.6, n = 50
+    assert T.learning_threshold(y) == pytest.approx(0.6 + 2 * np.sqrt(0.6 * 0.4 / 50))
+    assert T.learning_threshold(np.arange(7).repeat(9)) == pytest.approx(1 / 7 + 2 * np.sqrt((1 / 7) * (6 / 7) / 63))
+    assert T.learning_threshold(np.array([], dtype=int)) == 1.0
+
+
+def test_patience_waits_until_the_network_beats_chance():
+    """A network that cannot learn (lr = 0: its validation accuracy stays at its starting value) is not stopped by
+    patience on its flat start: it trains to the cap. The old rule stopped it after ``patience`` epochs."""
+    X, y = _blobs()
+    r = T.train_vector_model(X[:200], y[:200], X[200:], y[200:], model="mlp", epochs=12, patience=2, lr=0.0)
+    assert r["learning_epoch"] is None
+    assert r["epochs_run"] == 12
+    assert all(h["val_accuracy"] <= r["learning_threshold"] for h in r["history"])
 
 
 def test_epoch_bar_reaches_stderr(capsys):

@@ -58,7 +58,8 @@ FOOTNOTE_UNCERTAINTY = ("Accuracy: mean ± std over repeats / folds. A single sp
                         "pooled over every test picture with a 95 % interval from resampling people (`ci_unit`), "
                         "and `split_accuracies` lists each held-out condition's accuracy and test count; the "
                         "spread between conditions is not an uncertainty.")
-FOOTNOTE_CAPS = ("`epochs_max` / `patience`: the network's epoch cap and early-stopping patience; `at_cap`: a split's "
+FOOTNOTE_CAPS = ("`epochs_max` / `patience`: the network's epoch cap and early-stopping patience (counted only once the "
+                 "validation accuracy has beaten chance by two standard errors); `at_cap`: a split's "
                  "best epoch was the cap (the validation curve was still improving).")
 FOOTNOTE_PAPER = ("`paper`: the paper's figure, only beside rows that repeat its experiment: its dataset and protocol, "
                   "ResNet-34, and either 224-px pictures scored one at a time (k = 1) or the raw coefficients of a "
@@ -150,7 +151,9 @@ TABLE1_GLOSSARY = {
     "split_accuracies": "pooled folds: each held-out condition's accuracy and test count (e.g. FL+FR 77.0 % (139)).",
     "image_size": "side in pixels of the picture crop a picture model saw (the paper: 224).",
     "epochs_max": "the network's epoch cap (empty for scikit-learn models).",
-    "patience": 'epochs without a better validation score before early stopping (empty for scikit-learn models).',
+    "patience": 'epochs without a better validation score before early stopping, counted only once the validation accuracy has '
+                 'beaten chance by two standard errors (a network still at chance trains on to the cap); empty for '
+                 'scikit-learn models.',
     "epochs_run": 'epochs the scored network trained before early stopping (mean over splits; empty for models without epochs).',
     "best_epoch": "the epoch whose checkpoint was kept (best on the inner validation split), mean over splits.",
     "at_cap": "True when a split's best epoch is the cap: the validation curve was still improving when training stopped.",
