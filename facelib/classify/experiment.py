@@ -21,7 +21,6 @@ per-condition accuracies beside (``fold_labels``, ``fold_accuracies``).
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -29,14 +28,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import resolve_device
 from . import protocols as P
-from .aggregate import aggregate_sets, make_aggregator
-from .images import FEATURE_INPUTS, picture_features
-from .models import SKLEARN_MODELS
-from .trainer import (INPUTS, MODELS, RECIPE, default_batch_size, input_matrix, n_threads, train_image_model,
-                      train_vector_model)
-from .validation import inner_split
+from .images import FEATURE_INPUTS
+
 
 TASK_LABEL = P.TASK_LABEL
 TASK_DEFAULT_INPUT = {"identity": "alpha", "expression": "beta", "gender": "alpha"}
@@ -212,9 +206,9 @@ def run_task(coeffs_df: pd.DataFrame, task: str, protocol: str = "paper", input:
     ``task``: identity, expression, gender, or any other label column (a generic task). ``input``: ``alpha``,
     ``beta``, ``alpha+beta`` (coefficients), ``image`` (ResNet-34 on pictures), ``hog``/``pixels``/``dlib``
     (per-picture features). ``model``: ``resnet34``, ``mlp``, ``logreg``, ``svm``, ``linsvm``, ``fisherfaces``.
-    Options (keyword only; see :func:`_run_task`): ``backend, n_folds, epochs`` (the cap; runs stop on the
-    validation curve), ``seed, device, image_size, batch_size, lr, weight_decay, val_fraction, patience,
-    aggregator, pretrained, crop_to_box, protocol_kwargs, keep_predictions, num_threads, verbose, progress,
+    Options (keyword only; see :func:`facelib.classify.cell.prepare_cell`): ``backend, n_folds, epochs`` (the cap;
+    runs stop on the validation curve), ``seed, device, image_size, batch_size, lr, weight_decay, val_fraction,
+    patience, aggregator, pretrained, crop_to_box, protocol_kwargs, keep_predictions, num_threads, verbose, progress,
     evaluate, center_parts`` (``progress``: an epoch bar per network trained; ``evaluate``: ``"test"``, or
     ``"validation"`` to score each split's inner validation side — carved from its training side — and never its
     test side; ``center_parts``: on R-Net tables, subtract each cross-fit part's fit-split mean, default on).
@@ -240,222 +234,13 @@ def _boxes(df: pd.DataFrame, crop_to_box: bool):
             for b, w in zip(df["box"], whole)]
 
 
-def _run_task(coeffs_df, *, task, protocol, input, model, backend=None, n_folds=None, epochs=None, seed=0,
-              device=None, image_size=None, batch_size=None, lr=RECIPE["lr"], weight_decay=RECIPE["weight_decay"],
-              val_fraction=RECIPE["val_fraction"], patience=None, aggregator=None, pretrained=False,
-              crop_to_box=True, protocol_kwargs=None, keep_predictions=True, verbose=False,
-              progress=False, evaluate="test", center_parts=True) -> TaskResult:
+def _run_task(coeffs_df, **options) -> TaskResult:
+    from .cell import finish_cell, prepare_cell, run_split  # the cell's steps (cell.py imports this module)
+
     t_start = time.perf_counter()
-    input = input or TASK_DEFAULT_INPUT.get(task, "alpha")
-    if input not in INPUTS:
-        raise ValueError(f"input must be one of {INPUTS}, got {input!r}")
-    kind = _kind(input)
-    if kind == "images" and model != "resnet34":
-        raise ValueError("input 'image' is trained with model 'resnet34' (torchvision) only")
-    if model not in MODELS:
-        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
-    device = "cpu" if model in SKLEARN_MODELS else resolve_device(device)
-    df = _task_table(coeffs_df, task)
-    if not len(df):
-        raise P.ProtocolUnavailable(f"no usable rows for task {task}")
-    agg_name = aggregator if isinstance(aggregator, str) else getattr(aggregator, "name", None)
-    if isinstance(aggregator, str):  # "mean", "median", "cnet" (C-Net confidences of the table's rows)
-        aggregator = make_aggregator(aggregator, df)
-    backend = backend or (str(df["backend"].iloc[0]) if "backend" in df.columns else "unknown")
-    net_kind = "image" if kind == "images" else "vector"
-    patience = RECIPE["patience"][net_kind] if patience is None else patience
-    epochs_max = None if model in SKLEARN_MODELS else int(epochs or RECIPE["max_epochs"][net_kind])
-    image_size = int(image_size or (CPU_IMAGE_SIZE if device == "cpu" else GPU_IMAGE_SIZE)) \
-        if kind == "images" else FEATURE_SIZE.get(input)
-    kwargs = dict(protocol_kwargs or {})
-    kwargs.setdefault("seed", seed)
-    kwargs.setdefault("n_folds", int(n_folds or DEFAULT_N_FOLDS.get(protocol, 3)))
-    if aggregator is not None:
-        kwargs.setdefault("aggregator", aggregator)
-    folds = P.make_folds(df, task, protocol, **kwargs)
-    label = P.label_column(task)
-    if evaluate == "validation":  # the test side is never scored: each split's inner validation side is
-        folds = [P.Fold(*inner_split(df, f, label, val_fraction, seed=seed * 1000 + i)[:2], name=f.name,
-                        aggregator=f.aggregator, info={**f.info, "evaluated_on": "validation"})
-                 for i, f in enumerate(folds)]
-    elif evaluate != "test":
-        raise ValueError(f"evaluate must be 'test' or 'validation', got {evaluate!r}")
-
-    classes = _classes(task, df[label])
-    y_all = df[label].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy()
-    image_ids = df["image_id"].astype(str).to_numpy() if "image_id" in df.columns else np.arange(len(df)).astype(str)
-    angles = df["angle"].astype(str).to_numpy() if "angle" in df.columns else None
-    people = df["subject"].astype(str).to_numpy() if "subject" in df.columns else None
-    boxes = _boxes(df, crop_to_box) if kind != "coefficients" else None
-    X_all = X_raw = input_matrix(df, input) if kind == "coefficients" else \
-        picture_features(df, input, boxes) if kind == "features" else None
-    paths = df["path"].astype(str).to_numpy() if "path" in df.columns else None
-    # R-Net tables: each person is coded by one of the cross-fit networks, which leave a per-network offset a
-    # probe finds on unseen people (crossfit.part_probe); per split, every part's fit-split mean is removed
-    parts = df["rnet_part"].to_numpy() if kind == "coefficients" and center_parts and "rnet_part" in df.columns \
-        and df["rnet_part"].notna().all() and df["rnet_part"].nunique() > 1 else None
-    if parts is not None:
-        from ..fitting.crossfit import center_parts as _center  # heavy module: only for R-Net tables
-    k_protocol = int(folds[0].train.shape[1]) if folds[0].is_sets else 1
-
-    conf = np.zeros((len(classes), len(classes)), dtype=np.int64)
-    angle_hits: dict[str, list[int]] = {}
-    by_k: dict[int, dict] = {}
-    acc = {key: [] for key in ("prec", "grid", "fold", "n_tr", "n_te", "tr_pic", "te_pic", "tr_set", "te_set", "n_val", "spi", "spe",
-                               "tsec", "best", "run", "C", "bs", "fit_pic", "val_pic", "fit_set", "val_set")}
-    epoch_based = model not in SKLEARN_MODELS
-    preds, how, flip = [], "", None
-    for fi, fold in enumerate(folds):
-        fseed = seed * 1000 + fi
-        fit, val, how = inner_split(df, fold, label, val_fraction, seed=fseed)
-        shown = dict(progress=progress, desc=f"{task}/{protocol} {input}→{model} split {fi + 1}/{len(folds)}")
-        test_pics = fold.test_images
-        y_of = (lambda s: y_all[s[:, 0]] if s.ndim == 2 else y_all[s])  # noqa: E731 — a set is one person's
-        fit_p, val_p = np.unique(fit.ravel()), np.unique(val.ravel())  # the same pictures for every arm
-        res_pic = None  # the model scored at k = 1 when it is not the main one
-        if kind == "coefficients":
-            agg = fold.aggregator or aggregator
-            X_all = X_raw if parts is None else _center(X_raw, parts, fit_p)
-            Xfit, Xval = aggregate_sets(X_all, fit, agg), aggregate_sets(X_all, val, agg)
-            bs = int(batch_size or default_batch_size("vector", len(Xfit)))
-            res = train_vector_model(Xfit, y_of(fit), aggregate_sets(X_all, fold.test, agg), X_val=Xval,
-                                     y_val=y_of(val), model=model, n_classes=len(classes), epochs=epochs_max,
-                                     batch_size=bs, lr=lr, weight_decay=weight_decay, patience=patience,
-                                     device=device, seed=fseed, verbose=verbose, **shown)
-            scores_main = scores_pic = res["scores"]
-            if fold.is_sets:  # k = 1 by design: trained and selected on the single fit / validation pictures
-                res_pic = train_vector_model(
-                    X_all[fit_p], y_all[fit_p], X_all[test_pics], X_val=X_all[val_p], y_val=y_all[val_p],
-                    model=model, n_classes=len(classes), epochs=epochs_max,
-                    batch_size=int(batch_size or default_batch_size("vector", len(fit_p))), lr=lr,
-                    weight_decay=weight_decay, patience=patience, device=device, seed=fseed, verbose=verbose,
-                    **{**shown, "desc": shown["desc"] + " (k = 1 model)"})
-                scores_pic = res_pic["scores"]
-            n_fit_samples = len(Xfit)
-        else:
-            if kind == "features":
-                bs = int(batch_size or default_batch_size("vector", len(fit_p)))
-                res = train_vector_model(X_all[fit_p], y_all[fit_p], X_all[test_pics], X_val=X_all[val_p],
-                                         y_val=y_all[val_p], model=model, n_classes=len(classes),
-                                         epochs=epochs_max, batch_size=bs, lr=lr, weight_decay=weight_decay,
-                                         patience=patience, device=device, seed=fseed, verbose=verbose,
-                                         **shown)
-            else:
-                bs = int(batch_size or default_batch_size("image", len(fit_p)))
-                flip = bool(fold.info.get("flip", True))
-                pick = (lambda idx: None if boxes is None else [boxes[i] for i in idx])  # noqa: E731
-                res = train_image_model(paths[fit_p], y_all[fit_p], paths[test_pics], paths_val=paths[val_p],
-                                        y_val=y_all[val_p], boxes_train=pick(fit_p), boxes_test=pick(test_pics),
-                                        boxes_val=pick(val_p), n_classes=len(classes), image_size=image_size,
-                                        epochs=epochs_max, batch_size=bs, lr=lr, weight_decay=weight_decay,
-                                        patience=patience, device=device, seed=fseed, pretrained=pretrained,
-                                        flip=flip, verbose=verbose, **shown)
-            scores_pic = res["scores"]
-            scores_main = scores_pic[np.searchsorted(test_pics, fold.test)].mean(1) if fold.is_sets else scores_pic
-            n_fit_samples = len(fit_p)
-        # every model at k = 1 (single test pictures) and, on a set protocol, at the protocol's k
-        trained_k = k_protocol if kind == "coefficients" else 1
-        evals = {1: (scores_pic, test_pics, res_pic or res, 1 if res_pic is not None else trained_k)}
-        if fold.is_sets:
-            evals[k_protocol] = (scores_main, fold.test, res, trained_k)
-        for kk, (sc, items, r_k, tk) in evals.items():
-            correct = (np.asarray(sc).argmax(1) == y_of(items)).astype(np.int8)
-            d = by_k.setdefault(kk, {"fold_accuracies": [], "n_test": [], "correct": [], "groups": [],
-                                     "best_epochs": [], "epochs_run": [], "C": [], "trained_k": tk})
-            d["fold_accuracies"].append(float(correct.mean()))
-            d["n_test"].append(int(len(items)))
-            d["correct"].append(correct)
-            d["groups"].append(None if people is None else people[items[:, 0] if items.ndim == 2 else items])
-            d["best_epochs"].append(int(r_k["best_epoch"]) if epoch_based else None)
-            d["epochs_run"].append(int(r_k["epochs_run"]) if epoch_based else None)
-            d["C"].append(r_k.get("C"))
-        test_items, yte = fold.test, y_of(fold.test)
-        pred = np.asarray(scores_main).argmax(1)
-        acc["fold"].append(float((pred == yte).mean()))
-        acc["n_tr"].append(int(n_fit_samples + (len(val) if kind == "coefficients" else len(np.unique(val)))))
-        acc["n_te"].append(int(len(yte)))
-        acc["tr_pic"].append(int(len(fold.train_images)))
-        acc["te_pic"].append(int(len(test_pics)))
-        acc["tr_set"].append(int(len(fit)) if fold.is_sets and kind == "coefficients" else 0)  # pictures train
-        acc["te_set"].append(int(len(fold.test)) if fold.is_sets else 0)
-        acc["n_val"].append(int(len(val)))
-        acc["fit_pic"].append(int(len(fit_p)))
-        acc["val_pic"].append(int(len(val_p)))
-        acc["fit_set"].append(int(len(fit)) if fold.is_sets else 0)
-        acc["val_set"].append(int(len(val)) if fold.is_sets else 0)
-        acc["spi"].append(res["seconds_per_input"])
-        acc["spe"].append(res["seconds_per_epoch"])
-        acc["tsec"].append(res["train_seconds"])
-        acc["best"].append(int(res["best_epoch"]) if epoch_based else None)
-        acc["run"].append(int(res["epochs_run"]) if epoch_based else None)
-        acc["C"].append(res.get("C"))
-        acc["prec"].append(res.get("precision"))
-        acc["grid"].append({"C_tried": res.get("C_tried"), "grid_stop": res.get("grid_stop")}
-                           if res.get("C_tried") is not None else None)
-        acc["bs"].append(bs)
-        np.add.at(conf, (yte, pred), 1)
-        single = np.asarray(test_items).ndim == 1
-        for j, (t, p) in enumerate(zip(yte, pred)):
-            item = test_items[j]
-            if single and angles is not None:
-                angle_hits.setdefault(angles[item], []).append(int(t == p))
-            if keep_predictions:
-                ids = image_ids[item] if single else "+".join(image_ids[np.asarray(item)])
-                preds.append({"fold": fi, "image_id": str(ids), "true": classes[t], "pred": classes[p],
-                              "angle": str(angles[item]) if (single and angles is not None) else ""})
-        if verbose:
-            print(f"[{task}/{protocol}/{input}/{model}] split {fi + 1}/{len(folds)} accuracy {acc['fold'][-1]:.4f} "
-                  f"({acc['n_tr'][-1]} train, {acc['n_te'][-1]} test, best epoch {acc['best'][-1]}/"
-                  f"{acc['run'][-1]})", file=sys.stderr, flush=True)
-        del res, res_pic
-    single_split = len(folds) == 1
-    pooled = single_split or protocol in P.POOLED  # one accuracy over every test picture, interval over people
-
-    def summary(d, kk):
-        fa = d["fold_accuracies"]
-        correct = np.concatenate(d["correct"])
-        groups = None if people is None else np.concatenate(d["groups"])
-        return {"fold_accuracies": fa, "mean": float(correct.mean()) if pooled else float(np.mean(fa)),
-                "std": None if pooled else float(np.std(fa, ddof=1)),
-                "ci": bootstrap_ci(correct, seed, groups=groups) if pooled else None,
-                "ci_unit": ("people" if groups is not None else "pictures") if pooled else None,
-                "n_test": d["n_test"], "trained_k": d["trained_k"], "best_epochs": d["best_epochs"],
-                "epochs_run": d["epochs_run"], "C": d["C"]}
-
-    accuracy_by_k = {str(kk): summary(d, kk) for kk, d in sorted(by_k.items())}
-    main = accuracy_by_k[str(k_protocol)]
-    angle_order = [a for a in P.ANGLES if a in angle_hits] + sorted(set(angle_hits) - set(P.ANGLES))
-    transductive = transductive_note(df) if kind == "coefficients" else ""
-    return TaskResult(
-        task=task, protocol=protocol, input=input, model=model, backend=backend, kind=kind, device=device,
-        classes=classes, k=k_protocol,
-        split_kind="single split" if single_split else "pooled folds" if pooled else
-        "repeats" if protocol in P.REPEATED else "folds",
-        fold_names=[f.name for f in folds], fold_accuracies=acc["fold"], accuracy_mean=main["mean"],
-        accuracy_std=main["std"], accuracy_ci=main["ci"], accuracy_by_k=accuracy_by_k, n_folds=len(folds),
-        n_train=float(np.mean(acc["n_tr"])), n_test=float(np.mean(acc["n_te"])), n_train_pictures=acc["tr_pic"],
-        n_test_pictures=acc["te_pic"], n_train_sets=acc["tr_set"], n_test_sets=acc["te_set"], n_val=acc["n_val"],
-        validation=how, epochs_max=epochs_max, epochs_run=acc["run"], best_epochs=acc["best"], C=acc["C"],
-        recipe={"optimizer": RECIPE["optimizer"], "schedule": RECIPE["schedule"], "lr": lr,
-                "weight_decay": weight_decay, "patience": None if model in SKLEARN_MODELS else patience,
-                "val_fraction": val_fraction, "C_grid": model in SKLEARN_MODELS},
-        batch_size=acc["bs"][0] if acc["bs"] else None, batch_sizes=acc["bs"], image_size=image_size,
-        crop_to_box=bool(boxes is not None), flip=flip, pretrained=bool(pretrained or input == "dlib"),
-        seconds_per_input=float(np.mean(acc["spi"])), seconds_per_epoch=float(np.mean(acc["spe"])),
-        train_seconds=float(np.sum(acc["tsec"])), wall_seconds=time.perf_counter() - t_start,
-        confusion=conf.tolist(),
-        per_angle_accuracy={a: float(np.mean(angle_hits[a])) for a in angle_order},
-        per_angle_counts={a: len(angle_hits[a]) for a in angle_order},
-        leak_free=P.is_leak_free(task, protocol) and not transductive,
-        protocol_leak_free=P.is_leak_free(task, protocol), leakage=P.LEAKAGE.get((task, protocol), ""),
-        transductive=transductive, tuned_on_test=tuned_on_test_note(df) if kind == "coefficients" else "",
-        protocol_info=_jsonable(folds[0].info) if folds else {}, seed=seed, torch_threads=n_threads(),
-        predictions=preds,
-        aggregator=(agg_name or "mean") if kind == "coefficients" and any(f.is_sets for f in folds) else None,
-        n_fit_pictures=acc["fit_pic"], n_val_pictures=acc["val_pic"], n_fit_sets=acc["fit_set"],
-        n_val_sets=acc["val_set"], fold_labels=[_fold_label(f) for f in folds], evaluated_on=evaluate,
-        part_centered=parts is not None,
-        precision=next((p for p in acc["prec"] if p), None), c_grids=acc["grid"])
+    cell = prepare_cell(coeffs_df, **options)
+    records = [run_split(cell, fi) for fi in range(len(cell.folds))]
+    return finish_cell(cell, records, wall_seconds=time.perf_counter() - t_start)
 
 
 def _fold_label(fold) -> str:
