@@ -8,7 +8,8 @@
   folders, ``FACELIB_ASSETS``, ``FACELIB_CACHE``: a shared filesystem (README "On a cluster").
 
 What is distributed: notebook 04's splits — each repeat / fold of each Table-1 cell is one task
-(:mod:`facelib.classify.cell`). Each task is seeded by its split, so a distributed run gives the serial run's results.
+(:func:`facelib.classify.experiment.run_split`). Each task is seeded by its split, so a distributed run gives the
+serial run's results.
 A worker that dies mid-task loses nothing: the scheduler runs its tasks again on another worker (and a task that
 raises is retried ``RETRIES`` times); results reach the run folder only through the client (atomic writes).
 An unreachable scheduler is one ``error:`` line (:class:`ExecutorUnavailable`), not a traceback.

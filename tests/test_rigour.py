@@ -5,7 +5,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from facelib.classify import cell as C
 from facelib.classify import experiment as E
 from facelib.classify import protocols as P
 from facelib.fitting import crossfit
@@ -72,13 +71,13 @@ def test_cross_angle_is_pooled_with_per_view_accuracies(synth):
 # ------------------------------------------------------------------------------------ 3 + 6: counts, k = 1 model
 def test_identity_counts_apart_and_k1_model_trained_on_pictures(synth, monkeypatch):
     calls = []
-    real = C.train_vector_model
+    real = E.train_vector_model
 
     def spy(X, y, X_test=None, *a, **kw):
         calls.append((len(X), len(kw["X_val"]), len(X_test)))
         return real(X, y, X_test, *a, **kw)
 
-    monkeypatch.setattr(C, "train_vector_model", spy)
+    monkeypatch.setattr(E, "train_vector_model", spy)
     r = E.run_task(synth, "identity", "paper", model="logreg", n_folds=2, protocol_kwargs={"max_sets": 100})
     # 20 training pictures per person: 15 fit + 5 validation, for every arm (no refit)
     assert r.n_fit_pictures == [150, 150] and r.n_val_pictures == [50, 50]

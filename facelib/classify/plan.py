@@ -10,8 +10,7 @@ from tqdm.auto import tqdm
 
 from ..data.labels import has_values
 from . import protocols as P
-from .cell import finish_cell, prepare_cell, run_split
-from .experiment import run_task
+from .experiment import finish_cell, prepare_cell, run_split, run_task
 from .results import save_result
 
 # One row per Table-1 line: (dataset, task, protocol, coefficient input). Each runs with every model in
@@ -102,7 +101,8 @@ def run_plan(coeffs: dict[str, pd.DataFrame | list[pd.DataFrame]], plan: list[di
     (3-subsets) run once per aggregator (``cnet`` only on tables with C-Net confidences, i.e. R-Net-coded ones).
 
     ``executor`` (:func:`facelib.executor.make_executor`; None or local: here, one run after another): on Dask,
-    every split of every run is a task (:mod:`facelib.classify.cell`), the same results in the same order."""
+    every split of every run is a task (:func:`~facelib.classify.experiment.run_split`), the same results in the
+    same order."""
     jobs = []
     for entry in plan:
         tables = coeffs[entry["dataset"]]
