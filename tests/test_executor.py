@@ -110,19 +110,23 @@ def test_dask_run_gives_the_serial_results(tmp_path, dask2):
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers need not import this test module
 
 
-def _slow_square(i: int) -> int:
+def _slow_square(numbers: list, i: int) -> int:
     time.sleep(1.0)
-    return i * i
+    return numbers[i] ** 2
 
 
 def test_a_worker_killed_mid_task_loses_nothing(dask2):
-    client = dask2.client
+    """Kill (SIGKILL) the worker process that holds the tasks' shared argument while it runs a task: every result
+    still arrives, equal to the serial one (the scheduler reruns the lost work elsewhere; the nanny restarts it)."""
+    client, numbers = dask2.client, list(range(8))
+    shared = dask2.put(numbers)
     killed = {}
 
-    def kill_a_busy_worker():
+    def kill_the_holder_when_busy():
         deadline = time.time() + 60
         while time.time() < deadline and not killed:
-            busy = {w: keys for w, keys in client.processing().items() if keys}
+            holders = client.who_has(shared).get(shared.key) or ()
+            busy = {w: keys for w, keys in client.processing().items() if keys and w in holders}
             if busy:
                 worker = sorted(busy)[0]
                 pid = client.run(os.getpid, workers=[worker])[worker]
@@ -130,12 +134,14 @@ def test_a_worker_killed_mid_task_loses_nothing(dask2):
                 os.kill(pid, signal.SIGKILL)
             time.sleep(0.2)
 
-    items = list(range(8))
-    killer = threading.Thread(target=kill_a_busy_worker)
+    killer = threading.Thread(target=kill_the_holder_when_busy)
     killer.start()
-    got = dask2.map(_slow_square, items, progress=False)  # 8 × 1 s on 2 workers: the kill lands mid-run
+    with dask2.tracker("test", progress=False) as track:  # 8 × 1 s on 2 workers: the kill lands mid-run
+        futures = [dask2.submit(_slow_square, shared, i) for i in range(len(numbers))]
+        track.add(futures)
+        done = dict(track.finished())
     killer.join()
-    assert killed and killed["tasks"] >= 1  # a worker process died while running a task ...
-    assert got == [i * i for i in items]  # every result, in order, as the serial run gives them
-    client.wait_for_workers(2, timeout=60)  # ... the nanny started another one
+    assert killed and killed["tasks"] >= 1  # a worker died while running a task and holding the shared data ...
+    assert [done[f] for f in futures] == [n ** 2 for n in numbers]  # every result, as the serial run gives it
+    client.wait_for_workers(2, timeout=60)  # ... and the nanny started another one
     assert killed["pid"] not in client.run(os.getpid).values()
