@@ -167,14 +167,14 @@ def _split_task(cell, fi: int):
 def _run_split_tasks(runs, ex, progress: bool):
     """Each run's cell is prepared here (in order: the picture features are computed once) and its splits sent to
     the executor at once, so the workers start while later cells are prepared; a cell is finished (here) when its
-    last split is back. Yields the results (or ``"skipped: …"``) in the runs' order."""
+    last split is back. Returns the results (or ``"skipped: …"``) in the runs' order."""
     cells, results, owner = {}, {}, {}
     with ex.tracker("classification splits", progress) as track:
         def collect(block):
             for future, record in track.finished(block):
                 i, fi = owner.pop(future)
                 cells[i][2][fi] = record
-                cell, t_prepare, records = cells[i]
+                cell, t_prepare, records, _ = cells[i]
                 if all(r is not None for r in records):
                     skipped = next((r for r in records if isinstance(r, str)), None)
                     results[i] = skipped or finish_cell(cell, records, t_prepare + sum(r["seconds"] for r in records))
@@ -188,8 +188,8 @@ def _run_split_tasks(runs, ex, progress: bool):
             except SKIPPED as exc:
                 results[i] = f"skipped: {exc}"
                 continue
-            cells[i] = (cell, time.perf_counter() - t0, [None] * len(cell.folds))
-            shared = ex.put(cell)
+            shared = ex.put(cell)  # held until the cell is finished: a worker that loses it rebuilds it
+            cells[i] = (cell, time.perf_counter() - t0, [None] * len(cell.folds), shared)
             futures = [ex.submit(_split_task, shared, fi) for fi in range(len(cell.folds))]
             owner.update({f: (i, fi) for fi, f in enumerate(futures)})
             track.add(futures)
