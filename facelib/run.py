@@ -32,7 +32,7 @@ PARAMETER_NAMES = ("run_name", "out_dir", "kdef_root", "fei_root", "assets", "ba
                    "device", "seed", "n_folds", "epochs", "image_epochs", "image_size", "batch_size",
                    "identity_session", "identity_max_sets", "models", "image_baseline", "synthetic", "fit_modes",
                    "ict_modes", "dataset", "data_root", "data_csv",
-                   "rnet", "rnet_settings", "aggregators")
+                   "rnet", "rnet_settings", "aggregators", "executor")
 
 
 
@@ -230,6 +230,7 @@ def provenance(run: Run, coeffs: dict) -> dict:
         "facelib": __version__,
         "git_commit": commit,
         "parameters": run.params,
+        "executor": run.params.get("executor") or "local",  # where notebook 04's runs ran (facelib.executor)
         "coefficient_seconds_per_picture": coefficient_cost(
             [v for name in coeffs for v in run.coefficient_variants(name) if v.exists()]),
     }

@@ -28,11 +28,11 @@ import yaml
 from jupyter_client.kernelspec import KernelSpecManager
 from papermill.engines import NBClientEngine, papermill_engines
 
-from . import assets, config
+from . import assets, config, executor
 from .data.datasets import folder_problems
 from .data.synthetic import generate_synthetic
 from .deprecation import DEPRECATED_PARAMETERS, normalise_params
-from .errors import notebook_failure
+from .errors import format_error, notebook_failure
 from .face3d import ict
 from .report.index import notebook_html, quiet_stderr, write_overview, write_run_page
 from .run import PARAMETER_NAMES, PROVENANCE_FILE, project_path, read_status, run_dir, write_status
@@ -267,6 +267,10 @@ def run_study(params_file: str | Path | None = None, run_name: str | None = None
               only: list[str] | None = None, sets: list[str] | None = None, device: str | None = None) -> Path:
     params_file = demo_when_no_data(params_file, run_name)
     params, profile = prepare_params(params_file, run_name, sets, device)
+    try:  # a Dask scheduler that cannot be reached: say so before notebook 01, not when notebook 04 needs it
+        executor.check(params.get("executor"))
+    except executor.ExecutorUnavailable as exc:
+        raise SystemExit(format_error(exc)) from None
     configured = [params.get(k) or os.environ.get(env) for k, env in (("kdef_root", "FACELIB_KDEF"),
                                                                        ("fei_root", "FACELIB_FEI"))]
     if not params.get("synthetic") and params.get("dataset") != "folder" and not any(configured):

@@ -17,13 +17,18 @@ Uncertainty: mean ± std over repeats / folds; a single split, and the protocols
 (:data:`facelib.classify.protocols.POOLED`: cross-angle, leave-expression-out), report the accuracy pooled over
 every test picture with a 95 % interval from resampling *people* (:func:`bootstrap_ci` with ``groups``), and the
 per-condition accuracies beside (``fold_labels``, ``fold_accuracies``).
+
+A cell runs in three steps: :func:`prepare_cell` (once: checks, the task's table, the splits, the input matrix),
+:func:`run_split` (one split: inner validation split, training, scoring — seeded by the split, so the splits are
+independent tasks) and :func:`finish_cell` (the :class:`TaskResult` from the splits' records, in split order).
+:func:`run_task` runs them in a row; :func:`facelib.classify.plan.run_plan` with a Dask executor runs every split of
+every cell as its own task (:mod:`facelib.executor`).
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -34,6 +39,7 @@ from . import protocols as P
 from .aggregate import aggregate_sets, make_aggregator
 from .images import FEATURE_INPUTS, picture_features
 from .models import SKLEARN_MODELS
+from .task_result import TaskResult, _jsonable  # noqa: F401 — TaskResult is this module's result type
 from .trainer import (INPUTS, MODELS, RECIPE, default_batch_size, input_matrix, n_threads, train_image_model,
                       train_vector_model)
 from .validation import inner_split
@@ -46,91 +52,6 @@ DEFAULT_N_FOLDS = {"paper": 5, "random": 5, "two_picture": 5, "subject_independe
 CPU_IMAGE_SIZE, GPU_IMAGE_SIZE = 64, 224
 N_BOOTSTRAP = 1000
 FEATURE_SIZE = {"hog": 64, "pixels": 32, "dlib": 150}  # crop side (px) each feature is computed on
-
-
-@dataclass
-class TaskResult:
-    """One Table-1 cell (all splits). ``to_dict()`` is JSON-able; ``r["key"]`` / ``r.get`` read fields."""
-    task: str
-    protocol: str
-    input: str
-    model: str
-    backend: str
-    kind: str                      # coefficients / images / features
-    device: str
-    classes: list
-    k: int                         # the protocol's set size (1: single pictures)
-    split_kind: str                # repeats (random splits), folds (a partition), single split
-    fold_names: list
-    fold_accuracies: list
-    accuracy_mean: float
-    accuracy_std: float | None     # None for a single split and pooled folds (see accuracy_ci)
-    accuracy_ci: list | None       # 95 % interval from resampling people (single split, pooled folds), else None
-    accuracy_by_k: dict            # "1"/"3" → {fold_accuracies, mean, std, ci, ci_unit, n_test, trained_k,
-                                   #            best_epochs, epochs_run, C} (training facts of the model scored)
-    n_folds: int
-    n_train: float                 # training samples (fit + validation) per split, mean
-    n_test: float
-    n_train_pictures: list
-    n_test_pictures: list
-    n_train_sets: list
-    n_test_sets: list
-    n_val: list
-    validation: str                # how the inner validation split was drawn
-    epochs_max: int | None
-    epochs_run: list
-    best_epochs: list
-    C: list
-    recipe: dict
-    batch_size: int | None
-    batch_sizes: list
-    image_size: int | None
-    crop_to_box: bool
-    flip: bool | None
-    pretrained: bool
-    seconds_per_input: float
-    seconds_per_epoch: float
-    train_seconds: float
-    wall_seconds: float
-    confusion: list
-    per_angle_accuracy: dict
-    per_angle_counts: dict
-    leak_free: bool                # the protocol is leak-free AND nothing transductive fed the coefficients
-    leakage: str
-    transductive: str
-    protocol_info: dict
-    seed: int = 0
-    torch_threads: int = 1
-    torch_version: str = torch.__version__
-    aggregator: str | None = None   # identity sets: mean / median / cnet (None: no sets)
-    predictions: list = field(default_factory=list)
-    protocol_leak_free: bool | None = None  # the protocol's own flag (protocols.is_leak_free)
-    tuned_on_test: str = ""        # why the coefficients' settings were chosen on Table 1's test folds ('' : not)
-    n_fit_pictures: list = field(default_factory=list)  # distinct pictures models were fit on, per split
-    n_val_pictures: list = field(default_factory=list)  # distinct pictures they were selected on (C, epochs)
-    precision: str | None = None    # the training precision (fp32 / bf16 / fp16; classify.precision)
-    c_grids: list = field(default_factory=list)  # scikit-learn: per split the C values tried and why the grid stopped
-    n_fit_sets: list = field(default_factory=list)      # k-sets fit on (set protocols; 0 otherwise)
-    n_val_sets: list = field(default_factory=list)
-    fold_labels: list = field(default_factory=list)     # the held-out condition of each split (e.g. FL+FR)
-    evaluated_on: str = "test"     # "validation": scored on the inner validation side (choosing settings)
-    part_centered: bool = False    # R-Net coefficients: each cross-fit part's fit-split mean subtracted per split
-    person_grouped: str = ""       # non-empty: a picture's coefficients used its person's other pictures (no label)
-
-    def to_dict(self) -> dict:
-        return _jsonable(asdict(self))
-
-    def __getitem__(self, key):
-        return getattr(self, key)
-
-    def __contains__(self, key) -> bool:
-        return isinstance(key, str) and key in self.__dataclass_fields__
-
-    def get(self, key, default=None):
-        return getattr(self, key, default)
-
-    def keys(self):
-        return self.to_dict().keys()
 
 
 def _task_table(df: pd.DataFrame, task: str) -> pd.DataFrame:
@@ -213,9 +134,9 @@ def run_task(coeffs_df: pd.DataFrame, task: str, protocol: str = "paper", input:
     ``task``: identity, expression, gender, or any other label column (a generic task). ``input``: ``alpha``,
     ``beta``, ``alpha+beta`` (coefficients), ``image`` (ResNet-34 on pictures), ``hog``/``pixels``/``dlib``
     (per-picture features). ``model``: ``resnet34``, ``mlp``, ``logreg``, ``svm``, ``linsvm``, ``fisherfaces``.
-    Options (keyword only; see :func:`_run_task`): ``backend, n_folds, epochs`` (the cap; runs stop on the
-    validation curve), ``seed, device, image_size, batch_size, lr, weight_decay, val_fraction, patience,
-    aggregator, pretrained, crop_to_box, protocol_kwargs, keep_predictions, num_threads, verbose, progress,
+    Options (keyword only; see :func:`prepare_cell`): ``backend, n_folds, epochs`` (the cap;
+    runs stop on the validation curve), ``seed, device, image_size, batch_size, lr, weight_decay, val_fraction,
+    patience, aggregator, pretrained, crop_to_box, protocol_kwargs, keep_predictions, num_threads, verbose, progress,
     evaluate, center_parts`` (``progress``: an epoch bar per network trained; ``evaluate``: ``"test"``, or
     ``"validation"`` to score each split's inner validation side — carved from its training side — and never its
     test side; ``center_parts``: on R-Net tables, subtract each cross-fit part's fit-split mean, default on).
@@ -241,12 +162,31 @@ def _boxes(df: pd.DataFrame, crop_to_box: bool):
             for b, w in zip(df["box"], whole)]
 
 
-def _run_task(coeffs_df, *, task, protocol, input, model, backend=None, n_folds=None, epochs=None, seed=0,
-              device=None, image_size=None, batch_size=None, lr=RECIPE["lr"], weight_decay=RECIPE["weight_decay"],
-              val_fraction=RECIPE["val_fraction"], patience=None, aggregator=None, pretrained=False,
-              crop_to_box=True, protocol_kwargs=None, keep_predictions=True, verbose=False,
-              progress=False, evaluate="test", center_parts=True) -> TaskResult:
+def _run_task(coeffs_df, **options) -> TaskResult:
+    """:func:`prepare_cell`, :func:`run_split` for every split, :func:`finish_cell`: the cell's steps, here."""
     t_start = time.perf_counter()
+    cell = prepare_cell(coeffs_df, **options)
+    records = [run_split(cell, fi) for fi in range(len(cell.folds))]
+    return finish_cell(cell, records, wall_seconds=time.perf_counter() - t_start)
+
+
+class Cell(SimpleNamespace):
+    """A Table-1 cell made ready to run split by split (:func:`prepare_cell`): what every split reads — the splits
+    (``folds``), labels (``y_all``, ``classes``), the input matrix ``X_raw`` (coefficients, picture features) or the
+    pictures (``paths``, ``boxes``), the options (``opts``) — and of the coefficient table only the columns
+    :func:`~facelib.classify.validation.inner_split` reads (``df``). Its splits are independent (each seeded by
+    ``seed * 1000 + split``): :func:`run_split` may run them anywhere, in any order (:mod:`facelib.executor`,
+    :func:`facelib.classify.plan.run_plan`);
+    :func:`finish_cell` puts their records together in split order. Picklable, so it travels to Dask workers."""
+
+
+def prepare_cell(coeffs_df, *, task, protocol, input, model, backend=None, n_folds=None, epochs=None, seed=0,
+                 device=None, image_size=None, batch_size=None, lr=RECIPE["lr"], weight_decay=RECIPE["weight_decay"],
+                 val_fraction=RECIPE["val_fraction"], patience=None, aggregator=None, pretrained=False,
+                 crop_to_box=True, protocol_kwargs=None, keep_predictions=True, verbose=False,
+                 progress=False, evaluate="test", center_parts=True) -> Cell:
+    """The part of :func:`run_task` done once per cell (options as there): checks, the task's table, the splits,
+    the input matrix. Raises :class:`~facelib.classify.protocols.ProtocolUnavailable` as ``run_task`` does."""
     input = input or TASK_DEFAULT_INPUT.get(task, "alpha")
     if input not in INPUTS:
         raise ValueError(f"input must be one of {INPUTS}, got {input!r}")
@@ -286,132 +226,158 @@ def _run_task(coeffs_df, *, task, protocol, input, model, backend=None, n_folds=
         raise ValueError(f"evaluate must be 'test' or 'validation', got {evaluate!r}")
 
     classes = _classes(task, df[label])
-    y_all = df[label].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy()
-    image_ids = df["image_id"].astype(str).to_numpy() if "image_id" in df.columns else np.arange(len(df)).astype(str)
-    angles = df["angle"].astype(str).to_numpy() if "angle" in df.columns else None
-    people = df["subject"].astype(str).to_numpy() if "subject" in df.columns else None
     boxes = _boxes(df, crop_to_box) if kind != "coefficients" else None
-    X_all = X_raw = input_matrix(df, input) if kind == "coefficients" else \
-        picture_features(df, input, boxes) if kind == "features" else None
-    paths = df["path"].astype(str).to_numpy() if "path" in df.columns else None
     # R-Net tables: each person is coded by one of the cross-fit networks, which leave a per-network offset a
     # probe finds on unseen people (crossfit.part_probe); per split, every part's fit-split mean is removed
     parts = df["rnet_part"].to_numpy() if kind == "coefficients" and center_parts and "rnet_part" in df.columns \
         and df["rnet_part"].notna().all() and df["rnet_part"].nunique() > 1 else None
-    if parts is not None:
-        from ..fitting.crossfit import center_parts as _center  # heavy module: only for R-Net tables
-    k_protocol = int(folds[0].train.shape[1]) if folds[0].is_sets else 1
+    return Cell(
+        task=task, protocol=protocol, input=input, model=model, backend=backend, kind=kind, device=device,
+        df=df[[c for c in dict.fromkeys((label, "subject")) if c in df.columns]],  # what inner_split reads
+        folds=folds, label=label, classes=classes,
+        y_all=df[label].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy(),
+        image_ids=df["image_id"].astype(str).to_numpy() if "image_id" in df.columns
+        else np.arange(len(df)).astype(str),
+        angles=df["angle"].astype(str).to_numpy() if "angle" in df.columns else None,
+        people=df["subject"].astype(str).to_numpy() if "subject" in df.columns else None, boxes=boxes,
+        X_raw=input_matrix(df, input) if kind == "coefficients" else
+        picture_features(df, input, boxes) if kind == "features" else None,
+        paths=df["path"].astype(str).to_numpy() if "path" in df.columns else None, parts=parts,
+        k_protocol=int(folds[0].train.shape[1]) if folds[0].is_sets else 1, aggregator=aggregator,
+        agg_name=agg_name, epochs_max=epochs_max, image_size=image_size, patience=patience,
+        transductive=transductive_note(df) if kind == "coefficients" else "",
+        tuned_on_test=tuned_on_test_note(df) if kind == "coefficients" else "",
+        person_grouped=_column_note(df, "person_grouped") if kind == "coefficients" else "",
+        opts=dict(seed=seed, batch_size=batch_size, lr=lr, weight_decay=weight_decay, val_fraction=val_fraction,
+                  pretrained=pretrained, keep_predictions=keep_predictions, verbose=verbose, progress=progress,
+                  evaluate=evaluate))
 
-    conf = np.zeros((len(classes), len(classes)), dtype=np.int64)
-    angle_hits: dict[str, list[int]] = {}
-    by_k: dict[int, dict] = {}
-    acc = {key: [] for key in ("prec", "grid", "fold", "n_tr", "n_te", "tr_pic", "te_pic", "tr_set", "te_set", "n_val", "spi", "spe",
-                               "tsec", "best", "run", "C", "bs", "fit_pic", "val_pic", "fit_set", "val_set")}
-    epoch_based = model not in SKLEARN_MODELS
-    preds, how, flip = [], "", None
-    for fi, fold in enumerate(folds):
-        fseed = seed * 1000 + fi
-        fit, val, how = inner_split(df, fold, label, val_fraction, seed=fseed)
-        shown = dict(progress=progress, desc=f"{task}/{protocol} {input}→{model} split {fi + 1}/{len(folds)}")
-        test_pics = fold.test_images
-        y_of = (lambda s: y_all[s[:, 0]] if s.ndim == 2 else y_all[s])  # noqa: E731 — a set is one person's
-        fit_p, val_p = np.unique(fit.ravel()), np.unique(val.ravel())  # the same pictures for every arm
-        res_pic = None  # the model scored at k = 1 when it is not the main one
-        if kind == "coefficients":
-            agg = fold.aggregator or aggregator
-            X_all = X_raw if parts is None else _center(X_raw, parts, fit_p)
-            Xfit, Xval = aggregate_sets(X_all, fit, agg), aggregate_sets(X_all, val, agg)
-            bs = int(batch_size or default_batch_size("vector", len(Xfit)))
-            res = train_vector_model(Xfit, y_of(fit), aggregate_sets(X_all, fold.test, agg), X_val=Xval,
-                                     y_val=y_of(val), model=model, n_classes=len(classes), epochs=epochs_max,
-                                     batch_size=bs, lr=lr, weight_decay=weight_decay, patience=patience,
-                                     device=device, seed=fseed, verbose=verbose, **shown)
-            scores_main = scores_pic = res["scores"]
-            if fold.is_sets:  # k = 1 by design: trained and selected on the single fit / validation pictures
-                res_pic = train_vector_model(
-                    X_all[fit_p], y_all[fit_p], X_all[test_pics], X_val=X_all[val_p], y_val=y_all[val_p],
-                    model=model, n_classes=len(classes), epochs=epochs_max,
-                    batch_size=int(batch_size or default_batch_size("vector", len(fit_p))), lr=lr,
-                    weight_decay=weight_decay, patience=patience, device=device, seed=fseed, verbose=verbose,
-                    **{**shown, "desc": shown["desc"] + " (k = 1 model)"})
-                scores_pic = res_pic["scores"]
-            n_fit_samples = len(Xfit)
+
+def run_split(cell: Cell, fi: int) -> dict:
+    """Train and score split ``fi`` of a prepared cell; returns its record (for :func:`finish_cell`)."""
+    t0 = time.perf_counter()
+    o, fold, df, label, classes, model = cell.opts, cell.folds[fi], cell.df, cell.label, cell.classes, cell.model
+    kind, y_all, X_raw, boxes, paths, people = cell.kind, cell.y_all, cell.X_raw, cell.boxes, cell.paths, cell.people
+    batch_size, epochs_max, device, verbose = o["batch_size"], cell.epochs_max, cell.device, o["verbose"]
+    train = dict(lr=o["lr"], weight_decay=o["weight_decay"], patience=cell.patience, device=device, verbose=verbose)
+    fseed = o["seed"] * 1000 + fi
+    fit, val, how = inner_split(df, fold, label, o["val_fraction"], seed=fseed)
+    shown = dict(progress=o["progress"], desc=f"{cell.task}/{cell.protocol} {cell.input}→{model} split "
+                                              f"{fi + 1}/{len(cell.folds)}")
+    test_pics = fold.test_images
+    y_of = (lambda s: y_all[s[:, 0]] if s.ndim == 2 else y_all[s])  # noqa: E731 — a set is one person's
+    fit_p, val_p = np.unique(fit.ravel()), np.unique(val.ravel())  # the same pictures for every arm
+    res_pic, flip = None, None  # res_pic: the model scored at k = 1 when it is not the main one
+    if kind == "coefficients":
+        agg = fold.aggregator or cell.aggregator
+        if cell.parts is None:
+            X_all = X_raw
         else:
-            if kind == "features":
-                bs = int(batch_size or default_batch_size("vector", len(fit_p)))
-                res = train_vector_model(X_all[fit_p], y_all[fit_p], X_all[test_pics], X_val=X_all[val_p],
-                                         y_val=y_all[val_p], model=model, n_classes=len(classes),
-                                         epochs=epochs_max, batch_size=bs, lr=lr, weight_decay=weight_decay,
-                                         patience=patience, device=device, seed=fseed, verbose=verbose,
-                                         **shown)
-            else:
-                bs = int(batch_size or default_batch_size("image", len(fit_p)))
-                flip = bool(fold.info.get("flip", True))
-                pick = (lambda idx: None if boxes is None else [boxes[i] for i in idx])  # noqa: E731
-                res = train_image_model(paths[fit_p], y_all[fit_p], paths[test_pics], paths_val=paths[val_p],
-                                        y_val=y_all[val_p], boxes_train=pick(fit_p), boxes_test=pick(test_pics),
-                                        boxes_val=pick(val_p), n_classes=len(classes), image_size=image_size,
-                                        epochs=epochs_max, batch_size=bs, lr=lr, weight_decay=weight_decay,
-                                        patience=patience, device=device, seed=fseed, pretrained=pretrained,
-                                        flip=flip, verbose=verbose, **shown)
-            scores_pic = res["scores"]
-            scores_main = scores_pic[np.searchsorted(test_pics, fold.test)].mean(1) if fold.is_sets else scores_pic
-            n_fit_samples = len(fit_p)
-        # every model at k = 1 (single test pictures) and, on a set protocol, at the protocol's k
-        trained_k = k_protocol if kind == "coefficients" else 1
-        evals = {1: (scores_pic, test_pics, res_pic or res, 1 if res_pic is not None else trained_k)}
-        if fold.is_sets:
-            evals[k_protocol] = (scores_main, fold.test, res, trained_k)
-        for kk, (sc, items, r_k, tk) in evals.items():
-            correct = (np.asarray(sc).argmax(1) == y_of(items)).astype(np.int8)
+            from ..fitting.crossfit import center_parts as _center  # heavy module: only for R-Net tables
+            X_all = _center(X_raw, cell.parts, fit_p)
+        Xfit, Xval = aggregate_sets(X_all, fit, agg), aggregate_sets(X_all, val, agg)
+        bs = int(batch_size or default_batch_size("vector", len(Xfit)))
+        res = train_vector_model(Xfit, y_of(fit), aggregate_sets(X_all, fold.test, agg), X_val=Xval,
+                                 y_val=y_of(val), model=model, n_classes=len(classes), epochs=epochs_max,
+                                 batch_size=bs, seed=fseed, **train, **shown)
+        scores_main = scores_pic = res["scores"]
+        if fold.is_sets:  # k = 1 by design: trained and selected on the single fit / validation pictures
+            res_pic = train_vector_model(
+                X_all[fit_p], y_all[fit_p], X_all[test_pics], X_val=X_all[val_p], y_val=y_all[val_p],
+                model=model, n_classes=len(classes), epochs=epochs_max,
+                batch_size=int(batch_size or default_batch_size("vector", len(fit_p))), seed=fseed, **train,
+                **{**shown, "desc": shown["desc"] + " (k = 1 model)"})
+            scores_pic = res_pic["scores"]
+        n_fit_samples = len(Xfit)
+    else:
+        if kind == "features":
+            bs = int(batch_size or default_batch_size("vector", len(fit_p)))
+            res = train_vector_model(X_raw[fit_p], y_all[fit_p], X_raw[test_pics], X_val=X_raw[val_p],
+                                     y_val=y_all[val_p], model=model, n_classes=len(classes),
+                                     epochs=epochs_max, batch_size=bs, seed=fseed, **train, **shown)
+        else:
+            bs = int(batch_size or default_batch_size("image", len(fit_p)))
+            flip = bool(fold.info.get("flip", True))
+            pick = (lambda idx: None if boxes is None else [boxes[i] for i in idx])  # noqa: E731
+            res = train_image_model(paths[fit_p], y_all[fit_p], paths[test_pics], paths_val=paths[val_p],
+                                    y_val=y_all[val_p], boxes_train=pick(fit_p), boxes_test=pick(test_pics),
+                                    boxes_val=pick(val_p), n_classes=len(classes), image_size=cell.image_size,
+                                    epochs=epochs_max, batch_size=bs, seed=fseed, pretrained=o["pretrained"],
+                                    flip=flip, **train, **shown)
+        scores_pic = res["scores"]
+        scores_main = scores_pic[np.searchsorted(test_pics, fold.test)].mean(1) if fold.is_sets else scores_pic
+        n_fit_samples = len(fit_p)
+    # every model at k = 1 (single test pictures) and, on a set protocol, at the protocol's k
+    epoch_based = model not in SKLEARN_MODELS
+    trained_k = cell.k_protocol if kind == "coefficients" else 1
+    evals = {1: (scores_pic, test_pics, res_pic or res, 1 if res_pic is not None else trained_k)}
+    if fold.is_sets:
+        evals[cell.k_protocol] = (scores_main, fold.test, res, trained_k)
+    by_k = {}
+    for kk, (sc, items, r_k, tk) in evals.items():
+        correct = (np.asarray(sc).argmax(1) == y_of(items)).astype(np.int8)
+        by_k[kk] = {"accuracy": float(correct.mean()), "n_test": int(len(items)), "correct": correct,
+                    "groups": None if people is None else people[items[:, 0] if items.ndim == 2 else items],
+                    "best_epoch": int(r_k["best_epoch"]) if epoch_based else None,
+                    "epochs_run": int(r_k["epochs_run"]) if epoch_based else None, "C": r_k.get("C"),
+                    "trained_k": tk}
+    test_items, yte = fold.test, y_of(fold.test)
+    pred = np.asarray(scores_main).argmax(1)
+    conf = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    np.add.at(conf, (yte, pred), 1)
+    angle_hits, preds = [], []
+    single = np.asarray(test_items).ndim == 1
+    for j, (t, p) in enumerate(zip(yte, pred)):
+        item = test_items[j]
+        if single and cell.angles is not None:
+            angle_hits.append((cell.angles[item], int(t == p)))
+        if o["keep_predictions"]:
+            ids = cell.image_ids[item] if single else "+".join(cell.image_ids[np.asarray(item)])
+            preds.append({"fold": fi, "image_id": str(ids), "true": classes[t], "pred": classes[p],
+                          "angle": str(cell.angles[item]) if (single and cell.angles is not None) else ""})
+    rec = {"fold": float((pred == yte).mean()),
+           "n_tr": int(n_fit_samples + (len(val) if kind == "coefficients" else len(np.unique(val)))),
+           "n_te": int(len(yte)), "tr_pic": int(len(fold.train_images)), "te_pic": int(len(test_pics)),
+           "tr_set": int(len(fit)) if fold.is_sets and kind == "coefficients" else 0,  # pictures train
+           "te_set": int(len(fold.test)) if fold.is_sets else 0, "n_val": int(len(val)),
+           "fit_pic": int(len(fit_p)), "val_pic": int(len(val_p)),
+           "fit_set": int(len(fit)) if fold.is_sets else 0, "val_set": int(len(val)) if fold.is_sets else 0,
+           "spi": res["seconds_per_input"], "spe": res["seconds_per_epoch"], "tsec": res["train_seconds"],
+           "best": int(res["best_epoch"]) if epoch_based else None,
+           "run": int(res["epochs_run"]) if epoch_based else None, "C": res.get("C"), "prec": res.get("precision"),
+           "grid": {"C_tried": res.get("C_tried"), "grid_stop": res.get("grid_stop")}
+           if res.get("C_tried") is not None else None, "bs": bs}
+    if verbose:
+        print(f"[{cell.task}/{cell.protocol}/{cell.input}/{model}] split {fi + 1}/{len(cell.folds)} accuracy "
+              f"{rec['fold']:.4f} ({rec['n_tr']} train, {rec['n_te']} test, best epoch {rec['best']}/"
+              f"{rec['run']})", file=sys.stderr, flush=True)
+    return {**rec, "by_k": by_k, "confusion": conf, "angle_hits": angle_hits, "predictions": preds, "how": how,
+            "flip": flip, "threads": n_threads(), "seconds": time.perf_counter() - t0}
+
+
+SPLIT_FACTS = ("fold", "n_tr", "n_te", "tr_pic", "te_pic", "tr_set", "te_set", "n_val", "fit_pic", "val_pic", "fit_set",
+               "val_set", "spi", "spe", "tsec", "best", "run", "C", "prec", "grid", "bs", "threads")
+
+
+def finish_cell(cell: Cell, records: list[dict], wall_seconds: float) -> TaskResult:
+    """The cell's :class:`TaskResult` from its splits' records (:func:`run_split`, in split order)."""
+    folds, protocol, model, kind, people, seed = cell.folds, cell.protocol, cell.model, cell.kind, cell.people, \
+        cell.opts["seed"]
+    acc = {key: [r[key] for r in records] for key in SPLIT_FACTS}
+    by_k: dict[int, dict] = {}
+    angle_hits: dict[str, list[int]] = {}
+    for r in records:
+        for kk, e in r["by_k"].items():
             d = by_k.setdefault(kk, {"fold_accuracies": [], "n_test": [], "correct": [], "groups": [],
-                                     "best_epochs": [], "epochs_run": [], "C": [], "trained_k": tk})
-            d["fold_accuracies"].append(float(correct.mean()))
-            d["n_test"].append(int(len(items)))
-            d["correct"].append(correct)
-            d["groups"].append(None if people is None else people[items[:, 0] if items.ndim == 2 else items])
-            d["best_epochs"].append(int(r_k["best_epoch"]) if epoch_based else None)
-            d["epochs_run"].append(int(r_k["epochs_run"]) if epoch_based else None)
-            d["C"].append(r_k.get("C"))
-        test_items, yte = fold.test, y_of(fold.test)
-        pred = np.asarray(scores_main).argmax(1)
-        acc["fold"].append(float((pred == yte).mean()))
-        acc["n_tr"].append(int(n_fit_samples + (len(val) if kind == "coefficients" else len(np.unique(val)))))
-        acc["n_te"].append(int(len(yte)))
-        acc["tr_pic"].append(int(len(fold.train_images)))
-        acc["te_pic"].append(int(len(test_pics)))
-        acc["tr_set"].append(int(len(fit)) if fold.is_sets and kind == "coefficients" else 0)  # pictures train
-        acc["te_set"].append(int(len(fold.test)) if fold.is_sets else 0)
-        acc["n_val"].append(int(len(val)))
-        acc["fit_pic"].append(int(len(fit_p)))
-        acc["val_pic"].append(int(len(val_p)))
-        acc["fit_set"].append(int(len(fit)) if fold.is_sets else 0)
-        acc["val_set"].append(int(len(val)) if fold.is_sets else 0)
-        acc["spi"].append(res["seconds_per_input"])
-        acc["spe"].append(res["seconds_per_epoch"])
-        acc["tsec"].append(res["train_seconds"])
-        acc["best"].append(int(res["best_epoch"]) if epoch_based else None)
-        acc["run"].append(int(res["epochs_run"]) if epoch_based else None)
-        acc["C"].append(res.get("C"))
-        acc["prec"].append(res.get("precision"))
-        acc["grid"].append({"C_tried": res.get("C_tried"), "grid_stop": res.get("grid_stop")}
-                           if res.get("C_tried") is not None else None)
-        acc["bs"].append(bs)
-        np.add.at(conf, (yte, pred), 1)
-        single = np.asarray(test_items).ndim == 1
-        for j, (t, p) in enumerate(zip(yte, pred)):
-            item = test_items[j]
-            if single and angles is not None:
-                angle_hits.setdefault(angles[item], []).append(int(t == p))
-            if keep_predictions:
-                ids = image_ids[item] if single else "+".join(image_ids[np.asarray(item)])
-                preds.append({"fold": fi, "image_id": str(ids), "true": classes[t], "pred": classes[p],
-                              "angle": str(angles[item]) if (single and angles is not None) else ""})
-        if verbose:
-            print(f"[{task}/{protocol}/{input}/{model}] split {fi + 1}/{len(folds)} accuracy {acc['fold'][-1]:.4f} "
-                  f"({acc['n_tr'][-1]} train, {acc['n_te'][-1]} test, best epoch {acc['best'][-1]}/"
-                  f"{acc['run'][-1]})", file=sys.stderr, flush=True)
-        del res, res_pic
+                                     "best_epochs": [], "epochs_run": [], "C": [], "trained_k": e["trained_k"]})
+            for dk, ek in (("fold_accuracies", "accuracy"), ("n_test", "n_test"), ("correct", "correct"),
+                           ("groups", "groups"), ("best_epochs", "best_epoch"), ("epochs_run", "epochs_run"),
+                           ("C", "C")):
+                d[dk].append(e[ek])
+        for a, hit in r["angle_hits"]:
+            angle_hits.setdefault(a, []).append(hit)
+    conf = np.sum([r["confusion"] for r in records], axis=0)
+    preds = [p for r in records for p in r["predictions"]]
     single_split = len(folds) == 1
     pooled = single_split or protocol in P.POOLED  # one accuracy over every test picture, interval over people
 
@@ -427,39 +393,41 @@ def _run_task(coeffs_df, *, task, protocol, input, model, backend=None, n_folds=
                 "epochs_run": d["epochs_run"], "C": d["C"]}
 
     accuracy_by_k = {str(kk): summary(d, kk) for kk, d in sorted(by_k.items())}
-    main = accuracy_by_k[str(k_protocol)]
+    main = accuracy_by_k[str(cell.k_protocol)]
     angle_order = [a for a in P.ANGLES if a in angle_hits] + sorted(set(angle_hits) - set(P.ANGLES))
-    transductive = transductive_note(df) if kind == "coefficients" else ""
+    lr, weight_decay, val_fraction = cell.opts["lr"], cell.opts["weight_decay"], cell.opts["val_fraction"]
     return TaskResult(
-        task=task, protocol=protocol, input=input, model=model, backend=backend, kind=kind, device=device,
-        classes=classes, k=k_protocol,
+        task=cell.task, protocol=protocol, input=cell.input, model=model, backend=cell.backend, kind=kind,
+        device=cell.device, classes=cell.classes, k=cell.k_protocol,
         split_kind="single split" if single_split else "pooled folds" if pooled else
         "repeats" if protocol in P.REPEATED else "folds",
         fold_names=[f.name for f in folds], fold_accuracies=acc["fold"], accuracy_mean=main["mean"],
         accuracy_std=main["std"], accuracy_ci=main["ci"], accuracy_by_k=accuracy_by_k, n_folds=len(folds),
         n_train=float(np.mean(acc["n_tr"])), n_test=float(np.mean(acc["n_te"])), n_train_pictures=acc["tr_pic"],
         n_test_pictures=acc["te_pic"], n_train_sets=acc["tr_set"], n_test_sets=acc["te_set"], n_val=acc["n_val"],
-        validation=how, epochs_max=epochs_max, epochs_run=acc["run"], best_epochs=acc["best"], C=acc["C"],
+        validation=records[-1]["how"], epochs_max=cell.epochs_max, epochs_run=acc["run"], best_epochs=acc["best"],
+        C=acc["C"],
         recipe={"optimizer": RECIPE["optimizer"], "schedule": RECIPE["schedule"], "lr": lr,
-                "weight_decay": weight_decay, "patience": None if model in SKLEARN_MODELS else patience,
+                "weight_decay": weight_decay, "patience": None if model in SKLEARN_MODELS else cell.patience,
                 "val_fraction": val_fraction, "C_grid": model in SKLEARN_MODELS},
-        batch_size=acc["bs"][0] if acc["bs"] else None, batch_sizes=acc["bs"], image_size=image_size,
-        crop_to_box=bool(boxes is not None), flip=flip, pretrained=bool(pretrained or input == "dlib"),
+        batch_size=acc["bs"][0] if acc["bs"] else None, batch_sizes=acc["bs"], image_size=cell.image_size,
+        crop_to_box=bool(cell.boxes is not None), flip=records[-1]["flip"],
+        pretrained=bool(cell.opts["pretrained"] or cell.input == "dlib"),
         seconds_per_input=float(np.mean(acc["spi"])), seconds_per_epoch=float(np.mean(acc["spe"])),
-        train_seconds=float(np.sum(acc["tsec"])), wall_seconds=time.perf_counter() - t_start,
+        train_seconds=float(np.sum(acc["tsec"])), wall_seconds=wall_seconds,
         confusion=conf.tolist(),
         per_angle_accuracy={a: float(np.mean(angle_hits[a])) for a in angle_order},
         per_angle_counts={a: len(angle_hits[a]) for a in angle_order},
-        leak_free=P.is_leak_free(task, protocol) and not transductive,
-        protocol_leak_free=P.is_leak_free(task, protocol), leakage=P.LEAKAGE.get((task, protocol), ""),
-        transductive=transductive, tuned_on_test=tuned_on_test_note(df) if kind == "coefficients" else "",
-        protocol_info=_jsonable(folds[0].info) if folds else {}, seed=seed, torch_threads=n_threads(),
+        leak_free=P.is_leak_free(cell.task, protocol) and not cell.transductive,
+        protocol_leak_free=P.is_leak_free(cell.task, protocol), leakage=P.LEAKAGE.get((cell.task, protocol), ""),
+        transductive=cell.transductive, tuned_on_test=cell.tuned_on_test,
+        protocol_info=_jsonable(folds[0].info) if folds else {}, seed=seed, torch_threads=max(acc["threads"]),
         predictions=preds,
-        aggregator=(agg_name or "mean") if kind == "coefficients" and any(f.is_sets for f in folds) else None,
+        aggregator=(cell.agg_name or "mean") if kind == "coefficients" and any(f.is_sets for f in folds) else None,
         n_fit_pictures=acc["fit_pic"], n_val_pictures=acc["val_pic"], n_fit_sets=acc["fit_set"],
-        n_val_sets=acc["val_set"], fold_labels=[_fold_label(f) for f in folds], evaluated_on=evaluate,
-        part_centered=parts is not None,
-        person_grouped=_column_note(df, "person_grouped") if kind == "coefficients" else "",
+        n_val_sets=acc["val_set"], fold_labels=[_fold_label(f) for f in folds], evaluated_on=cell.opts["evaluate"],
+        part_centered=cell.parts is not None,
+        person_grouped=cell.person_grouped,
         precision=next((p for p in acc["prec"] if p), None), c_grids=acc["grid"])
 
 
@@ -469,7 +437,3 @@ def _fold_label(fold) -> str:
         if fold.info.get(key):
             return str(fold.info[key])
     return fold.name
-
-
-def _jsonable(obj):
-    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))

@@ -2,6 +2,7 @@
 (:func:`run_plan`), each result saved as JSON."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -9,7 +10,7 @@ from tqdm.auto import tqdm
 
 from ..data.labels import has_values
 from . import protocols as P
-from .experiment import run_task
+from .experiment import finish_cell, prepare_cell, run_split, run_task
 from .results import save_result
 
 # One row per Table-1 line: (dataset, task, protocol, coefficient input). Each runs with every model in
@@ -88,7 +89,7 @@ def study_plan(models=("resnet34", "logreg", "svm"), image_baseline=True, rows=S
 def run_plan(coeffs: dict[str, pd.DataFrame | list[pd.DataFrame]], plan: list[dict], results_dir: str | Path, *,
              n_folds=None, epochs=None, image_epochs=None, image_size=None, seed: int = 0, device=None,
              batch_size=None, identity_max_sets: int | None = None, identity_session: str | None = "A",
-             aggregators=("mean",), progress: bool = True, **options) -> pd.DataFrame:
+             aggregators=("mean",), progress: bool = True, executor=None, **options) -> pd.DataFrame:
     """Run every plan entry, save each result as JSON in ``results_dir``; protocols the data cannot support
     (e.g. cross-session on a one-session set) and baselines whose model is missing are logged as skipped with the
     reason. Returns a summary table. ``epochs``/``image_epochs`` cap the networks (they stop on the validation
@@ -97,7 +98,11 @@ def run_plan(coeffs: dict[str, pd.DataFrame | list[pd.DataFrame]], plan: list[di
     ``coeffs[dataset]`` may be a list of coefficient tables of the same images (raw backend output, then fitted
     variants): coefficient inputs run on each (their ``backend`` column tells them apart in Table 1), the image
     models once. ``aggregators`` (``mean``, ``median``, ``cnet``): the paper's identity rows on coefficients
-    (3-subsets) run once per aggregator (``cnet`` only on tables with C-Net confidences, i.e. R-Net-coded ones)."""
+    (3-subsets) run once per aggregator (``cnet`` only on tables with C-Net confidences, i.e. R-Net-coded ones).
+
+    ``executor`` (:func:`facelib.executor.make_executor`; None or local: here, one run after another): on Dask,
+    every split of every run is a task (:func:`~facelib.classify.experiment.run_split`), the same results in the
+    same order."""
     jobs = []
     for entry in plan:
         tables = coeffs[entry["dataset"]]
@@ -109,8 +114,8 @@ def run_plan(coeffs: dict[str, pd.DataFrame | list[pd.DataFrame]], plan: list[di
             for agg in (list(aggregators or ["mean"]) if sets else ["mean"]):  # only the paper's has k-sets
                 if agg != "cnet" or has_conf:
                     jobs.append(({**entry, "aggregator": agg}, df))
-    rows = []
-    for entry, df in tqdm(jobs, desc="classification runs", disable=not progress):
+    runs = []  # (summary entry, table, run_task keyword arguments)
+    for entry, df in jobs:
         entry = {**entry, "backend": str(df["backend"].iloc[0])}
         agg = entry.pop("aggregator")
         kwargs = {}
@@ -119,15 +124,20 @@ def run_plan(coeffs: dict[str, pd.DataFrame | list[pd.DataFrame]], plan: list[di
         if entry["task"] == "identity" and entry["protocol"] in ("paper", "cross_angle", "leave_expression_out"):
             kwargs["session"] = identity_session
         folds = n_folds if entry["protocol"] in SIZED_PROTOCOLS else None
-        try:
-            result = run_task(df, entry["task"], entry["protocol"], entry["input"], entry["model"],
-                              backend=entry["backend"], n_folds=folds,
-                              epochs=image_epochs if entry["input"] == "image" else epochs, seed=seed,
-                              device=device, image_size=image_size, batch_size=batch_size,
-                              protocol_kwargs=kwargs or None,
-                              aggregator=None if agg == "mean" else agg, progress=progress, **options)
-        except (P.ProtocolUnavailable, FileNotFoundError, ImportError) as exc:
-            rows.append({**entry, "status": f"skipped: {exc}"})
+        runs.append((entry, df, dict(
+            task=entry["task"], protocol=entry["protocol"], input=entry["input"], model=entry["model"],
+            backend=entry["backend"], n_folds=folds, epochs=image_epochs if entry["input"] == "image" else epochs,
+            seed=seed, device=device, image_size=image_size, batch_size=batch_size, protocol_kwargs=kwargs or None,
+            aggregator=None if agg == "mean" else agg, progress=progress, **options)))
+    if executor is not None and not executor.local:
+        results = _run_split_tasks(runs, executor, progress)
+    else:
+        results = (_run_here(df, kwargs) for _, df, kwargs in tqdm(runs, desc="classification runs",
+                                                                   disable=not progress))
+    rows = []
+    for (entry, _, _), result in zip(runs, results):
+        if isinstance(result, str):
+            rows.append({**entry, "status": result})
             continue
         save_result({**result.to_dict(), "dataset": entry["dataset"]}, results_dir)  # Table 1 says whose data
         rows.append({**entry, "aggregator": result.aggregator, "status": "ok", "accuracy_mean": result.accuracy_mean,
@@ -135,3 +145,54 @@ def run_plan(coeffs: dict[str, pd.DataFrame | list[pd.DataFrame]], plan: list[di
                      "epochs_run": result.epochs_run, "seconds_per_input": result.seconds_per_input,
                      "wall_seconds": result.wall_seconds})
     return pd.DataFrame(rows)
+
+
+SKIPPED = (P.ProtocolUnavailable, FileNotFoundError, ImportError)  # a run that cannot happen: logged, not raised
+
+
+def _run_here(df, kwargs):
+    try:
+        return run_task(df, **kwargs)
+    except SKIPPED as exc:
+        return f"skipped: {exc}"
+
+
+def _split_task(cell, fi: int):
+    try:
+        return run_split(cell, fi)
+    except SKIPPED as exc:
+        return f"skipped: {exc}"
+
+
+def _run_split_tasks(runs, ex, progress: bool):
+    """Each run's cell is prepared here (in order: the picture features are computed once) and its splits sent to
+    the executor at once, so the workers start while later cells are prepared; a cell is finished (here) when its
+    last split is back. Returns the results (or ``"skipped: …"``) in the runs' order."""
+    cells, results, owner = {}, {}, {}
+    with ex.tracker("classification splits", progress) as track:
+        def collect(block):
+            for future, record in track.finished(block):
+                i, fi = owner.pop(future)
+                cells[i][2][fi] = record
+                cell, t_prepare, records, _ = cells[i]
+                if all(r is not None for r in records):
+                    skipped = next((r for r in records if isinstance(r, str)), None)
+                    results[i] = skipped or finish_cell(cell, records, t_prepare + sum(r["seconds"] for r in records))
+                    del cells[i]
+
+        for i, (_, df, kwargs) in enumerate(runs):
+            t0 = time.perf_counter()
+            try:
+                here = {k: v for k, v in kwargs.items() if k not in ("progress", "num_threads")}  # workers: 1 thread
+                cell = prepare_cell(df, **here)
+            except SKIPPED as exc:
+                results[i] = f"skipped: {exc}"
+                continue
+            shared = ex.put(cell)  # held until the cell is finished: a worker that loses it rebuilds it
+            cells[i] = (cell, time.perf_counter() - t0, [None] * len(cell.folds), shared)
+            futures = [ex.submit(_split_task, shared, fi) for fi in range(len(cell.folds))]
+            owner.update({f: (i, fi) for fi, f in enumerate(futures)})
+            track.add(futures)
+            collect(block=False)
+        collect(block=True)
+    return [results[i] for i in range(len(runs))]
