@@ -11,6 +11,7 @@ from facelib.classify import protocols as P
 from facelib.classify import experiment as E
 from facelib.classify import images as I
 from facelib.classify import trainer as T
+from facelib.classify import validation as V
 from facelib.cli import classify_main
 from tests.fixtures import synthetic_coeff_table
 
@@ -72,9 +73,9 @@ def test_baselines_and_early_stopping():
 
 def test_learning_threshold_against_binomial_arithmetic():
     y = np.array([0] * 30 + [1] * 10 + [2] * 10)  # majority rate 0.6, n = 50
-    assert T.learning_threshold(y) == pytest.approx(0.6 + 2 * np.sqrt(0.6 * 0.4 / 50))
-    assert T.learning_threshold(np.arange(7).repeat(9)) == pytest.approx(1 / 7 + 2 * np.sqrt((1 / 7) * (6 / 7) / 63))
-    assert T.learning_threshold(np.array([], dtype=int)) == 1.0
+    assert V.learning_threshold(y) == pytest.approx(0.6 + 2 * np.sqrt(0.6 * 0.4 / 50))
+    assert V.learning_threshold(np.arange(7).repeat(9)) == pytest.approx(1 / 7 + 2 * np.sqrt((1 / 7) * (6 / 7) / 63))
+    assert V.learning_threshold(np.array([], dtype=int)) == 1.0
 
 
 def test_patience_waits_until_the_network_beats_chance():

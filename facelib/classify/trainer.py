@@ -8,10 +8,9 @@ One experiment over all folds is :mod:`facelib.classify.experiment`; the study p
 **One recipe for every network** (vector and image alike, :data:`RECIPE`): cross-entropy, AdamW, a cosine learning
 rate schedule over at most ``max_epochs``, early stopping when the validation accuracy has not improved for
 ``patience`` epochs, and the best-validation checkpoint restored — the number of epochs comes from the validation
-curve, never from a time budget. The patience clock starts only once the network has learnt something: once its
-validation accuracy has exceeded chance (the validation split's majority-class rate) by two binomial standard errors
-(:func:`learning_threshold`). A network still at chance trains on, up to the cap, instead of being stopped on a
-flat start (the cpu run of stop 6 lost 6 of 18 picture-network splits that way, stopped at chance by epoch 11–19). The validation split is given by the caller (:mod:`facelib.classify.validation`:
+curve, never from a time budget. Patience counts only once validation beats chance by two standard errors
+(:func:`~facelib.classify.validation.learning_threshold`): a network still at chance trains on to the cap, not
+stopped on a flat start. The validation split is given by the caller (:mod:`facelib.classify.validation`:
 disjoint from the fit split in pictures, and in people where the protocol holds people out); without one a
 stratified split of the training data is carved. The scikit-learn baselines choose ``C`` on the same split
 (ascending grid; only the classifier is refitted, warm-started where it can be; the grid stops once validation
@@ -50,6 +49,7 @@ from ..face3d.reconstruct import coeff_matrix  # noqa: E402
 from .images import augment_unit, load_images, normalize, unit_tensor  # noqa: E402
 from .models import SKLEARN_MODELS, TORCH_VECTOR_MODELS, baseline, image_resnet34, vector_model  # noqa: E402
 from .precision import Precision, choose_precision  # noqa: E402
+from .validation import learning_threshold  # noqa: E402
 
 INPUTS = ("alpha", "beta", "alpha+beta", "image", "hog", "pixels", "dlib")
 MODELS = TORCH_VECTOR_MODELS + SKLEARN_MODELS  # + "resnet34" on images when input == "image"
@@ -151,17 +151,6 @@ def make_adamw(params, lr: float, weight_decay: float, device: str) -> torch.opt
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
     except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device / torch
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-
-
-def learning_threshold(y_val) -> float:
-    """The validation accuracy above which a network counts as having learnt something: the majority-class rate
-    p of the validation labels plus two binomial standard errors, p + 2·√(p(1−p)/n). Early stopping's patience
-    starts counting only once this is exceeded (1.0 — never — for an empty split)."""
-    y = np.asarray(y_val).ravel()
-    if not len(y):
-        return 1.0
-    p = float(np.bincount(y.astype(np.int64)).max()) / len(y)
-    return p + 2.0 * float(np.sqrt(p * (1.0 - p) / len(y)))
 
 
 def _fit_torch(model, X_fit, y_fit, X_val, y_val, X_test, *, epochs, batch_size, lr, weight_decay, patience,

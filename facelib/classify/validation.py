@@ -73,3 +73,12 @@ def inner_split(df: pd.DataFrame, fold: Fold, label: str, val_fraction: float = 
     strat = yy if counts.min() >= 2 and n_val >= len(counts) and len(train) - n_val >= len(counts) else None
     fit, val = train_test_split(train, test_size=n_val, random_state=int(rng.integers(2**31)), stratify=strat)
     return np.sort(fit), np.sort(val), "pictures"
+
+
+def learning_threshold(y_val) -> float:
+    """Validation accuracy above which a network has learnt something (patience counts from there): the
+    majority-class rate p plus two binomial standard errors, p + 2·√(p(1−p)/n); 1.0 for an empty split."""
+    if not len(y := np.asarray(y_val).ravel()):
+        return 1.0
+    p = float(np.bincount(y.astype(np.int64)).max()) / len(y)
+    return p + 2.0 * float(np.sqrt(p * (1.0 - p) / len(y)))
