@@ -113,3 +113,16 @@ def test_banner_only_without_the_papers_arms():
     no_image = full[full["input"] != "image"]
     assert "did not train the paper's ResNet-34 on pictures" in findings.paper_arms_banner(no_image)
     assert findings.markdown(cheap).startswith("> **What this run can show.**")
+
+
+def test_a_transductive_best_row_says_so():
+    """The best coefficient row is quoted with its flags: a transductive fit (its texture basis saw the test
+    pictures) or settings tuned on the test folds is named in the sentence; a plain row carries no flag."""
+    t1 = table(0.80, 0.60, 0.95, 0.85)
+    t1.loc[0, "transductive"] = "texture basis built from this table's pictures (test pictures included)"
+    t1.loc[4, "tuned_on_test"] = True
+    expr, gender = _for(findings.sentences(t1), "Expression"), _for(findings.sentences(t1), "Gender")
+    assert "transductive: its fit saw the test pictures" in expr and "tuned on the test folds" not in expr
+    assert "settings tuned on the test folds" in gender and "transductive" not in gender
+    plain = _for(findings.sentences(table(0.80, 0.60, 0.95, 0.85)), "Expression")
+    assert "transductive" not in plain and "tuned" not in plain

@@ -52,9 +52,19 @@ def spread(row) -> float | None:
 def _describe(row) -> str:
     bits = [MODEL_WORDS.get(row["model"], str(row["model"])), "on", INPUT_WORDS.get(row["input"], str(row["input"]))]
     if arm(row["input"]) == "coefficients":
+        flags = [f for f, on in (("transductive: its fit saw the test pictures", _flag(row.get("transductive"))),
+                                 ("settings tuned on the test folds", _flag(row.get("tuned_on_test")))) if on]
         bits.append(f"({row['backend']}" + (f", {row['aggregator']}" if isinstance(row.get("aggregator"), str)
-                                           and row["aggregator"] not in ("", "mean") else "") + ")")
+                                           and row["aggregator"] not in ("", "mean") else "")
+                    + "".join(f"; {f}" for f in flags) + ")")
     return " ".join(bits)
+
+
+def _flag(v) -> bool:
+    """A Table 1 flag column's value is set: True or a non-empty note (not NaN, False, '' or 'False')."""
+    if v is None or (isinstance(v, float) and v != v):
+        return False
+    return str(v).strip() not in ("", "False", "0", "nan")
 
 
 def _splits(row) -> str:
