@@ -20,6 +20,7 @@ import torch
 from . import __version__, config
 from .classify.precision import choose_precision
 from .data.datasets import study_datasets
+from .data.synthetic import synthetic_marker
 from .deprecation import DEPRECATED_PARAMETERS, normalise_params
 from .errors import FacelibError, format_error
 from .io import atomic_write_json
@@ -212,13 +213,15 @@ def provenance(run: Run, coeffs: dict) -> dict:
                       "ok": int((table["status"] == "ok").sum()),
                       "subjects": int(table.loc[table["status"] == "ok", "subject"].nunique()),
                       "root": str(Path(table["path"].iloc[0]).parent.parent) if len(table) else None}
+        if synthetic_marker(data[name]["root"]):  # a rendered set passed as a dataset folder
+            data[name]["synthetic_marker"] = str(synthetic_marker(data[name]["root"]))
     first = next(iter(coeffs.values()), None)
     has_rows = first is not None and len(first)
     return {
         "run": run.dir.name,
         "profile": read_status(run.dir).get("profile"),
         "overrides": read_status(run.dir).get("overrides") or [],  # `--set key=value` on top of the profile
-        "synthetic": bool(run.params.get("synthetic")),
+        "synthetic": bool(run.params.get("synthetic")) or any("synthetic_marker" in d for d in data.values()),
         "backend": str(first["backend"].iloc[0]) if has_rows else run.params.get("backend"),
         "asset_sha256": json.loads(first["assets"].iloc[0]) if has_rows else {},
         "data": data,

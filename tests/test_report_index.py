@@ -234,3 +234,26 @@ def test_provenance_counts_a_folder_dataset(tmp_path):
     assert run.provenance()["overrides"] == ["models=[logreg]"]
     assert list(data) == ["folder"]
     assert data["folder"]["images"] == len(table) and data["folder"]["ok"] == len(table) - 5
+
+
+def test_provenance_marks_a_rendered_set_passed_as_a_dataset_synthetic(tmp_path):
+    """`facelib synthetic --out D` then FACELIB_KDEF=D/KDEF: the profile says synthetic: false, the data are rendered,
+    so the provenance (and every table title) must say synthetic; a real-looking folder without the marker is not."""
+    from facelib.data.synthetic import MARKER, synthetic_marker
+
+    run = Run({"out_dir": str(tmp_path / "r"), "backend": "tddfa", "run_name": "r", "synthetic": False})
+    table = synthetic_coeff_table(3, fei_per_gender=4, seed=0).assign(usable=True, status="ok", assets="{}",
+                                                                      backend="tddfa")
+    out = tmp_path / "rendered"
+    table["path"] = [str(out / "KDEF" / "AF01" / f"AF01{i:03d}.JPG") for i in range(len(table))]
+    table.to_parquet(run.coeffs("kdef"))
+    assert run.provenance()["synthetic"] is False and synthetic_marker(out / "KDEF") is None
+    out.mkdir()
+    (out / MARKER).write_text("{}")
+    run2 = Run({"out_dir": str(tmp_path / "r2"), "backend": "tddfa", "run_name": "r2", "synthetic": False})
+    table.to_parquet(run2.coeffs("kdef"))
+    prov = run2.provenance()
+    assert prov["synthetic"] is True
+    assert prov["data"]["kdef"]["synthetic_marker"] == str(out / MARKER)
+    assert synthetic_marker(out / "fei" / "frontal") == out / MARKER  # two folders up
+    assert synthetic_marker(out / "a" / "b" / "c") is None  # three is too far

@@ -248,6 +248,19 @@ def generate_synthetic(out_dir, n_identities: int = 20, sessions=("A",), seed: i
     return _result(out, info, time.time() - t0)
 
 
+def synthetic_marker(root) -> Path | None:
+    """The generator's marker (``SYNTHETIC.json``) of a dataset folder made by :func:`generate_synthetic` — found in
+    ``root`` or up to two folders above it (``out/KDEF``, ``out/fei/frontal``) — else None. A run pointed at a
+    rendered set through FACELIB_KDEF / FACELIB_FEI is synthetic even when its profile says ``synthetic: false``."""
+    if not root:
+        return None
+    p = Path(root)
+    for folder in (p, *list(p.parents)[:2]):
+        if (folder / MARKER).is_file():
+            return folder / MARKER
+    return None
+
+
 def _result(out: Path, info: dict, seconds: float) -> dict:
     c = info["counts"]
     return dict(kdef_root=str(out / "KDEF"), fei_root=str(out / "fei" / "frontal"), n_images=c["total"],
