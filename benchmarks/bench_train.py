@@ -321,7 +321,8 @@ def main(argv=None) -> int:
         print(line + f"   [load {load()}]", flush=True)
 
     # 2. the study's epoch vs the bare step, 48 px
-    n_fit, n_val, ep = (256, 64, 2) if q else (640, 160, 3)
+    n_fit, n_val, ep = (256, 64, 2) if q else (544, 136, 3)
+    n_val = min(n_val, len(pics) - n_fit)  # the dev KDEF has 698 usable pictures
     idx = np.random.default_rng(0).permutation(len(pics))
     Xf, Xv = pics[idx[:n_fit]], pics[idx[n_fit:n_fit + n_val]]
     yf, yv = yexp[idx[:n_fit]], yexp[idx[n_fit:n_fit + n_val]]
