@@ -10,17 +10,27 @@ Prints, one block each:
    split of one epoch (data/augment, forward/backward/step, validation), old loop vs new;
 3. one vector cell: 1-D ResNet-34 on a 40-d vector, batch 128, per epoch, old loop vs new;
 4. one scikit-learn cell (linsvm on HOG, 7 expression classes) on a KDEF-shaped table: the old grid code (kept
-   here, capped in time) vs ``train_vector_model``; ``--quick`` uses a 2× dev-sized table, the full mode ~4,900 rows;
-5. accuracy: scikit-learn stopped grid vs the old full grid on the dev HOG table (test accuracy over repeats), and
-   the validation accuracy of the image network in fp32 vs bf16 on the same split (repeats' std).
+   here) vs ``train_vector_model``; ``--quick`` uses a 2× dev-sized table, the full mode ~4,900 rows (7× the dev
+   table, a full KDEF's size). The old grid is capped at 60 s (quick) / 360 s (full): each old fit runs in a forked
+   child stopped when the cap is spent, and a capped figure is printed as "≥";
+5. accuracy: (a) scikit-learn stopped grid vs the old full grid on the dev HOG table (test accuracy over person
+   splits); (b) fp32 vs the precision the study picks at ``CPU_BF16_MIN_IMAGE_SIZE`` = 128 px (bf16 +
+   channels_last on a CPU with native bf16) for the image ResNet-34 trained by the study's own loop
+   (``_fit_torch``, ``image_inputs``, ``image_eval_batch``) on identity: the dev KDEF's 20 people, straight and
+   half-profile pictures (full profiles left out, for time), each person's pictures split ~75/25 into fit /
+   validation (fixed seed), 10 epochs, 3 seeds — mean ± std of the best validation accuracy, chance level, seconds
+   per epoch, and the difference against the repeats' pooled std (the issue's criterion). ``--quick``: 2 person
+   splits in (a); 6 people, 2 epochs, 2 seeds in (b) (a smoke test of the same path).
 
 Data: the dev KDEF under ``FACELIB_KDEF`` (manifest read with ``facelib.data``) when set, else synthetic arrays of
 the same shapes (said in the output). Timings on a shared machine are noisy; the load average is printed.
+``--quick`` takes < 3 min on 2 cores (167 s measured on the dev KDEF), the full mode ≈ 22 min (1,340 s measured).
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import multiprocessing as mp
 import os
 import sys
 import time
@@ -38,7 +48,11 @@ from torch import nn  # noqa: E402
 from facelib.classify import images as I  # noqa: E402
 from facelib.classify import trainer as T  # noqa: E402
 from facelib.classify.models import ResNet34Vector, image_resnet34  # noqa: E402
-from facelib.classify.precision import Precision, choose_precision, cpu_has_native_bf16  # noqa: E402
+from facelib.classify.precision import (CPU_BF16_MIN_IMAGE_SIZE, Precision, choose_precision,  # noqa: E402
+                                        cpu_has_native_bf16)
+
+I_BF16_SIZE = CPU_BF16_MIN_IMAGE_SIZE  # section 5b compares fp32 and bf16 where the study starts to use bf16
+ID_ANGLES = ("S", "HL", "HR")  # 5b's pictures: straight and half profiles (KDEF's full profiles left out)
 
 
 def load() -> tuple:
@@ -131,28 +145,63 @@ def old_baseline(name, seed=0, C=1.0):
     return make_pipeline(StandardScaler(), LinearSVC(C=C, max_iter=5000, random_state=seed))
 
 
+def _old_fit_one(name, seed, c, X_fit, y_fit, X_val, y_val, conn=None):
+    """One pipeline of the old grid: (validation accuracy, fit seconds, pipeline); sent down ``conn`` (without the
+    pipeline) when run in a child process."""
+    pipe = old_baseline(name, seed, c)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe.fit(X_fit, y_fit)
+    dt = time.perf_counter() - t0
+    acc = float((pipe.predict(X_val) == y_val).mean())
+    if conn is not None:
+        conn.send((acc, dt))
+        conn.close()
+    return acc, dt, pipe
+
+
 def old_fit_sklearn(name, X_fit, y_fit, X_val, y_val, seed=0, cap_seconds=None):
-    """The old grid: a whole pipeline per C, every C. Stops (and says so) once ``cap_seconds`` are spent."""
+    """The old grid: a whole pipeline per C, every C. Returns (best (accuracy, C, pipeline), seconds spent, tried
+    [(C, accuracy, seconds)]). With ``cap_seconds`` (this benchmark's bound, not the old code's) each fit runs in a
+    forked child that is stopped once the cap is spent — its accuracy is then None and the grid ends there — and
+    ``best`` carries no pipeline."""
     best, spent, tried = None, 0.0, []
+    fork = cap_seconds is not None and "fork" in mp.get_all_start_methods()
     for c in OLD_C_GRID:
-        if cap_seconds is not None and spent > cap_seconds:
+        left = None if cap_seconds is None else cap_seconds - spent
+        if left is not None and left <= 0:
             break
-        pipe = old_baseline(name, seed, c)
-        t0 = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pipe.fit(X_fit, y_fit)
-        spent += time.perf_counter() - t0
-        acc = float((pipe.predict(X_val) == y_val).mean())
-        tried.append((c, acc, time.perf_counter() - t0))
+        if not fork:  # no cap, or no fork here: in this process (a capped grid then stops between fits)
+            acc, dt, pipe = _old_fit_one(name, seed, c, X_fit, y_fit, X_val, y_val)
+        else:
+            ctx = mp.get_context("fork")
+            recv, send = ctx.Pipe(duplex=False)
+            child = ctx.Process(target=_old_fit_one, args=(name, seed, c, X_fit, y_fit, X_val, y_val, send),
+                                daemon=True)
+            t0 = time.perf_counter()
+            child.start()
+            send.close()
+            if not recv.poll(left):
+                child.terminate()
+                child.join()
+                tried.append((c, None, time.perf_counter() - t0))
+                spent += tried[-1][2]
+                break
+            acc, dt = recv.recv()
+            child.join()
+            pipe = None
+        spent += dt
+        tried.append((c, acc, dt))
         if best is None or acc > best[0]:
             best = (acc, c, pipe)
     return best, spent, tried
 
 
 # ------------------------------------------------------------------------------------------------------ data
-def dev_tables(quick: bool):
-    """(pictures uint8 (n, 48, 48, 3), HOG (n, 1764), expression codes, subjects, source)."""
+def dev_tables():
+    """(pictures uint8 (n, 48, 48, 3), HOG (n, 1764), expression codes, subjects, manifest (usable rows) or None,
+    source)."""
     root = os.environ.get("FACELIB_KDEF")
     if root and Path(root).is_dir():
         from facelib.data.datasets import load_kdef
@@ -163,14 +212,14 @@ def dev_tables(quick: bool):
         codes = {e: i for i, e in enumerate(sorted(set(man["expression"])))}
         y = man["expression"].map(codes).to_numpy()
         pics = I.load_images(man["path"].astype(str).tolist(), 48)
-        return pics, H, y, man["subject"].to_numpy(), f"dev KDEF ({root}, {len(man)} pictures, whole frames)"
+        return pics, H, y, man["subject"].to_numpy(), man, f"dev KDEF ({root}, {len(man)} pictures, whole frames)"
     rng = np.random.default_rng(0)
     n, subj = 700, np.repeat(np.arange(20), 35)
     y = np.tile(np.repeat(np.arange(7), 5), 20)
     centre = rng.normal(size=(7, 1764)).astype(np.float32)
     H = (0.4 * centre[y] + rng.normal(size=(n, 1764))).astype(np.float32)
     pics = rng.integers(0, 256, (n, 48, 48, 3), dtype=np.uint8)
-    return pics, H, y, subj.astype(str), "synthetic arrays (no FACELIB_KDEF)"
+    return pics, H, y, subj.astype(str), None, "synthetic arrays (no FACELIB_KDEF)"
 
 
 def replicate(H, y, subj, reps, seed=0):
@@ -210,6 +259,36 @@ def step_ms(model, x, y, prec: Precision, fused: bool, steps: int) -> float:
     return 1e3 * (time.perf_counter() - t0) / steps / len(x)
 
 
+def identity_split(y, seed=0, fit_fraction=0.75):
+    """Per class (person): its pictures shuffled with ``seed``, ``fit_fraction`` to fit, the rest to validation —
+    disjoint pictures of the same people. Returns (fit indices, validation indices)."""
+    rng = np.random.default_rng(seed)
+    fit, val = [], []
+    for c in np.unique(y):
+        i = rng.permutation(np.flatnonzero(y == c))
+        k = int(round(fit_fraction * len(i)))
+        fit.extend(i[:k])
+        val.extend(i[k:])
+    return np.sort(fit), np.sort(val)
+
+
+def precision_arm(pics, y, fit, val, prec: Precision, size, epochs, seeds, verbose=False):
+    """The study's image training (``T._fit_torch`` with ``T.image_inputs`` and ``T.image_eval_batch``) in ``prec``,
+    once per seed, no early stopping: (best validation accuracies, seconds per epoch)."""
+    tin, ein = T.image_inputs(prec)
+    accs, secs = [], []
+    for sd in seeds:
+        T.set_seed(sd)
+        r = T._fit_torch(image_resnet34(int(y.max()) + 1), T.image_bank(pics[fit], "cpu"), y[fit],
+                         T.image_bank(pics[val], "cpu"), y[val], None, epochs=epochs, batch_size=32, lr=1e-3,
+                         weight_decay=0.05, patience=None, device="cpu", seed=sd, precision=prec,
+                         train_input=tin, eval_input=ein, eval_batch=T.image_eval_batch(size), verbose=verbose,
+                         desc=f"{prec.name} seed {sd}")
+        accs.append(r["best_val_accuracy"])
+        secs.append(r["seconds_per_epoch"])
+    return accs, secs
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small sizes: < 3 min on 2 cores")
@@ -223,7 +302,7 @@ def main(argv=None) -> int:
     print(f"torch {torch.__version__}, {args.threads} threads, cpu capability "
           f"{torch.backends.cpu.get_cpu_capability()}, native bf16 {cpu_has_native_bf16()}, "
           f"{'quick' if q else 'full'} mode, load average {load()}")
-    pics, H, yexp, subj, source = dev_tables(q)
+    pics, H, yexp, subj, man, source = dev_tables()
     print(f"data: {source}; {time.perf_counter() - wall0:.0f} s to load")
 
     # 1. image step
@@ -242,7 +321,8 @@ def main(argv=None) -> int:
         print(line + f"   [load {load()}]", flush=True)
 
     # 2. the study's epoch vs the bare step, 48 px
-    n_fit, n_val, ep = (256, 64, 2) if q else (640, 160, 3)
+    n_fit, n_val, ep = (256, 64, 2) if q else (544, 136, 3)
+    n_val = min(n_val, len(pics) - n_fit)  # the dev KDEF has 698 usable pictures
     idx = np.random.default_rng(0).permutation(len(pics))
     Xf, Xv = pics[idx[:n_fit]], pics[idx[n_fit:n_fit + n_val]]
     yf, yv = yexp[idx[:n_fit]], yexp[idx[n_fit:n_fit + n_val]]
@@ -296,13 +376,14 @@ def main(argv=None) -> int:
     reps = 2 if q else 7
     X, y, s = replicate(H, yexp, subj, reps)
     fit, val, test = person_split(s, 0)
-    cap = 60 if q else 900
+    cap = 60 if q else 360
     print(f"\n4. scikit-learn cell: linsvm on HOG ({X.shape[1]} dims), 7 classes, {len(X)} rows "
           f"({reps}× the table, copies jittered; {len(fit)} fit / {len(val)} validation, split by person)")
     t0 = time.perf_counter()
     best, spent, tried = old_fit_sklearn("linsvm", X[fit], y[fit], X[val], y[val], cap_seconds=cap)
-    done = len(tried) == len(OLD_C_GRID)
-    print("   old grid: " + ", ".join(f"C={c:g} {a:.3f} ({t:.0f} s)" for c, a, t in tried)
+    done = len(tried) == len(OLD_C_GRID) and tried[-1][1] is not None
+    print("   old grid: " + ", ".join(f"C={c:g} {a:.3f} ({t:.0f} s)" if a is not None else f"C={c:g} stopped after "
+                                      f"{t:.0f} s" for c, a, t in tried)
           + ("" if done else f" — stopped by this benchmark's {cap} s cap, not finished"))
     t0 = time.perf_counter()
     rn = T.train_vector_model(X[fit], y[fit], X[test], y[test], X_val=X[val], y_val=y[val], model="linsvm")
@@ -315,7 +396,7 @@ def main(argv=None) -> int:
           f"   [load {load()}]", flush=True)
 
     # 5a. accuracy: stopped grid vs full grid on the dev table
-    n_rep = 3 if q else 5
+    n_rep = 2 if q else 5
     print(f"\n5. accuracy checks\n   a. scikit-learn, dev HOG table ({len(H)} rows), expression, {n_rep} person "
           f"splits: test accuracy old full grid vs new")
     for m in (("logreg", "linsvm") if q else ("logreg", "linsvm", "svm")):
@@ -335,31 +416,45 @@ def main(argv=None) -> int:
               f"{np.mean(accs_new):.3f} ± {np.std(accs_new, ddof=1):.3f} ({t_new:.0f} s); difference "
               f"{np.mean(accs_new) - np.mean(accs_old):+.3f}", flush=True)
 
-    # 5b. fp32 vs bf16, image network, same split
-    size, nfit, nval, epi, seeds = (32, 192, 96, 3, (0, 1)) if q else (64, 480, 160, 8, (0, 1, 2))
-    small = torch.nn.functional.interpolate(torch.from_numpy(pics).permute(0, 3, 1, 2).float(), size=(size, size),
-                                            mode="area").round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-    small = small.numpy()
-    f_, v_, _ = person_split(subj, 0, (0.75, 0.25))
-    f_, v_ = f_[:nfit], v_[:nval]
-    print(f"   b. image ResNet-34 at {size} px, expression, {len(f_)} fit / {len(v_)} validation pictures (by "
-          f"person), {epi} epochs, seeds {seeds}: best validation accuracy")
-    for pname in ("fp32", "bf16"):
-        pr = Precision(pname, "cpu", channels_last=False)
-        tin, ein = T.image_inputs(pr)
-        accs, secs = [], []
-        for sd in seeds:
-            T.set_seed(sd)
-            rr = T._fit_torch(image_resnet34(7), T.image_bank(small[f_], "cpu"), yexp[f_],
-                              T.image_bank(small[v_], "cpu"), yexp[v_], None, epochs=epi, batch_size=32, lr=1e-3,
-                              weight_decay=0.05, patience=None, device="cpu", seed=sd, precision=pr,
-                              train_input=tin, eval_input=ein)
-            accs.append(rr["best_val_accuracy"])
-            secs.append(rr["seconds_per_epoch"])
-        print(f"      {pname}: {np.mean(accs):.3f} ± {np.std(accs, ddof=1):.3f} ({np.mean(secs):.2f} s/epoch)",
+    # 5b. fp32 vs bf16 at the size where the study picks bf16, image network, identity, same split
+    size = I_BF16_SIZE
+    n_people, epi, seeds = (6, 2, (0, 1)) if q else (20, 10, (0, 1, 2))
+    people = np.array(sorted(set(subj))[:n_people])
+    keep = np.isin(subj, people)
+    if man is not None:  # full profiles left out: 3 of KDEF's 5 angles keep the section within its time budget
+        keep &= man["angle"].isin(ID_ANGLES).to_numpy()
+    keep = np.flatnonzero(keep)
+    yid = np.searchsorted(people, subj[keep])
+    if man is not None:
+        big = I.load_images(man["path"].astype(str).to_numpy()[keep].tolist(), size)
+    else:
+        big = np.random.default_rng(1).integers(0, 256, (len(keep), size, size, 3), dtype=np.uint8)
+    f_, v_ = identity_split(yid, seed=0)
+    chosen = choose_precision("cpu", "image", image_size=size)
+    why = f"choose_precision's pick at {size} px: {chosen.reason}"
+    if chosen.name == "fp32":  # a CPU without native bf16: compare the bf16 the study would not use, and say so
+        chosen = choose_precision("cpu", "image", image_size=size, precision="bf16")
+        why = f"forced: choose_precision keeps fp32 here ({why.split(': ', 1)[1]})"
+    arms = (("fp32", choose_precision("cpu", "image", image_size=size, precision="fp32")),
+            (f"{chosen.name}{' + channels_last' if chosen.channels_last else ''} ({why})", chosen))
+    chance = np.bincount(yid[v_]).max() / len(v_)
+    print(f"   b. image ResNet-34 at {size} px (CPU_BF16_MIN_IMAGE_SIZE), identity of {n_people} people, "
+          f"{'angles ' + '/'.join(ID_ANGLES) + ', ' if man is not None else ''}whole frames, "
+          f"{len(f_)} fit / {len(v_)} validation pictures (per person ~75/25, disjoint pictures, same people), "
+          f"{epi} epochs, batch 32, no early stop, seeds {seeds} (a seed: same initial weights and batches in both "
+          f"arms): best validation accuracy, chance {chance:.3f}")
+    res = {}
+    for label, pr in arms:
+        res[pr.name] = accs, secs = precision_arm(big, yid, f_, v_, pr, size, epi, seeds)
+        print(f"      {label}: {np.mean(accs):.3f} ± {np.std(accs, ddof=1):.3f} (seeds: "
+              f"{', '.join(f'{a:.3f}' for a in accs)}), {np.mean(secs):.2f} s per epoch   [load {load()}]",
               flush=True)
-    print(f"      (chance {np.bincount(yexp[v_]).max() / len(v_):.3f}: at chance both runs say nothing — the quick "
-          "mode's few epochs are a smoke test; the full mode trains longer)")
+    (a32, s32), (a16, s16) = res["fp32"], res[chosen.name]
+    sd = float(np.sqrt((np.var(a32, ddof=1) + np.var(a16, ddof=1)) / 2))
+    diff = np.mean(a16) - np.mean(a32)
+    print(f"      {chosen.name} − fp32: {diff:+.3f}; repeats' std (pooled over both) {sd:.3f} → "
+          f"{'within' if abs(diff) <= sd else 'outside'} the std; epoch {np.mean(s32) / np.mean(s16):.2f}× faster"
+          + (" (quick mode: a smoke test, too few epochs to learn)" if q else ""))
     print(f"\ntotal {time.perf_counter() - wall0:.0f} s, load average {load()}")
     return 0
 
