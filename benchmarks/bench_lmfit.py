@@ -1,7 +1,8 @@
 """Issue 22, lever 3 on the dev data: a landmark fit that keeps what its 68 points carry.
 
     FACELIB_KDEF=... FACELIB_ASSETS=... FACELIB_CACHE=... python benchmarks/bench_lmfit.py \\
-        --stage diagnose|levers [--splits 10] [--out reports/bench_lmfit]
+        --stage diagnose|levers [--more] [--points] [--variant NAME=MODEL:JSON ...] [--splits 10] \\
+        [--out reports/bench_lmfit]
 
 Reads the cached tables of ``benchmarks/bench_person.py`` (3DDFA table, dlib targets, per-picture BFM and ICT
 landmark fits: nothing is re-detected; a cache miss stops the run). Scores expression with logreg on the paper split
@@ -12,7 +13,10 @@ side, and prints per input the mean ± std over splits and the paired difference
 α+β, β with the pose, the residual (target − fit), the landmark error per angle and region, accuracy per angle.
 ``levers``: the per-picture landmark fit refitted (same start, same targets, same iterations) with the options of
 :meth:`facelib.fitting.fitter.Fitter.fit` — β regularisation weight, per-angle landmark weights
-(:func:`facelib.fitting.losses.yaw_landmark_weights`), β sparsity (L1) — each scored paired against the plain refit.
+(:func:`facelib.fitting.losses.yaw_landmark_weights`), β sparsity (L1) — each scored paired against the plain refit
+(batch 32; on a 32-picture check it matches the cached batch-8 ICT fit to max |Δβ| 5e-4); ``--points`` adds the
+paired difference to the 68 target points, ``--more`` (diagnose) the 3-D model points and α alone. Each variant's
+fit and scores are kept in ``--out`` under its name (delete them to refit after changing a variant's options).
 """
 from __future__ import annotations
 
@@ -44,6 +48,36 @@ from facelib.fitting.table import fit_table  # noqa: E402
 
 REGIONS = {"jaw": range(0, 17), "brows": range(17, 27), "nose": range(27, 36), "eyes": range(36, 48),
            "mouth": range(48, 68)}
+LEVER3 = (  # the variants measured for docs/bench_person.md "Lever 3" (used when no --variant is given)
+    'ict_refit=ict',
+    'ict_wexp0.1=ict:{"reg_weights":{"w_exp":0.08}}',
+    'ict_wexp10=ict:{"reg_weights":{"w_exp":8.0}}',
+    'ict_wexp100=ict:{"reg_weights":{"w_exp":80.0}}',
+    'ict_wid10=ict:{"reg_weights":{"w_id":10.0}}',
+    'ict_wid0.1=ict:{"reg_weights":{"w_id":0.1}}',
+    'ict_l1_3e-4=ict:{"weights":{"sparsity":3e-4}}',
+    'ict_l1_1e-3=ict:{"weights":{"sparsity":1e-3}}',
+    'ict_l1_3e-3=ict:{"weights":{"sparsity":3e-3}}',
+    'ict_occ0=ict:{"occluded":0.0}',
+    'ict_occ0_until60=ict:{"occluded":{"occluded":0.0,"until":60.0}}',
+    'ict_occ0.25_until60=ict:{"occluded":{"occluded":0.25,"until":60.0}}',
+    'ict_jaw_multipie=ict:{"jaw":"multipie"}',
+    'bfm_refit=bfm',
+    'bfm_wexp0.1=bfm:{"reg_weights":{"w_exp":0.08}}',
+    'bfm_wexp10=bfm:{"reg_weights":{"w_exp":8.0}}',
+    'bfm_wid10=bfm:{"reg_weights":{"w_id":10.0}}',
+    'bfm_l1_1e-3=bfm:{"weights":{"sparsity":1e-3}}',
+    'bfm_occ0_until60=bfm:{"occluded":{"occluded":0.0,"until":60.0}}',
+    'ict_it600=ict:{"iterations":600}',
+    'ict_wexp10_occ0=ict:{"reg_weights":{"w_exp":8.0},"occluded":0.0}',
+    'ict_uniform=ict:{"uniform":true}',
+    'ict_reg0.1=ict:{"weights":{"reg":3e-5}}',
+    'bfm_it240=bfm:{"iterations":240}',
+    'bfm_uniform=bfm:{"uniform":true}',
+    'ict_reg0.1_it600=ict:{"weights":{"reg":3e-5},"iterations":600}',
+    'ict_reg0.01=ict:{"weights":{"reg":3e-6}}',
+    'ict_reg0.01_it600=ict:{"weights":{"reg":3e-6},"iterations":600}',
+)
 SIDES = ("validation", "test")
 PROTOCOLS = ("paper", "subject_independent")
 
@@ -271,7 +305,7 @@ def levers(args, raw, targets, bfm, ict):
     tgt = PF._targets_of(targets, raw.loc[ok, "sha256"])
     scores, refs, tables, secs = {}, {}, {}, {}
     base = {"bfm": "bfm_refit", "ict": "ict_refit"}
-    variants = [parse_variant(v) for v in args.variant]
+    variants = [parse_variant(v) for v in (args.variant or LEVER3)]
     for name, model, opts in variants:
         cache = Path(args.out) / f"{name}.parquet"
         t0 = time.perf_counter()
@@ -323,7 +357,8 @@ def main(argv=None) -> int:
     ap.add_argument("--stage", choices=["diagnose", "levers"], required=True)
     ap.add_argument("--splits", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=32, help="refit batch (32 ≈ 8: max |Δβ| 5e-4, 4x faster)")
-    ap.add_argument("--variant", action="append", default=[], help="name=model:json fit options (levers)")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="name=model:json fit options (levers); default: the LEVER3 list")
     ap.add_argument("--points", action="store_true", help="levers: score the 68 target points too")
     ap.add_argument("--more", action="store_true", help="diagnose: the 3-D model points and α alone instead")
     ap.add_argument("--threads", type=int, default=2)
