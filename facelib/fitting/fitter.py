@@ -137,6 +137,7 @@ class FitBatch:
     attention: torch.Tensor | None = None
     emb_lm: torch.Tensor | None = None
     emb_target: torch.Tensor | None = None
+    lm_weights: torch.Tensor | None = None  # (B, 68) per-picture landmark weights (None: the loss's own)
 
 
 def axis_angle(omega: torch.Tensor) -> torch.Tensor:
@@ -212,7 +213,8 @@ class Fitter:
     def fit(self, init: Mapping[str, np.ndarray], rois, target_lm=None, images=None, mode: str = "landmarks",
             iterations: int | None = None, weights: Mapping[str, float | None] | None = None,
             optimize: tuple[str, ...] | None = None, lr: Mapping[str, float] | None = None,
-            keep_render: bool = False, refresh: int = 4, per_image_history: bool = False) -> FitResult:
+            keep_render: bool = False, refresh: int = 4, per_image_history: bool = False,
+            reg_weights: Mapping[str, float] | None = None, landmark_weights=None) -> FitResult:
         """Fit a batch.
 
         init: ``alpha`` (B, 40), ``beta`` (B, 10), ``pose`` (B, 12) — the backend's coefficients (optionally
@@ -224,14 +226,20 @@ class Fitter:
         iterations and reuses it in between with the barycentrics of the current geometry (the z-buffer pass is
         ~75 % of an iteration on CPU); 1 = exact every iteration. The first and last evaluations are always exact.
         ``per_image_history``: also record every term for every image at every iteration
-        (``FitResult.history_per_image[term]`` (iterations + 1, B)).
+        (``FitResult.history_per_image[term]`` (iterations + 1, B)). ``reg_weights``: the regulariser's
+        ``w_id``/``w_exp`` (:data:`~facelib.fitting.losses.REG_WEIGHTS`); ``landmark_weights`` (B, 68) per-picture
+        multipliers of Deep3D's landmark weights (:func:`~facelib.fitting.losses.yaw_landmark_weights`); the
+        ``sparsity`` weight (an L1 prior on β) goes in ``weights``.
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         t_start = time.perf_counter()
         iterations = DEFAULT_ITERATIONS[mode] if iterations is None else int(iterations)
-        hybrid = self.loss(mode, weights, has_target_landmarks=target_lm is not None)
+        hybrid = self.loss(mode, weights, has_target_landmarks=target_lm is not None, reg_weights=reg_weights)
         batch = self.batch(init, rois, target_lm, images, mode, hybrid)
+        if landmark_weights is not None:
+            batch.lm_weights = hybrid.landmark_weights * torch.as_tensor(
+                np.asarray(landmark_weights, np.float32), device=self.device).reshape(batch.size, 68)
         params = self.start_params(init, batch)
         optimize = tuple(optimize) if optimize is not None else tuple(PARAM_GROUPS)
         lrs = dict(DEFAULT_LR, **(lr or {}))
@@ -286,7 +294,8 @@ class Fitter:
         return res
 
     # -------------------------------------------------------------- the pieces of a fit
-    def loss(self, mode: str, weights: Mapping[str, float | None] | None, has_target_landmarks: bool) -> HybridLoss:
+    def loss(self, mode: str, weights: Mapping[str, float | None] | None, has_target_landmarks: bool,
+             reg_weights: Mapping[str, float] | None = None) -> HybridLoss:
         """The HybridLoss of a fit: the paper's weights, the terms a mode cannot use switched off, then ``weights``."""
         w = dict(DEFAULT_WEIGHTS)
         if mode == "landmarks":
@@ -300,7 +309,8 @@ class Fitter:
                     raise ValueError(f"term {k!r} needs full mode")
         if not has_target_landmarks:
             w["landmark"] = 0
-        return HybridLoss(w, landmark_weights=self.landmark_weights, skin_mask=self.skin_vertices).to(self.device)
+        return HybridLoss(w, reg_weights=reg_weights, landmark_weights=self.landmark_weights,
+                          skin_mask=self.skin_vertices).to(self.device)
 
     def batch(self, init, rois, target_lm, images, mode: str, hybrid: HybridLoss) -> FitBatch:
         """What stays fixed while a batch is fitted: start coefficients, crops, targets (tensors on the device)."""
@@ -398,6 +408,8 @@ class Fitter:
         if batch.target_lm is not None:
             inputs["pred_lm"] = rendered["lm_224"]
             inputs["gt_lm"] = batch.target_lm * (LM_SCALE / self.image_size)
+            if batch.lm_weights is not None:
+                inputs["lm_weights"] = batch.lm_weights
         if batch.mode == "full":
             if rendered["delta"] is not None:
                 inputs["delta"] = rendered["delta"]

@@ -13,7 +13,13 @@ name               weight      definition
 ``reg``            3e-4        (w_id‖α‖² + w_exp‖β‖² + w_tex‖δ‖²) / B with w_id 1, w_exp 0.8, w_tex 1.7e-2
 ``texture``        5.0         Σ_skin ‖T_v − T̄_skin‖² / (B·|skin|) (albedo variance over skin vertices)  
 ``lighting``       10          mean((γ − mean_RGB γ)²) over (B, 3, 9): a nearly monochromatic light
+``sparsity``       0 (off)     Σ|β| / B of the whitened expression coefficients (an L1 expression prior; not the
+                               paper's: :data:`OPTIONAL_WEIGHTS`, switched on only when asked)
 =================  ==========  =====================================================================================
+
+Per-picture landmark weights: ``HybridLoss`` takes an optional ``lm_weights`` input (B, 68) that replaces its
+(68,) weights for the batch — :func:`yaw_landmark_weights` × Deep3D's, so the jawline of the side turned away from
+the camera counts less on half profiles (issue 22, lever 3; :meth:`facelib.fitting.fitter.Fitter.fit`).
 
 Notes on Deep3D's code (``models/losses.py``):
 - the nose weight: the paper speaks of "nose and inner mouth" points; the code weights only 0-based 28:31
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -39,6 +46,8 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "lighting": 10.0,
 }
 REG_WEIGHTS: dict[str, float] = {"w_id": 1.0, "w_exp": 0.8, "w_tex": 1.7e-2}
+OPTIONAL_WEIGHTS: dict[str, float] = {"sparsity": 0.0}  # terms beyond the paper's: off unless a weight is given
+JAW_SIDES = (tuple(range(0, 8)), tuple(range(9, 17)))  # the subject's right / left jawline (0-based), chin 8 apart
 
 # inputs each term needs (HybridLoss.forward keyword names)
 TERM_INPUTS: dict[str, tuple[str, ...]] = {
@@ -48,6 +57,7 @@ TERM_INPUTS: dict[str, tuple[str, ...]] = {
     "reg": ("alpha", "beta"),
     "texture": ("albedo",),
     "lighting": ("gamma",),
+    "sparsity": ("beta",),
 }
 
 
@@ -57,6 +67,32 @@ def deep3d_landmark_weights(device=None, dtype=torch.float32) -> torch.Tensor:
     w[28:31] = 20.0
     w[60:68] = 20.0
     return w
+
+
+def yaw_landmark_weights(yaw_deg, occluded: float, start: float = 15.0, full: float = 35.0,
+                         until: float | None = None) -> np.ndarray:
+    """(B, 68) multipliers of the landmark weights from each picture's signed yaw (degrees,
+    :func:`facelib.face3d.cameras.pose_yaw`): the jawline of the side turned away from the camera — the subject's
+    right (0–7) at yaw > 0, the left (9–16) at yaw < 0 (measured on KDEF: at yaw ≈ +44° dlib's points 0–7 sit on the
+    silhouette next to the nose) — fades linearly from 1 at |yaw| ≤ ``start`` to ``occluded`` at |yaw| ≥ ``full``;
+    every other point keeps 1. dlib follows the visible silhouette there, which no fixed model vertex does.
+    ``until``: beyond this |yaw| every weight is 1 again (where the targets are no longer dlib's: the study's targets
+    are the 3-D-consistent 3DDFA points beyond 60°, :func:`facelib.fitting.table.landmark_targets`)."""
+    yaw = np.asarray(yaw_deg, np.float64).reshape(-1)
+    fade = np.clip((np.abs(yaw) - start) / max(full - start, 1e-9), 0.0, 1.0)
+    if until is not None:
+        fade[np.abs(yaw) > until] = 0.0
+    w = np.ones((len(yaw), 68), np.float32)
+    far = 1.0 - fade * (1.0 - float(occluded))
+    right, left = list(JAW_SIDES[0]), list(JAW_SIDES[1])
+    w[np.ix_(yaw > 0, right)] = far[yaw > 0, None]
+    w[np.ix_(yaw < 0, left)] = far[yaw < 0, None]
+    return w
+
+
+def sparsity_loss(beta: torch.Tensor) -> torch.Tensor:
+    """Σ|β| / B (L1 expression prior: few active expression coefficients; ICT's β ≥ 0, so Σβ)."""
+    return beta.abs().sum() / beta.shape[0]
 
 
 def photometric_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
@@ -130,7 +166,8 @@ class HybridLoss(nn.Module):
     overrides Deep3D's; ``skin_mask`` (N,) is the default per-vertex mask of the texture term.
 
     ``forward`` keywords: pred_image, target_image, face_mask, attention (photo); pred_lm, gt_lm (landmark);
-    emb_pred, emb_target (perceptual); alpha, beta, delta (reg); albedo, skin_mask (texture); gamma (lighting).
+    lm_weights (B, 68) per-picture landmark weights (optional); emb_pred, emb_target (perceptual); alpha, beta,
+    delta (reg); beta (sparsity); albedo, skin_mask (texture); gamma (lighting).
     """
 
     def __init__(self, weights: Mapping[str, float | None] | None = None,
@@ -139,8 +176,9 @@ class HybridLoss(nn.Module):
         super().__init__()
         w = dict(DEFAULT_WEIGHTS)
         for k, v in (weights or {}).items():
-            if k not in DEFAULT_WEIGHTS:
-                raise KeyError(f"unknown loss term {k!r}; terms are {sorted(DEFAULT_WEIGHTS)}")
+            if k not in DEFAULT_WEIGHTS and k not in OPTIONAL_WEIGHTS:
+                known = sorted({**DEFAULT_WEIGHTS, **OPTIONAL_WEIGHTS})
+                raise KeyError(f"unknown loss term {k!r}; terms are {known}")
             w[k] = v
         self.weights = {k: float(v) for k, v in w.items() if v}
         rw = dict(REG_WEIGHTS)
@@ -177,7 +215,8 @@ class HybridLoss(nn.Module):
         if name == "photo":
             return photometric_loss(x["pred_image"], x["target_image"], x["face_mask"], x.get("attention"))
         if name == "landmark":
-            return landmark_loss(x["pred_lm"], x["gt_lm"], self.landmark_weights)
+            w = x.get("lm_weights")
+            return landmark_loss(x["pred_lm"], x["gt_lm"], self.landmark_weights if w is None else w)
         if name == "perceptual":
             return perceptual_loss(x["emb_pred"], x["emb_target"])
         if name == "reg":
@@ -186,4 +225,6 @@ class HybridLoss(nn.Module):
             return texture_flatten_loss(x["albedo"], x["skin_mask"])
         if name == "lighting":
             return lighting_loss(x["gamma"])
+        if name == "sparsity":
+            return sparsity_loss(x["beta"])
         raise KeyError(name)
