@@ -3,7 +3,7 @@
     python benchmarks/bench_rnet.py speed   [--limit 320] [--batch 32] [--threads 2] [--max-side 192] [--reduce 2]
     python benchmarks/bench_rnet.py train   [--steps 8] [--batch 16] [--size 120] [--vertices 8000] [--perceptual]
     python benchmarks/bench_rnet.py quality [--epochs 16] [--perceptual] [--targets dlib|table] [--cnet-steps 150]
-                                            [--schedule cosine|constant]
+                                            [--schedule cosine|constant] [--identity-weight 0]
                                             [--fit landmarks] [--fit full]
                                             [--model logreg] [--folds 3] [--out reports/bench_rnet]
 
@@ -22,7 +22,10 @@ quality  choosing R-Net settings on the dev data: tddfa coefficients (raw), opti
          with repeated random splits a validation picture of one repeat is a test picture of another; the figures
          are a selection criterion, not a result.) Also prints the cross-fit part probe
          (``crossfit.part_probe``, chance 50 %) and R-Net training time per part, and writes coded tables, a
-         reconstruction figure and the C-Net figure to --out.
+         reconstruction figure and the C-Net figure to --out. ``--identity-weight W`` > 0 trains with
+         person-grouped batches and the within-person α spread term (``facelib.fitting.identity``; training
+         people's labels only) and prints the term's mean over the first and last epoch and, as a diagnostic,
+         the within-person share of the coded α's spread.
 """
 from __future__ import annotations
 
@@ -142,7 +145,7 @@ def bench_quality(args) -> None:
         print(f"per-picture {mode} fit: {time.perf_counter() - t0:.0f} s")
     settings = dict(epochs=args.epochs, perceptual=args.perceptual, targets=args.targets,
                     image_size=args.size, max_seconds=args.max_seconds, cnet_steps=args.cnet_steps,
-                    schedule=args.schedule)
+                    schedule=args.schedule, identity_weight=args.identity_weight)
     log: list = []
     t0 = time.perf_counter()
     coded = crossfit.rnet_tables(tabs, k=2, settings=settings, log=log)
@@ -152,6 +155,9 @@ def bench_quality(args) -> None:
               f"{r.get('seconds', 0):.0f} s, hybrid loss {r.get('loss_before', {}).get('total', float('nan')):.4f}"
               f" → {r.get('loss_after', {}).get('total', float('nan')):.4f}; C-Net {r.get('cnet_seconds', 0):.0f} s"
               f"{' (cached)' if r.get('cached') else ''}")
+        if "identity_first" in r:
+            print(f"    identity term (weighted, mean per step): first epoch {r['identity_first']:.4f}, last epoch "
+                  f"{r['identity_last']:.4f}")
     variants["tddfa+rnet"] = coded
     for n, t in coded.items():
         t.to_parquet(out / f"{n}_tddfa+rnet.parquet")
@@ -160,11 +166,26 @@ def bench_quality(args) -> None:
     for n, t in coded.items():
         print(f"  part probe {n}: {crossfit.part_probe(t)['accuracy']:.3f} raw, "
               f"{crossfit.part_probe(t, center=True)['accuracy']:.3f} after fit-split part centering (chance 0.5)")
+        w, tot = alpha_spread(t)
+        print(f"  coded α {n} (whitened, diagnostic over all coded people): within-person spread {w:.3f} of "
+              f"total {tot:.3f} ({w / tot:.1%})")
     res = quality_rows(variants, args.model, args.folds, args.max_sets)
     print("inner-validation accuracy (never a split's test side):")
     print(res.to_string(index=False))
     res.to_csv(out / "quality.csv", index=False)
     (out / "crossfit_log.json").write_text(json.dumps(log, indent=1, default=str))
+
+
+def alpha_spread(table: pd.DataFrame) -> tuple[float, float]:
+    """(mean over people of the mean squared distance of their whitened α from their mean, the same about the
+    overall mean) of a coded table's ok rows."""
+    from facelib.face3d.tddfa import coefficient_sigma
+
+    ok = table[(table["status"] == "ok") & table["alpha"].notna()]
+    A = np.stack([np.asarray(a, np.float64) for a in ok["alpha"]]) / coefficient_sigma()[0]
+    s = ok["subject"].astype(str).to_numpy()
+    within = np.mean([((A[s == p] - A[s == p].mean(0)) ** 2).sum(1).mean() for p in np.unique(s)])
+    return float(within), float(((A - A.mean(0)) ** 2).sum(1).mean())
 
 
 def quality_rows(variants: dict, model: str = "logreg", folds: int = 3, max_sets: int | None = 150,
@@ -208,6 +229,8 @@ def main(argv=None) -> int:
     p.add_argument("--targets", default="dlib", choices=["table", "dlib"])
     p.add_argument("--schedule", default="cosine", choices=["constant", "cosine"])
     p.add_argument("--cnet-steps", type=int, default=150)
+    p.add_argument("--identity-weight", type=float, default=0.0,
+                   help="quality: weight of R-Net's within-person α spread term (0: off)")
     p.add_argument("--fit", action="append", choices=["landmarks", "full"],
                    help="quality: also per-picture fitting in this mode (repeatable)")
     p.add_argument("--texture", default=None, help="quality: texture basis .npz for --fit full")

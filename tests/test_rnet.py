@@ -179,6 +179,21 @@ def test_gradients_reach_cnet_through_aggregation(setup, assets_dir):
     assert float(cn.reduce.weight.grad.abs().sum()) > 0 and float(cn.out.weight.grad.abs().sum()) > 0
 
 
+def test_identity_term_in_the_real_composer(setup, assets_dir):
+    """With identity_weight the real Composer's step adds the whitened-α spread term (fitting.identity) and
+    train_rnet draws person-grouped batches: 4 people × 2 pictures, batch 8 → groups of 2, two people a step."""
+    composer, data = setup
+    net = rnet.build_rnet("mobilenet", 0, assets_dir)
+    idx = np.arange(len(data))
+    total0, terms0 = T.rnet_step(net, composer, data, idx)
+    total1, terms1 = T.rnet_step(net, composer, data, idx, identity_weight=0.5)
+    assert "identity" not in terms0 and terms1["identity"] > 0
+    assert total1 == pytest.approx(total0 + terms1["identity"], rel=1e-5)
+    hist = T.train_rnet(net, composer, data, epochs=1, batch_size=8, lr=1e-6, head_lr=1e-6, seed=0,
+                        identity_weight=0.5, per_person=4)
+    assert hist["steps"] == 2 and all(np.isfinite(t["identity"]) for t in hist["terms"])
+
+
 def _cnet_total(cn, composer, data, coeffs, feats, sets):
     S, k = sets.shape
     flat = sets.reshape(-1)

@@ -73,6 +73,8 @@ class RNetSettings:
     perceptual: bool = False       # perceptual term (dlib face-recognition embedding)
     weights: dict = field(default_factory=dict)  # HybridLoss overrides
     seed: int = 0
+    identity_weight: float = 0.0   # > 0: person-grouped batches + within-person α spread term (fitting.identity)
+    identity_per_person: int = 4   # pictures per person in a grouped batch (only with identity_weight > 0)
     max_seconds: float | None = None  # training time cap per part (the epochs done are recorded)
     init: str | None = "released"  # resnet50: None (random) or the path of Deep3DFaceRecon's epoch_20.pth
     cnet: bool = True
@@ -88,6 +90,9 @@ class RNetSettings:
             d.pop("max_seconds")
         if d["schedule"] == "constant":  # the default before the setting existed: earlier caches stay valid
             d.pop("schedule")
+        if not d["identity_weight"]:  # off (the default before the setting existed): earlier caches stay valid
+            d.pop("identity_weight")
+            d.pop("identity_per_person")
         return d if cnet else {k: v for k, v in d.items() if not k.startswith("cnet")}
 
 
@@ -223,10 +228,16 @@ def rnet_tables(tables: dict[str, pd.DataFrame], k: int = 2, settings: RNetSetti
             before = T.evaluate_loss(net, composer, train)
             hist = T.train_rnet(net, composer, train, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr,
                                 head_lr=s.head_lr, seed=s.seed + p, max_seconds=s.max_seconds,
-                                schedule=s.schedule, progress=progress)
+                                schedule=s.schedule, identity_weight=s.identity_weight,
+                                per_person=s.identity_per_person, progress=progress)
             after = T.evaluate_loss(net, composer, train)
             summary = {"epochs_done": hist["epochs_done"], "seconds": hist["seconds"], "steps": hist["steps"],
                        "loss_before": before, "loss_after": after, "stopped_early": hist["stopped_early"]}
+            if s.identity_weight:  # the weighted identity term, mean over the first and the last epoch's steps
+                ep = np.asarray(hist["epoch"])
+                ident = np.array([t["identity"] for t in hist["terms"]])
+                summary.update(identity_first=float(ident[ep == ep.min()].mean()),
+                               identity_last=float(ident[ep == ep.max()].mean()))
             R.save_rnet(net, path, {"summary": summary, "key": key, "settings": s.key_dict(cnet=False),
                                     "train_sha256": sorted(train.sha256.tolist())})
             record.update(cached=False, **summary)

@@ -15,7 +15,9 @@ pixels of a 224 crop, skin-vertex texture flattening) — with the coefficients 
 fitter renders a coarse copy of its mesh (:func:`coarse_fitter`, vertex clustering to about 8000 vertices).
 
 R-Net (:func:`train_rnet`): Adam on every weight (BatchNorm statistics frozen: small batches of one study's
-pictures must not re-estimate them), mini-batches of pictures, the loss above on each picture.
+pictures must not re-estimate them), mini-batches of pictures, the loss above on each picture; with
+``identity_weight`` > 0, person-grouped mini-batches and the within-person α spread term of
+:mod:`facelib.fitting.identity` (the training people's labels only), recorded as the term ``identity``.
 C-Net (:func:`train_cnet`): R-Net frozen; sets of k pictures of one person; every picture of the set is rendered
 with α_agg (C-Net's confidence-weighted mean) plus its own β, pose, texture and lighting; the hybrid loss over
 the set trains C-Net only (gradients flow through the aggregation).
@@ -37,6 +39,7 @@ from ..face3d.reconstruct import read_image
 from ..io import atomic_path
 from .cnet import aggregate_torch
 from .fitter import FitBatch, Fitter, restrict_model
+from .identity import PER_PERSON, identity_spread, person_batches
 from .table import DlibTargets, landmark_targets
 
 TARGETS = ("table", "dlib")
@@ -216,13 +219,20 @@ class Composer:
 
 
 # ----------------------------------------------------------------------------------------------- R-Net
-def rnet_step(net, composer: Composer, data: TrainData, idx, opt=None) -> tuple[float, dict[str, float]]:
-    """One training step on rows ``idx`` (no update when ``opt`` is None); returns (total, weighted terms)."""
+def rnet_step(net, composer: Composer, data: TrainData, idx, opt=None,
+              identity_weight: float = 0.0) -> tuple[float, dict[str, float]]:
+    """One training step on rows ``idx`` (no update when ``opt`` is None); returns (total, weighted terms).
+    ``identity_weight`` > 0 adds that weight × :func:`facelib.fitting.identity.identity_spread` of the batch's
+    whitened α over ``data.subject`` (term ``identity``)."""
     b = composer.batch(data, idx)
     x = net.preprocess(data.crops[idx]).to(composer.f.device)
     coeffs = net.decode(net(x))
     rendered, fb = composer.forward(coeffs, b)
-    return _descend(*composer.losses(rendered, fb), opt)
+    total, terms = composer.losses(rendered, fb)
+    if identity_weight:
+        term = identity_weight * identity_spread(rendered["alpha_z"], data.subject[idx])
+        total, terms = total + term, {**terms, "identity": term}
+    return _descend(total, terms, opt)
 
 
 @torch.no_grad()
@@ -244,12 +254,15 @@ def evaluate_loss(net, composer: Composer, data: TrainData, batch_size: int = 32
 
 def train_rnet(net, composer: Composer, data: TrainData, epochs: int = 4, batch_size: int = 16, lr: float = 1e-4,
                head_lr: float = 1e-3, seed: int = 0, max_seconds: float | None = None, warmup: int = 50,
-               schedule: str = "constant", progress: bool = False) -> dict:
+               schedule: str = "constant", identity_weight: float = 0.0, per_person: int = PER_PERSON,
+               progress: bool = False) -> dict:
     """Train ``net`` in place on ``data``. New heads (texture, lighting) learn at ``head_lr``, the rest at ``lr``,
     both after a linear warm-up over the first ``warmup`` steps (Adam's first steps move every weight by about the
     learning rate, which a pretrained network does not survive at full rate); then ``schedule`` "constant" keeps
     the rates, "cosine" lowers them to zero by the last step. ``max_seconds`` stops after the step that passes
-    it. Returns a history: per-step total/terms, epochs done, seconds."""
+    it. ``identity_weight`` > 0: each epoch's batches come from :func:`facelib.fitting.identity.person_batches`
+    (``per_person`` pictures of one person per group, drawn with ``seed``) and the loss adds the identity term.
+    Returns a history: per-step total/terms, epochs done, seconds."""
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     dev = composer.f.device
@@ -257,9 +270,11 @@ def train_rnet(net, composer: Composer, data: TrainData, epochs: int = 4, batch_
     heads = [p for n, p in net.named_parameters() if n.startswith(("fc_tex", "fc_gamma"))]
     rest = [p for n, p in net.named_parameters() if not n.startswith(("fc_tex", "fc_gamma"))]
     opt = torch.optim.Adam([{"params": rest, "lr": lr}, {"params": heads, "lr": head_lr}])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(
-        step, warmup, epochs * -(-len(data) // batch_size), schedule))
     rng = np.random.default_rng(seed)
+    plans = [person_batches(data.subject, batch_size, per_person, rng) for _ in range(epochs)] \
+        if identity_weight else None
+    n_steps = sum(map(len, plans)) if plans else epochs * -(-len(data) // batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, warmup, n_steps, schedule))
     torch.manual_seed(seed)
     hist = {"total": [], "terms": [], "epoch": []}
     t0 = time.perf_counter()
@@ -267,10 +282,13 @@ def train_rnet(net, composer: Composer, data: TrainData, epochs: int = 4, batch_
     stop = False
     bar = tqdm(total=epochs * len(data), disable=not progress, desc="R-Net", unit="img")
     for ep in range(epochs):
-        order = rng.permutation(len(data))
-        for start in range(0, len(order), batch_size):
-            idx = np.sort(order[start:start + batch_size])
-            total, terms = rnet_step(net, composer, data, idx, opt)
+        if plans:
+            batches = plans[ep]
+        else:
+            order = rng.permutation(len(data))
+            batches = [np.sort(order[start:start + batch_size]) for start in range(0, len(order), batch_size)]
+        for idx in batches:
+            total, terms = rnet_step(net, composer, data, idx, opt, identity_weight)
             sched.step()
             hist["total"].append(total)
             hist["terms"].append(terms)
