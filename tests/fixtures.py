@@ -73,3 +73,22 @@ def tddfa_rows(kdef_root, assets_dir, stems) -> dict | None:
              "beta": out["beta"][i].tolist(), "pose": out["pose"][i].tolist()}
             for i, (s, p) in enumerate(zip(stems, paths))]
     return {"imgs": imgs, "paths": paths, "boxes": boxes, "out": out, "rows": rows}
+
+
+def known_ict_faces(model, yaw_deg=(0.0, 0.0)) -> tuple[dict, np.ndarray]:
+    """Two ICT faces with known coefficients — random identities, one smiling with the jaw open, one with brows up
+    and eyes wide — posed frontally or turned by ``yaw_deg`` (degrees) so that a 20 cm wide region fills a 120 crop:
+    (``{"alpha", "beta", "pose"}``, rois (2, 4))."""
+    rng = np.random.default_rng(0)
+    alpha = (rng.normal(size=(2, 100)) * 0.5).astype(np.float32)
+    beta = np.zeros((2, 53), np.float32)
+    names = model.expression_names
+    beta[0, [names.index("jawOpen"), names.index("mouthSmile_L"), names.index("mouthSmile_R")]] = [0.6, 0.7, 0.7]
+    beta[1, [names.index("browInnerUp_L"), names.index("browInnerUp_R"), names.index("eyeWide_L")]] = 0.8
+    s = 120 / 20.0
+    rows = []
+    for yaw in yaw_deg:
+        c, si = np.cos(np.radians(yaw)), np.sin(np.radians(yaw))
+        rows.append([s * c, 0, s * si, 60, 0, s, 0, 60, -s * si, 0, s * c, 0])
+    rois = np.array([[0, 0, 160, 160]] * 2, np.float32)
+    return {"alpha": alpha, "beta": beta, "pose": np.array(rows, np.float32)}, rois

@@ -20,6 +20,7 @@ from facelib.fitting import ict_fit
 from facelib.fitting.fitter import Fitter
 from facelib.report import ict_figures
 from facelib.run import Run
+from tests.fixtures import known_ict_faces
 
 # iBUG/Multi-PIE 68-point mirror pairs (0-based) and the points on the midline
 MIRROR = ([(i, 16 - i) for i in range(8)] + [(17 + i, 26 - i) for i in range(5)] + [(31, 35), (32, 34)]
@@ -224,15 +225,8 @@ def test_landmark_fit_recovers_a_synthetic_expression(ict_model):
     """Landmarks of a known ICT face (identity + expression, posed): the fit from the neutral start gets them back
     within a fraction of a pixel, with β inside [0, 1]."""
     fitter = Fitter(ict_model, device="cpu")
-    rng = np.random.default_rng(0)
-    alpha = (rng.normal(size=(2, 100)) * 0.5).astype(np.float32)
-    beta = np.zeros((2, 53), np.float32)
-    names = ict_model.expression_names
-    beta[0, [names.index("jawOpen"), names.index("mouthSmile_L"), names.index("mouthSmile_R")]] = [0.6, 0.7, 0.7]
-    beta[1, [names.index("browInnerUp_L"), names.index("browInnerUp_R"), names.index("eyeWide_L")]] = 0.8
-    s = 120 / 20.0  # a 20 cm wide region fills the 120 crop
-    pose = np.tile(np.array([s, 0, 0, 60, 0, s, 0, 60, 0, 0, s, 0], np.float32), (2, 1))
-    rois = np.array([[0, 0, 160, 160]] * 2, np.float32)
+    coeffs, rois = known_ict_faces(ict_model)
+    alpha, beta, pose = coeffs["alpha"], coeffs["beta"], coeffs["pose"]
     truth = fitter.fit({"alpha": alpha, "beta": beta, "pose": pose}, rois, None, iterations=0).landmarks
     start = {"alpha": np.zeros_like(alpha), "beta": np.zeros_like(beta), "pose": pose}
     before = fitter.fit(start, rois, truth, iterations=0)

@@ -10,6 +10,7 @@ from facelib import assets
 from facelib.face3d import ict
 from facelib.fitting import losses as L
 from facelib.fitting.fitter import Fitter
+from tests.fixtures import known_ict_faces
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -61,17 +62,8 @@ def synthetic(assets_dir):
         pytest.skip("ICT-FaceKit archive not in FACELIB_ASSETS")
     model = ict.load_model(assets_dir=assets_dir)
     fitter = Fitter(model, device="cpu")
-    rng = np.random.default_rng(0)
-    alpha = (rng.normal(size=(2, 100)) * 0.5).astype(np.float32)
-    beta = np.zeros((2, 53), np.float32)
-    names = model.expression_names
-    beta[0, [names.index("jawOpen"), names.index("mouthSmile_L"), names.index("mouthSmile_R")]] = [0.6, 0.7, 0.7]
-    beta[1, [names.index("browInnerUp_L"), names.index("browInnerUp_R"), names.index("eyeWide_L")]] = 0.8
-    s = 120 / 20.0
-    c, si = np.cos(np.radians(40)), np.sin(np.radians(40))
-    pose = np.array([[s, 0, 0, 60, 0, s, 0, 60, 0, 0, s, 0],
-                     [s * c, 0, s * si, 60, 0, s, 0, 60, -s * si, 0, s * c, 0]], np.float32)
-    rois = np.array([[0, 0, 160, 160]] * 2, np.float32)
+    coeffs, rois = known_ict_faces(model, yaw_deg=(0.0, 40.0))
+    alpha, beta, pose = coeffs["alpha"], coeffs["beta"], coeffs["pose"]
     truth = fitter.fit({"alpha": alpha, "beta": beta, "pose": pose}, rois, None, iterations=0).landmarks
     start = {"alpha": np.zeros_like(alpha), "beta": np.zeros_like(beta), "pose": pose}
     return fitter, start, rois, truth
