@@ -1,7 +1,7 @@
 """Training cost, old path vs new path (issue 19): what the lean loop, the device's precision and the scikit-learn
 grid changes buy, as ratios, plus the accuracy checks that they change nothing that matters.
 
-    .venv/bin/python benchmarks/bench_train.py [--quick] [--threads 2]
+    .venv/bin/python benchmarks/bench_train.py [--quick] [--threads 2] [--sections 4,5a] [--kdef-full ROOT]
 
 Prints, one block each:
 1. image ResNet-34 step (forward + backward + AdamW) at 48 px (batch 32) and 224 px (batch 16): fp32 with the old
@@ -12,7 +12,8 @@ Prints, one block each:
 4. one scikit-learn cell (linsvm on HOG, 7 expression classes) on a KDEF-shaped table: the old grid code (kept
    here) vs ``train_vector_model``; ``--quick`` uses a 2× dev-sized table, the full mode ~4,900 rows (7× the dev
    table, a full KDEF's size). The old grid is capped at 60 s (quick) / 360 s (full): each old fit runs in a forked
-   child stopped when the cap is spent, and a capped figure is printed as "≥";
+   child stopped when the cap is spent, and a capped figure is printed as "≥". ``--kdef-full ROOT``: the HOG table
+   of a real full-KDEF-sized folder instead (a full KDEF, or ``facelib synthetic --identities 70 --sessions A B``);
 5. accuracy: (a) scikit-learn stopped grid vs the old full grid on the dev HOG table (test accuracy over person
    splits); (b) fp32 vs the precision the study picks at ``CPU_BF16_MIN_IMAGE_SIZE`` = 128 px (bf16 +
    channels_last on a CPU with native bf16) for the image ResNet-34 trained by the study's own loop
@@ -222,6 +223,17 @@ def dev_tables():
     return pics, H, y, subj.astype(str), None, "synthetic arrays (no FACELIB_KDEF)"
 
 
+def kdef_table(root):
+    """(HOG, expression codes, subjects, description) of every usable picture under a KDEF-layout folder."""
+    from facelib.data.datasets import load_kdef
+
+    man = load_kdef(root, progress=False)
+    man = man[man["usable"]].reset_index(drop=True)
+    codes = {e: i for i, e in enumerate(sorted(set(man["expression"])))}
+    return (I.picture_features(man, "hog"), man["expression"].map(codes).to_numpy(), man["subject"].to_numpy(),
+            f"the HOG table of {root}, {man['subject'].nunique()} people")
+
+
 def replicate(H, y, subj, reps, seed=0):
     """The table ``reps`` times (KDEF-shaped: more people), copies jittered by 0.3 × each feature's std; a copy
     keeps its person's id, so splits by person keep copies together."""
@@ -293,8 +305,21 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small sizes: < 3 min on 2 cores")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sections", default="1,2,3,4,5a,5b",
+                    help="which blocks to run, comma-separated (default all): 1, 2, 3, 4, 5a, 5b")
+    ap.add_argument("--kdef-full", default=None, metavar="ROOT",
+                    help="section 4 on this KDEF-layout folder's HOG table (a full KDEF, or the synthetic "
+                         "generator's 70 × 2 × 7 × 5 set) instead of the dev table replicated 7×")
     args = ap.parse_args(argv)
     q = args.quick
+    chosen_sections = {x.strip() for x in args.sections.split(",") if x.strip()}
+    unknown = chosen_sections - {"1", "2", "3", "4", "5a", "5b"}
+    if unknown:
+        ap.error(f"unknown section(s) {sorted(unknown)}; choose from 1, 2, 3, 4, 5a, 5b")
+
+    def want(section: str) -> bool:
+        return section in chosen_sections
+
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     wall0 = time.perf_counter()
@@ -306,155 +331,165 @@ def main(argv=None) -> int:
     print(f"data: {source}; {time.perf_counter() - wall0:.0f} s to load")
 
     # 1. image step
-    print("\n1. image ResNet-34 step (forward + backward + AdamW), ms per picture")
-    for size, bs in ((48, 32), (224, 16)):
-        x, y = torch.randn(bs, 3, size, size), torch.randint(0, 7, (bs,))
-        chosen = choose_precision("cpu", "image", image_size=size)
-        steps = 2 if (q or size == 224) else 4
-        old = step_ms(image_resnet34(7), x, y, fp32, fused=False, steps=steps)
-        new = step_ms(image_resnet34(7), x, y, chosen, fused=True, steps=steps)
-        line = (f"   {size:3d} px, batch {bs}: old fp32 {old:.2f} ms, new {chosen.name}"
-                f"{' + channels_last' if chosen.channels_last else ''} + fused AdamW {new:.2f} ms → {old / new:.2f}×")
-        if size == 224 and chosen.name == "fp32":
-            bf = step_ms(image_resnet34(7), x, y, Precision("bf16", "cpu", True), fused=True, steps=steps)
-            line += f" (bf16 + channels_last would be {bf:.2f} ms)"
-        print(line + f"   [load {load()}]", flush=True)
+    if want("1"):
+        print("\n1. image ResNet-34 step (forward + backward + AdamW), ms per picture")
+        for size, bs in ((48, 32), (224, 16)):
+            x, y = torch.randn(bs, 3, size, size), torch.randint(0, 7, (bs,))
+            chosen = choose_precision("cpu", "image", image_size=size)
+            steps = 2 if (q or size == 224) else 4
+            old = step_ms(image_resnet34(7), x, y, fp32, fused=False, steps=steps)
+            new = step_ms(image_resnet34(7), x, y, chosen, fused=True, steps=steps)
+            line = (f"   {size:3d} px, batch {bs}: old fp32 {old:.2f} ms, new {chosen.name}"
+                    f"{' + channels_last' if chosen.channels_last else ''} + fused AdamW {new:.2f} ms → {old / new:.2f}×")
+            if size == 224 and chosen.name == "fp32":
+                bf = step_ms(image_resnet34(7), x, y, Precision("bf16", "cpu", True), fused=True, steps=steps)
+                line += f" (bf16 + channels_last would be {bf:.2f} ms)"
+            print(line + f"   [load {load()}]", flush=True)
 
     # 2. the study's epoch vs the bare step, 48 px
-    n_fit, n_val, ep = (256, 64, 2) if q else (544, 136, 3)
-    n_val = min(n_val, len(pics) - n_fit)  # the dev KDEF has 698 usable pictures
-    idx = np.random.default_rng(0).permutation(len(pics))
-    Xf, Xv = pics[idx[:n_fit]], pics[idx[n_fit:n_fit + n_val]]
-    yf, yv = yexp[idx[:n_fit]], yexp[idx[n_fit:n_fit + n_val]]
-    print(f"\n2. study epoch at 48 px, batch 32, {n_fit} fit / {n_val} validation pictures, {ep} epochs")
-    torch.manual_seed(0)
-    bare_old = step_ms(image_resnet34(7), torch.randn(32, 3, 48, 48), torch.randint(0, 7, (32,)), fp32, False,
-                       3 if q else 6)
-    bare_new = step_ms(image_resnet34(7), torch.randn(32, 3, 48, 48), torch.randint(0, 7, (32,)), fp32, True,
-                       3 if q else 6)
-    torch.manual_seed(0)
-    h_old = old_fit_torch(image_resnet34(7), Xf, yf, Xv, yv, I.to_tensor, epochs=ep, batch_size=32, seed=0,
-                          augment=old_augment_batch)
-    torch.manual_seed(0)
-    prec = choose_precision("cpu", "image", image_size=48)
-    tin, ein = T.image_inputs(prec)
-    r = T._fit_torch(image_resnet34(7), T.image_bank(Xf, "cpu"), yf, T.image_bank(Xv, "cpu"), yv, None,
-                     epochs=ep, batch_size=32, lr=1e-3, weight_decay=0.05, patience=None, device="cpu", seed=0,
-                     precision=prec, train_input=tin, eval_input=ein, eval_batch=T.image_eval_batch(48))
-    for name, hist, bare in (("old loop", h_old, bare_old), ("new loop", r["history"], bare_new)):
-        sec = np.mean([h["seconds"] for h in hist])
-        data = np.mean([h["data_seconds"] for h in hist])
-        val = np.mean([h["val_seconds"] for h in hist])
-        per = 1e3 * sec / n_fit
-        print(f"   {name}: {per:.2f} ms per picture-epoch = {per / bare:.2f}× its bare step ({bare:.2f} ms); "
-              f"one epoch {sec:.2f} s = data/augment {data:.2f} s + forward/backward/step {sec - data:.2f} s; "
-              f"validation {val:.2f} s ({1e3 * val / n_val:.2f} ms per picture)")
-    old_per = 1e3 * np.mean([h["seconds"] for h in h_old]) / n_fit
-    new_per = 1e3 * r["seconds_per_epoch"] / n_fit
-    print(f"   old → new per picture-epoch: {old_per / new_per:.2f}×; overhead {new_per / bare_new:.2f}× the bare step "
-          f"(target ≤ 1.3×)   [load {load()}]", flush=True)
+    if want("2"):
+        n_fit, n_val, ep = (256, 64, 2) if q else (544, 136, 3)
+        n_val = min(n_val, len(pics) - n_fit)  # the dev KDEF has 698 usable pictures
+        idx = np.random.default_rng(0).permutation(len(pics))
+        Xf, Xv = pics[idx[:n_fit]], pics[idx[n_fit:n_fit + n_val]]
+        yf, yv = yexp[idx[:n_fit]], yexp[idx[n_fit:n_fit + n_val]]
+        print(f"\n2. study epoch at 48 px, batch 32, {n_fit} fit / {n_val} validation pictures, {ep} epochs")
+        torch.manual_seed(0)
+        bare_old = step_ms(image_resnet34(7), torch.randn(32, 3, 48, 48), torch.randint(0, 7, (32,)), fp32, False,
+                           3 if q else 6)
+        bare_new = step_ms(image_resnet34(7), torch.randn(32, 3, 48, 48), torch.randint(0, 7, (32,)), fp32, True,
+                           3 if q else 6)
+        torch.manual_seed(0)
+        h_old = old_fit_torch(image_resnet34(7), Xf, yf, Xv, yv, I.to_tensor, epochs=ep, batch_size=32, seed=0,
+                              augment=old_augment_batch)
+        torch.manual_seed(0)
+        prec = choose_precision("cpu", "image", image_size=48)
+        tin, ein = T.image_inputs(prec)
+        r = T._fit_torch(image_resnet34(7), T.image_bank(Xf, "cpu"), yf, T.image_bank(Xv, "cpu"), yv, None,
+                         epochs=ep, batch_size=32, lr=1e-3, weight_decay=0.05, patience=None, device="cpu", seed=0,
+                         precision=prec, train_input=tin, eval_input=ein, eval_batch=T.image_eval_batch(48))
+        for name, hist, bare in (("old loop", h_old, bare_old), ("new loop", r["history"], bare_new)):
+            sec = np.mean([h["seconds"] for h in hist])
+            data = np.mean([h["data_seconds"] for h in hist])
+            val = np.mean([h["val_seconds"] for h in hist])
+            per = 1e3 * sec / n_fit
+            print(f"   {name}: {per:.2f} ms per picture-epoch = {per / bare:.2f}× its bare step ({bare:.2f} ms); "
+                  f"one epoch {sec:.2f} s = data/augment {data:.2f} s + forward/backward/step {sec - data:.2f} s; "
+                  f"validation {val:.2f} s ({1e3 * val / n_val:.2f} ms per picture)")
+        old_per = 1e3 * np.mean([h["seconds"] for h in h_old]) / n_fit
+        new_per = 1e3 * r["seconds_per_epoch"] / n_fit
+        print(f"   old → new per picture-epoch: {old_per / new_per:.2f}×; overhead {new_per / bare_new:.2f}× the bare step "
+              f"(target ≤ 1.3×)   [load {load()}]", flush=True)
 
     # 3. vector cell
-    nv, epv = (512, 2) if q else (2048, 3)
-    rng = np.random.default_rng(0)
-    yv40 = rng.integers(0, 7, nv + 128)
-    X40 = (rng.normal(size=(7, 40))[yv40] + rng.normal(size=(nv + 128, 40))).astype(np.float32)
-    print(f"\n3. vector cell: 1-D ResNet-34 on a 40-d vector, batch 128, {nv} fit vectors, {epv} epochs")
-    bare_v = step_ms(ResNet34Vector(40, 7), torch.randn(128, 40), torch.randint(0, 7, (128,)), fp32, True, 2)
-    torch.manual_seed(0)
-    hv = old_fit_torch(ResNet34Vector(40, 7), X40[:nv], yv40[:nv], X40[nv:], yv40[nv:], torch.from_numpy,
-                       epochs=epv, batch_size=128, seed=0)
-    torch.manual_seed(0)
-    rv = T.train_vector_model(X40[:nv], yv40[:nv], X_val=X40[nv:], y_val=yv40[nv:], model="resnet34",
-                              epochs=epv, patience=None, batch_size=128, standardize=False)
-    ov = 1e3 * np.mean([h["seconds"] for h in hv]) / nv
-    nw = 1e3 * rv["seconds_per_epoch"] / nv
-    print(f"   old {ov:.2f} ms per vector-epoch, new ({rv['precision']}) {nw:.2f} → {ov / nw:.2f}×; "
-          f"bare step {bare_v:.2f} ms/vector (new = {nw / bare_v:.2f}× it)   [load {load()}]", flush=True)
+    if want("3"):
+        nv, epv = (512, 2) if q else (2048, 3)
+        rng = np.random.default_rng(0)
+        yv40 = rng.integers(0, 7, nv + 128)
+        X40 = (rng.normal(size=(7, 40))[yv40] + rng.normal(size=(nv + 128, 40))).astype(np.float32)
+        print(f"\n3. vector cell: 1-D ResNet-34 on a 40-d vector, batch 128, {nv} fit vectors, {epv} epochs")
+        bare_v = step_ms(ResNet34Vector(40, 7), torch.randn(128, 40), torch.randint(0, 7, (128,)), fp32, True, 2)
+        torch.manual_seed(0)
+        hv = old_fit_torch(ResNet34Vector(40, 7), X40[:nv], yv40[:nv], X40[nv:], yv40[nv:], torch.from_numpy,
+                           epochs=epv, batch_size=128, seed=0)
+        torch.manual_seed(0)
+        rv = T.train_vector_model(X40[:nv], yv40[:nv], X_val=X40[nv:], y_val=yv40[nv:], model="resnet34",
+                                  epochs=epv, patience=None, batch_size=128, standardize=False)
+        ov = 1e3 * np.mean([h["seconds"] for h in hv]) / nv
+        nw = 1e3 * rv["seconds_per_epoch"] / nv
+        print(f"   old {ov:.2f} ms per vector-epoch, new ({rv['precision']}) {nw:.2f} → {ov / nw:.2f}×; "
+              f"bare step {bare_v:.2f} ms/vector (new = {nw / bare_v:.2f}× it)   [load {load()}]", flush=True)
 
     # 4. scikit-learn cell
-    reps = 2 if q else 7
-    X, y, s = replicate(H, yexp, subj, reps)
-    fit, val, test = person_split(s, 0)
-    cap = 60 if q else 360
-    print(f"\n4. scikit-learn cell: linsvm on HOG ({X.shape[1]} dims), 7 classes, {len(X)} rows "
-          f"({reps}× the table, copies jittered; {len(fit)} fit / {len(val)} validation, split by person)")
-    t0 = time.perf_counter()
-    best, spent, tried = old_fit_sklearn("linsvm", X[fit], y[fit], X[val], y[val], cap_seconds=cap)
-    done = len(tried) == len(OLD_C_GRID) and tried[-1][1] is not None
-    print("   old grid: " + ", ".join(f"C={c:g} {a:.3f} ({t:.0f} s)" if a is not None else f"C={c:g} stopped after "
-                                      f"{t:.0f} s" for c, a, t in tried)
-          + ("" if done else f" — stopped by this benchmark's {cap} s cap, not finished"))
-    t0 = time.perf_counter()
-    rn = T.train_vector_model(X[fit], y[fit], X[test], y[test], X_val=X[val], y_val=y[val], model="linsvm")
-    new_s = time.perf_counter() - t0
-    print("   new grid: " + ", ".join(f"C={h['C']:g} {h['val_accuracy']:.3f} ({h['seconds']:.0f} s"
-                                      f"{'' if h['converged'] else ', max_iter'})" for h in rn["history"])
-          + f"; {rn['grid_stop']}")
-    print(f"   old {'' if done else '≥ '}{spent:.0f} s (chose C={best[1]:g}, val {best[0]:.3f}) vs new {new_s:.0f} s "
-          f"(chose C={rn['C']:g}, val {rn['best_val_accuracy']:.3f}) → {'' if done else '≥ '}{spent / new_s:.1f}×"
-          f"   [load {load()}]", flush=True)
+    if want("4"):
+        reps = 2 if q else 7
+        if args.kdef_full:
+            X, y, s, what = kdef_table(args.kdef_full)
+        else:
+            X, y, s = replicate(H, yexp, subj, reps)
+            what = f"{reps}× the dev table, copies jittered"
+        fit, val, test = person_split(s, 0)
+        cap = 60 if q else 360
+        print(f"\n4. scikit-learn cell: linsvm on HOG ({X.shape[1]} dims), 7 classes, {len(X)} rows "
+              f"({what}; {len(fit)} fit / {len(val)} validation / {len(test)} test, split by person)")
+        t0 = time.perf_counter()
+        best, spent, tried = old_fit_sklearn("linsvm", X[fit], y[fit], X[val], y[val], cap_seconds=cap)
+        done = len(tried) == len(OLD_C_GRID) and tried[-1][1] is not None
+        print("   old grid: " + ", ".join(f"C={c:g} {a:.3f} ({t:.0f} s)" if a is not None else f"C={c:g} stopped after "
+                                          f"{t:.0f} s" for c, a, t in tried)
+              + ("" if done else f" — stopped by this benchmark's {cap} s cap, not finished"))
+        t0 = time.perf_counter()
+        rn = T.train_vector_model(X[fit], y[fit], X[test], y[test], X_val=X[val], y_val=y[val], model="linsvm")
+        new_s = time.perf_counter() - t0
+        print("   new grid: " + ", ".join(f"C={h['C']:g} {h['val_accuracy']:.3f} ({h['seconds']:.0f} s"
+                                          f"{'' if h['converged'] else ', max_iter'})" for h in rn["history"])
+              + f"; {rn['grid_stop']}")
+        print(f"   old {'' if done else '≥ '}{spent:.0f} s (chose C={best[1]:g}, val {best[0]:.3f}) vs new {new_s:.0f} s "
+              f"(chose C={rn['C']:g}, val {rn['best_val_accuracy']:.3f}) → {'' if done else '≥ '}{spent / new_s:.1f}×"
+              f"   [load {load()}]", flush=True)
 
     # 5a. accuracy: stopped grid vs full grid on the dev table
-    n_rep = 2 if q else 5
-    print(f"\n5. accuracy checks\n   a. scikit-learn, dev HOG table ({len(H)} rows), expression, {n_rep} person "
-          f"splits: test accuracy old full grid vs new")
-    for m in (("logreg", "linsvm") if q else ("logreg", "linsvm", "svm")):
-        accs_old, accs_new, t_old, t_new = [], [], 0.0, 0.0
-        for rep in range(n_rep):
-            f_, v_, te = person_split(subj, rep)
-            t0 = time.perf_counter()
-            b, _, _ = old_fit_sklearn(m, H[f_], yexp[f_], H[v_], yexp[v_], seed=rep)
-            t_old += time.perf_counter() - t0
-            accs_old.append(float((b[2].predict(H[te]) == yexp[te]).mean()))
-            t0 = time.perf_counter()
-            rr = T.train_vector_model(H[f_], yexp[f_], H[te], yexp[te], X_val=H[v_], y_val=yexp[v_], model=m,
-                                      seed=rep)
-            t_new += time.perf_counter() - t0
-            accs_new.append(rr["accuracy"])
-        print(f"      {m}: old {np.mean(accs_old):.3f} ± {np.std(accs_old, ddof=1):.3f} ({t_old:.0f} s), new "
-              f"{np.mean(accs_new):.3f} ± {np.std(accs_new, ddof=1):.3f} ({t_new:.0f} s); difference "
-              f"{np.mean(accs_new) - np.mean(accs_old):+.3f}", flush=True)
+    if want("5a"):
+        n_rep = 2 if q else 5
+        print(f"\n5. accuracy checks\n   a. scikit-learn, dev HOG table ({len(H)} rows), expression, {n_rep} person "
+              f"splits: test accuracy old full grid vs new")
+        for m in (("logreg", "linsvm") if q else ("logreg", "linsvm", "svm")):
+            accs_old, accs_new, t_old, t_new = [], [], 0.0, 0.0
+            for rep in range(n_rep):
+                f_, v_, te = person_split(subj, rep)
+                t0 = time.perf_counter()
+                b, _, _ = old_fit_sklearn(m, H[f_], yexp[f_], H[v_], yexp[v_], seed=rep)
+                t_old += time.perf_counter() - t0
+                accs_old.append(float((b[2].predict(H[te]) == yexp[te]).mean()))
+                t0 = time.perf_counter()
+                rr = T.train_vector_model(H[f_], yexp[f_], H[te], yexp[te], X_val=H[v_], y_val=yexp[v_], model=m,
+                                          seed=rep)
+                t_new += time.perf_counter() - t0
+                accs_new.append(rr["accuracy"])
+            print(f"      {m}: old {np.mean(accs_old):.3f} ± {np.std(accs_old, ddof=1):.3f} ({t_old:.0f} s), new "
+                  f"{np.mean(accs_new):.3f} ± {np.std(accs_new, ddof=1):.3f} ({t_new:.0f} s); difference "
+                  f"{np.mean(accs_new) - np.mean(accs_old):+.3f}", flush=True)
 
     # 5b. fp32 vs bf16 at the size where the study picks bf16, image network, identity, same split
-    size = I_BF16_SIZE
-    n_people, epi, seeds = (6, 2, (0, 1)) if q else (20, 10, (0, 1, 2))
-    people = np.array(sorted(set(subj))[:n_people])
-    keep = np.isin(subj, people)
-    if man is not None:  # full profiles left out: 3 of KDEF's 5 angles keep the section within its time budget
-        keep &= man["angle"].isin(ID_ANGLES).to_numpy()
-    keep = np.flatnonzero(keep)
-    yid = np.searchsorted(people, subj[keep])
-    if man is not None:
-        big = I.load_images(man["path"].astype(str).to_numpy()[keep].tolist(), size)
-    else:
-        big = np.random.default_rng(1).integers(0, 256, (len(keep), size, size, 3), dtype=np.uint8)
-    f_, v_ = identity_split(yid, seed=0)
-    chosen = choose_precision("cpu", "image", image_size=size)
-    why = f"choose_precision's pick at {size} px: {chosen.reason}"
-    if chosen.name == "fp32":  # a CPU without native bf16: compare the bf16 the study would not use, and say so
-        chosen = choose_precision("cpu", "image", image_size=size, precision="bf16")
-        why = f"forced: choose_precision keeps fp32 here ({why.split(': ', 1)[1]})"
-    arms = (("fp32", choose_precision("cpu", "image", image_size=size, precision="fp32")),
-            (f"{chosen.name}{' + channels_last' if chosen.channels_last else ''} ({why})", chosen))
-    chance = np.bincount(yid[v_]).max() / len(v_)
-    print(f"   b. image ResNet-34 at {size} px (CPU_BF16_MIN_IMAGE_SIZE), identity of {n_people} people, "
-          f"{'angles ' + '/'.join(ID_ANGLES) + ', ' if man is not None else ''}whole frames, "
-          f"{len(f_)} fit / {len(v_)} validation pictures (per person ~75/25, disjoint pictures, same people), "
-          f"{epi} epochs, batch 32, no early stop, seeds {seeds} (a seed: same initial weights and batches in both "
-          f"arms): best validation accuracy, chance {chance:.3f}")
-    res = {}
-    for label, pr in arms:
-        res[pr.name] = accs, secs = precision_arm(big, yid, f_, v_, pr, size, epi, seeds)
-        print(f"      {label}: {np.mean(accs):.3f} ± {np.std(accs, ddof=1):.3f} (seeds: "
-              f"{', '.join(f'{a:.3f}' for a in accs)}), {np.mean(secs):.2f} s per epoch   [load {load()}]",
-              flush=True)
-    (a32, s32), (a16, s16) = res["fp32"], res[chosen.name]
-    sd = float(np.sqrt((np.var(a32, ddof=1) + np.var(a16, ddof=1)) / 2))
-    diff = np.mean(a16) - np.mean(a32)
-    print(f"      {chosen.name} − fp32: {diff:+.3f}; repeats' std (pooled over both) {sd:.3f} → "
-          f"{'within' if abs(diff) <= sd else 'outside'} the std; epoch {np.mean(s32) / np.mean(s16):.2f}× faster"
-          + (" (quick mode: a smoke test, too few epochs to learn)" if q else ""))
+    if want("5b"):
+        size = I_BF16_SIZE
+        n_people, epi, seeds = (6, 2, (0, 1)) if q else (20, 10, (0, 1, 2))
+        people = np.array(sorted(set(subj))[:n_people])
+        keep = np.isin(subj, people)
+        if man is not None:  # full profiles left out: 3 of KDEF's 5 angles keep the section within its time budget
+            keep &= man["angle"].isin(ID_ANGLES).to_numpy()
+        keep = np.flatnonzero(keep)
+        yid = np.searchsorted(people, subj[keep])
+        if man is not None:
+            big = I.load_images(man["path"].astype(str).to_numpy()[keep].tolist(), size)
+        else:
+            big = np.random.default_rng(1).integers(0, 256, (len(keep), size, size, 3), dtype=np.uint8)
+        f_, v_ = identity_split(yid, seed=0)
+        chosen = choose_precision("cpu", "image", image_size=size)
+        why = f"choose_precision's pick at {size} px: {chosen.reason}"
+        if chosen.name == "fp32":  # a CPU without native bf16: compare the bf16 the study would not use, and say so
+            chosen = choose_precision("cpu", "image", image_size=size, precision="bf16")
+            why = f"forced: choose_precision keeps fp32 here ({why.split(': ', 1)[1]})"
+        arms = (("fp32", choose_precision("cpu", "image", image_size=size, precision="fp32")),
+                (f"{chosen.name}{' + channels_last' if chosen.channels_last else ''} ({why})", chosen))
+        chance = np.bincount(yid[v_]).max() / len(v_)
+        print(f"   b. image ResNet-34 at {size} px (CPU_BF16_MIN_IMAGE_SIZE), identity of {n_people} people, "
+              f"{'angles ' + '/'.join(ID_ANGLES) + ', ' if man is not None else ''}whole frames, "
+              f"{len(f_)} fit / {len(v_)} validation pictures (per person ~75/25, disjoint pictures, same people), "
+              f"{epi} epochs, batch 32, no early stop, seeds {seeds} (a seed: same initial weights and batches in both "
+              f"arms): best validation accuracy, chance {chance:.3f}")
+        res = {}
+        for label, pr in arms:
+            res[pr.name] = accs, secs = precision_arm(big, yid, f_, v_, pr, size, epi, seeds)
+            print(f"      {label}: {np.mean(accs):.3f} ± {np.std(accs, ddof=1):.3f} (seeds: "
+                  f"{', '.join(f'{a:.3f}' for a in accs)}), {np.mean(secs):.2f} s per epoch   [load {load()}]",
+                  flush=True)
+        (a32, s32), (a16, s16) = res["fp32"], res[chosen.name]
+        sd = float(np.sqrt((np.var(a32, ddof=1) + np.var(a16, ddof=1)) / 2))
+        diff = np.mean(a16) - np.mean(a32)
+        print(f"      {chosen.name} − fp32: {diff:+.3f}; repeats' std (pooled over both) {sd:.3f} → "
+              f"{'within' if abs(diff) <= sd else 'outside'} the std; epoch {np.mean(s32) / np.mean(s16):.2f}× faster"
+              + (" (quick mode: a smoke test, too few epochs to learn)" if q else ""))
     print(f"\ntotal {time.perf_counter() - wall0:.0f} s, load average {load()}")
     return 0
 

@@ -300,3 +300,27 @@ def test_sklearn_grid_refits_only_the_classifier_and_matches_a_cold_fit():
         agree = (cold.predict(X[90:]) == r["model"].predict(X[90:])).mean()
         assert agree >= 0.95, (m, agree)
         assert r["precision"] in ("fp32", "fp64") and r["history"][-1]["converged"] in (True, False)
+
+
+def test_linsvm_over_the_gram_matrix_is_the_linear_svm_on_the_features(monkeypatch):
+    """linsvm solves over X·X_fitᵀ (computed once per fit split): its decisions equal libsvm's own linear-kernel
+    SVM on the standardised features, and its pairwise weights Σ dual_coef · x_sv reproduce them; above
+    GRAM_MAX_FIT fit rows it falls back to liblinear."""
+    from sklearn.svm import SVC, LinearSVC
+
+    from facelib.classify import models as M
+
+    X, y = _blobs(n_per=40, sep=1.0)
+    pipe = M.baseline("linsvm", C=0.1, n_fit=len(X), n_features=X.shape[1]).fit(X, y)
+    assert isinstance(pipe[1], M.LinearKernel) and pipe[-1].kernel == "precomputed"
+    Z = pipe[0].transform(X).astype(np.float64)
+    ref = SVC(kernel="linear", C=0.1).fit(Z, y)
+    np.testing.assert_allclose(pipe.decision_function(X), ref.decision_function(Z), atol=1e-6)
+    svc = pipe[-1]
+    n0, n1 = svc.n_support_[:2]
+    sv = np.arange(n0 + n1)
+    w01 = svc.dual_coef_[0, sv] @ Z[svc.support_[sv]]
+    np.testing.assert_allclose(w01, ref.coef_[0], atol=1e-6)
+    monkeypatch.setattr(M, "GRAM_MAX_FIT", len(X) - 1)
+    big = M.baseline("linsvm", C=0.1, n_fit=len(X), n_features=X.shape[1])
+    assert isinstance(big[-1], LinearSVC) and len(big.steps) == 2

@@ -23,7 +23,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.decomposition import PCA
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.linear_model import LogisticRegression
@@ -184,16 +186,40 @@ TORCH_VECTOR_MODELS = ("resnet34", "mlp")
 
 
 LINEAR_PRIMAL_MAX_FEATURES = 512  # liblinear's primal Newton solver up to this many features, dual above
+GRAM_MAX_FIT = 8000  # linsvm solves over the fit split's Gram matrix up to this many rows (512 MB in float64)
+
+
+class LinearKernel(BaseEstimator, TransformerMixin):
+    """The linear kernel as a pipeline step: ``fit`` keeps the fit rows, ``transform`` returns ``X @ X_fit.T``
+    (float64, what libsvm's precomputed kernel reads). A linear SVM solved over this Gram matrix is the same
+    model as one solved over the features (``w = Σ dual_coef · x_sv``), and the matrix is computed once per fit
+    split, so every C of the trainer's grid reuses it."""
+
+    def fit(self, X, y=None):
+        self.X_ = np.ascontiguousarray(X, dtype=np.float64)
+        return self
+
+    def transform(self, X):
+        return np.asarray(X, dtype=np.float64) @ self.X_.T
 
 
 def _linear_svc(C: float, seed: int, n_fit: int | None, n_features: int | None):
-    """LinearSVC with a solver for the data's shape. Measured on a full-KDEF-sized HOG table (3,400 × 1,764,
-    7 classes, 2 cores): the dual coordinate descent took 14 s at C = 0.01 and 28 s at 0.1 where the primal took
-    18 s and 113 s, so the dual is used for many features; the primal for few (coefficients, dlib descriptors,
-    LDA outputs: each Newton step is cheap there). ``tol`` 1e-3 and ``max_iter`` 1000 bound a large-C fit (which the
-    trainer's C grid reaches only while validation accuracy has not fallen twice)."""
+    """liblinear's LinearSVC with a solver for the data's shape (used by Fisherfaces, and by ``linsvm`` above
+    :data:`GRAM_MAX_FIT` rows): the primal Newton solver for few features (≤ 512, fewer than rows: LDA outputs),
+    the dual coordinate descent otherwise. ``tol`` 1e-3 and ``max_iter`` 1000 bound a large-C fit."""
     few = n_features is not None and n_features <= LINEAR_PRIMAL_MAX_FEATURES and (n_fit or 0) > n_features
     return LinearSVC(C=C, dual=not few, tol=1e-3, max_iter=1000, random_state=seed)
+
+
+def _linsvm_steps(C: float, seed: int, n_fit: int | None, n_features: int | None) -> list:
+    """``linsvm`` after its scaler: a linear-kernel SVM (libsvm, hinge loss, one-vs-one) over the Gram matrix for
+    up to :data:`GRAM_MAX_FIT` fit rows, else liblinear (:func:`_linear_svc`). Measured on a full-KDEF-sized HOG
+    table (3,430 fit × 1,764, 7 classes, 2 cores; ``benchmarks/bench_train.py`` section 4): the Gram route takes
+    ≈ 2 s per C after a 1-s matrix, where liblinear's one-vs-rest dual took 23 s at C = 0.01 and 41–42 s (at
+    ``max_iter``) for C ≥ 0.1 — a whole 5-value grid 11 s against 190 s."""
+    if n_fit is None or n_fit <= GRAM_MAX_FIT:
+        return [LinearKernel(), SVC(kernel="precomputed", C=C, random_state=seed)]
+    return [_linear_svc(C, seed, n_fit, n_features)]
 
 
 def baseline(name: str, seed: int = 0, C: float | None = None, n_fit: int | None = None,
@@ -203,8 +229,8 @@ def baseline(name: str, seed: int = 0, C: float | None = None, n_fit: int | None
 
     * ``logreg`` — StandardScaler → logistic regression (lbfgs, ``warm_start``: each C starts from the last);
     * ``svm`` — StandardScaler → RBF SVM (1 GB kernel cache);
-    * ``linsvm`` — StandardScaler → linear SVM (HOG + linear SVM, Eng et al. 2019; dual solver for many features,
-      primal for few, :func:`_linear_svc`);
+    * ``linsvm`` — StandardScaler → linear SVM (HOG + linear SVM, Eng et al. 2019): over the Gram matrix
+      (:class:`LinearKernel` → libsvm) up to :data:`GRAM_MAX_FIT` fit rows, liblinear above (:func:`_linsvm_steps`);
     * ``fisherfaces`` — PCA (at most n_fit − 1 components, ≤ 150) → LDA → linear SVM (Thomaz & Giraldi 2010; the
       SVM sees ≤ classes − 1 dimensions: primal).
     """
@@ -216,7 +242,7 @@ def baseline(name: str, seed: int = 0, C: float | None = None, n_fit: int | None
         return make_pipeline(StandardScaler(), SVC(kernel="rbf", C=c, gamma="scale", cache_size=1000,
                                                    random_state=seed))
     if name == "linsvm":
-        return make_pipeline(StandardScaler(), _linear_svc(c, seed, n_fit, n_features))
+        return make_pipeline(StandardScaler(), *_linsvm_steps(c, seed, n_fit, n_features))
     if name == "fisherfaces":
         n_pca = max(2, min(150, (n_fit or 151) - 1, n_features or 150))
         return make_pipeline(PCA(n_components=n_pca, random_state=seed), LinearDiscriminantAnalysis(),
