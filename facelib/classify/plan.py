@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from ..data.labels import has_values
 from . import protocols as P
+from .aggregate import AGGREGATORS as NAMED_AGGREGATORS
 from .experiment import _column_note, _task_table, finish_cell, prepare_cell, run_split, run_task
 from .results import save_result
 
@@ -165,7 +166,7 @@ def run_plan(coeffs: dict[str, pd.DataFrame | list[pd.DataFrame]], plan: list[di
 
 
 SKIPPED = (P.ProtocolUnavailable, FileNotFoundError, ImportError)  # a run that cannot happen: logged, not raised
-AGGREGATORS = ("mean", "median", "cnet", "set_fit")  # the ``aggregators`` parameter's values
+AGGREGATORS = NAMED_AGGREGATORS + ("set_fit",)  # the ``aggregators`` parameter's values (set_fit: _set_fit)
 
 
 def check_aggregators(aggregators) -> None:
