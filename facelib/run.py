@@ -33,7 +33,7 @@ PARAMETER_NAMES = ("run_name", "out_dir", "kdef_root", "fei_root", "assets", "ba
                    "device", "seed", "n_folds", "epochs", "image_epochs", "image_size", "batch_size",
                    "identity_session", "identity_max_sets", "models", "image_baseline", "synthetic", "fit_modes",
                    "ict_modes", "dataset", "data_root", "data_csv",
-                   "rnet", "rnet_settings", "aggregators", "executor")
+                   "rnet", "rnet_settings", "aggregators", "person_fits", "executor")
 
 
 
@@ -83,10 +83,19 @@ class Run:
 
     def coefficient_variants(self, dataset: str) -> list[Path]:
         """Raw first, then one table per fitting mode in ``fit_modes``, then the ICT variants (``ict_modes``), then
-        R-Net's (``rnet``)."""
+        the person-consistent ones (``person_fits``; notebook 02 makes them only for datasets with a Table-1 line
+        on β, so only those written are listed), then R-Net's (``rnet``)."""
+        person = [self.person_coeffs(dataset, v) for v in (self.params.get("person_fits") or [])]
         return ([self.coeffs(dataset)] + [self.coeffs(dataset, m) for m in (self.params.get("fit_modes") or [])]
                 + [self.ict_coeffs(dataset, m) for m in (self.params.get("ict_modes") or [])]
+                + [p for p in person if p.exists()]
                 + ([self.coeffs(dataset, rnet=True)] if self.params.get("rnet") else []))
+
+    def person_coeffs(self, dataset: str, which: str) -> Path:
+        """Person-consistent table (:mod:`facelib.fitting.person_fit`, ``person_fits``): ``ict`` → ``ict+fit_person``,
+        ``tddfa`` → ``<backend>+fit_person``."""
+        variant = "ict+fit_person" if which == "ict" else f"{self.params['backend']}+fit_person"
+        return self.dir / "coeffs" / f"{dataset}_{variant}.parquet"
 
     def ict_coeffs(self, dataset: str, mode: str) -> Path:
         """ICT Face Model coefficient table (:mod:`facelib.fitting.ict_fit`): ``ict`` (landmark fit) or
@@ -269,7 +278,8 @@ def precision_plan(device: str, image_size) -> dict:
 def coefficient_cost(tables: list[Path]) -> dict:
     """Seconds per picture of getting each backend's coefficients (Table 2's ``coefficient_seconds_per_picture``):
     the median over a table's coded pictures of the reconstruction (decode + detect + regress, ``recon_seconds``)
-    plus, for fitted variants, the per-picture fit (``fit_seconds``). Pictures reused from the cache keep the time
+    plus, for fitted variants, the per-picture fit (``fit_seconds``; a person-consistent refit adds the per-picture
+    fit it starts from, ``prior_fit_seconds``). Pictures reused from the cache keep the time
     measured when they were computed; a backend with no timed picture (caches older than this column, R-Net's
     cross-fitted coding, whose cost is its training) gets None. Over datasets, the median of their medians."""
     per_backend: dict[str, list[float]] = {}
@@ -283,8 +293,9 @@ def coefficient_cost(tables: list[Path]) -> dict:
             per_backend.setdefault(backend, [])
             continue
         cost = pd.to_numeric(ok["recon_seconds"], errors="coerce")
-        if "fit_seconds" in ok.columns:
-            cost = cost + pd.to_numeric(ok["fit_seconds"], errors="coerce")
+        for col in ("fit_seconds", "prior_fit_seconds"):
+            if col in ok.columns:
+                cost = cost + pd.to_numeric(ok[col], errors="coerce")
         cost = cost.dropna()
         per_backend.setdefault(backend, []).extend([float(cost.median())] if len(cost) else [])
     return {b: (round(float(np.median(v)), 5) if v else None) for b, v in per_backend.items()}

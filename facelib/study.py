@@ -93,6 +93,16 @@ def choose_profile(device: str | None = None) -> Path:
     return PARAMS_DIR / "paper.yaml" if resolved.startswith("cuda") or not cpu.exists() else cpu
 
 
+def check_params(params: dict) -> None:
+    """Parameter values checked before any notebook runs (one-line ValueError): ``aggregators`` and
+    ``person_fits`` (each person-consistent fit needs its per-picture landmark fit configured)."""
+    from .classify.plan import check_aggregators
+    from .fitting.person_fit import check_person_fits
+
+    check_aggregators(params.get("aggregators"))
+    check_person_fits(params)
+
+
 def missing_inputs(params: dict) -> list[str]:
     """Everything the study needs that is not there, each with where to get it and where to put it."""
     problems = []
@@ -281,6 +291,10 @@ def run_study(params_file: str | Path | None = None, run_name: str | None = None
         if not run_name:
             params["run_name"] = "synthetic"
             params.pop("out_dir", None)
+    try:  # a parameter value the notebooks would reject: say so before notebook 01, in one line
+        check_params(params)
+    except ValueError as exc:
+        raise SystemExit(f"The study cannot start: {exc}") from None
     problems = missing_inputs(params)
     if problems:
         raise SystemExit("The study cannot start; missing:\n\n" + "\n\n".join(f"- {p}" for p in problems) +

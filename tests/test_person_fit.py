@@ -119,6 +119,206 @@ def test_set_fit_aggregator_is_order_free_and_cached(data, fitter, targets, tmp_
     assert agg.n_fitted == 2 and np.array_equal(a[0], b[0])
     fresh = PF.SetFitAggregator(fitter, data, data, targets, iterations=6, image_size=SIZE, cache_dir=tmp_path)
     assert np.allclose(fresh.aggregate_sets(X, np.array([[3, 4, 5]]))[0], a[1]) and fresh.n_fitted == 0
+    assert fresh.seconds_per_set() == pytest.approx(agg.seconds / 2) and agg.seconds > 0  # cost kept with the fits
     with pytest.raises(ValueError):
         agg.aggregate_sets(np.zeros((6, 10), np.float32), np.array([[0, 1, 2]]))
     assert torch.get_num_threads() == 1
+
+
+# ------------------------------------------------------------------------------------------ set fit, known α
+def _known_sets(fitter, assets_dir, n_sets: int, seed: int, noise_px: float = 0.5):
+    """Synthetic 3-sets with a KNOWN shared α: per set one α ~ N(0, σ_α); per picture a random β ~ N(0, σ_β) and
+    a head turned left / straight / right (3DDFA's mean pose, yaw −0.6 / 0 / 0.6 rad, jittered); the 68 model
+    landmarks projected into a SIZE² crop plus ``noise_px`` Gaussian noise. Fits start from the mean face at a
+    jittered pose. Returns (true α (n_sets, 40), start, rois, target points in image pixels, sets)."""
+    import pickle
+
+    from facelib import assets
+
+    rng = np.random.default_rng(seed)
+    with open(assets.resolve("param_mean_std", assets_dir), "rb") as fh:
+        pose_mean = np.asarray(pickle.load(fh)["mean"], np.float32).reshape(-1)[:12]
+    sa, sb = fitter.sigma_alpha.numpy(), fitter.sigma_beta.numpy()
+    k, n = 3, 3 * n_sets
+    a_true = (rng.normal(size=(n_sets, 40)) * sa).astype(np.float32)
+    beta = (rng.normal(size=(n, 10)) * sb).astype(np.float32)
+
+    def turned(pose, omega, dt):
+        return fitter._pose(torch.as_tensor(pose), torch.zeros(n), torch.as_tensor(omega, dtype=torch.float32),
+                            torch.as_tensor(dt, dtype=torch.float32)).reshape(n, 12).numpy()
+
+    yaw = np.tile([-0.6, 0.0, 0.6], n_sets) + rng.normal(size=n) * 0.05
+    pose = turned(np.tile(pose_mean, (n, 1)), np.stack([rng.normal(size=n) * 0.1, yaw, rng.normal(size=n) * 0.05], 1),
+                  np.zeros((n, 2)))
+    rois = np.tile(np.array([[0, 0, SIZE, SIZE]], np.float32), (n, 1))
+    projected = fitter.fit({"alpha": np.repeat(a_true, k, 0), "beta": beta, "pose": pose}, rois, iterations=0)
+    target = PF.crop_to_image(projected.landmarks + rng.normal(size=projected.landmarks.shape) * noise_px, rois, SIZE)
+    start = {"alpha": np.zeros((n, 40), np.float32), "beta": np.zeros((n, 10), np.float32),
+             "pose": turned(pose, rng.normal(size=(n, 3)) * 0.05, rng.normal(size=(n, 2)))}
+    return a_true, start, rois, target, np.arange(n).reshape(n_sets, k)
+
+
+def _shape_error(fitter, alpha, a_true) -> float:
+    """How far an α is from the true one where the 68 points can tell: RMS distance of the neutral (β = 0) 3-D
+    keypoints of the two identities (model units), mean over sets."""
+    with torch.no_grad():
+        zero = torch.zeros(len(alpha), fitter.kp.n_exp)
+        d = fitter.kp.shape(torch.as_tensor(alpha, dtype=torch.float32), zero) - \
+            fitter.kp.shape(torch.as_tensor(a_true), zero)
+    return float((d ** 2).sum(-1).mean(-1).sqrt().mean())
+
+
+def test_set_fit_recovers_a_known_shared_alpha_better_than_the_mean_of_per_picture_fits(fitter, assets_dir):
+    a_true, start, rois, target, sets = _known_sets(fitter, assets_dir, n_sets=8, seed=0)
+    n_sets = len(sets)
+    per_picture = fitter.fit(start, rois, PF.image_to_crop(target, rois, SIZE), iterations=60)
+    mean_of_3 = per_picture.alpha.reshape(n_sets, 3, -1).mean(1)
+    joint = PF.set_fit(fitter, start, rois, target, sets, iterations=60, image_size=SIZE)["alpha"]
+    e_mean, e_set, e_start = (_shape_error(fitter, a, a_true) for a in (mean_of_3, joint, np.zeros_like(a_true)))
+    assert e_mean < 0.9 * e_start                      # the per-picture fits do recover part of α
+    assert e_set < e_mean, (e_set, e_mean)             # one joint fit recovers the shared α better
+    # the property can fail: a set fit stopped after one step stays near its start (the mean face)
+    stopped = PF.set_fit(fitter, start, rois, target, sets, iterations=1, image_size=SIZE)["alpha"]
+    assert _shape_error(fitter, stopped, a_true) > e_mean
+
+
+# ------------------------------------------------------------------------------------------ in the study
+def _person_run(tmp_path, **params):
+    """A run folder holding what notebook 02 writes with ``person_fits: [ict]``: the raw, ict and ict+fit_person
+    tables of a synthetic KDEF-like set (the person table: β minus the person's leave-one-out mean, flagged)."""
+    from facelib.run import Run
+
+    run = Run({"out_dir": str(tmp_path / "run"), "backend": "tddfa", "ict_modes": ["landmarks"],
+               "person_fits": ["ict"], **params})
+    raw = synthetic_coeff_table(3, sessions=("A",), backend="tddfa")
+    raw.to_parquet(run.coeffs("kdef"))
+    raw.assign(backend="ict").to_parquet(run.ict_coeffs("kdef", "landmarks"))
+    return run, raw
+
+
+def test_person_fits_rows_reach_table1_with_the_person_grouped_flag(tmp_path):
+    from facelib.classify import plan as study_plan
+    from facelib.classify.results import read_coeffs
+    from facelib.report import tables
+
+    run, raw = _person_run(tmp_path)
+    assert [p.name for p in run.coefficient_variants("kdef")] == ["kdef_tddfa.parquet", "kdef_ict.parquet"]
+    person = PF.person_centred(raw.assign(backend="ict")).assign(backend="ict+fit_person",
+                                                                 person_grouped=PF.PERSON_NOTE)
+    person.to_parquet(run.person_coeffs("kdef", "ict"))  # notebook 02's table (here without the refit)
+    names = [p.name for p in run.coefficient_variants("kdef")]
+    assert names == ["kdef_tddfa.parquet", "kdef_ict.parquet", "kdef_ict+fit_person.parquet"]
+    coeffs = {"kdef": [read_coeffs(p) for p in run.coefficient_variants("kdef")]}
+    plan = study_plan.study_plan(models=["logreg"], image_baseline=False, rows=study_plan.rows_for(coeffs))
+    summary = study_plan.run_plan(coeffs, plan, run.results, n_folds=2, identity_max_sets=5, progress=False)
+    mine = summary[summary["backend"] == "ict+fit_person"]
+    done = mine[mine["status"] == "ok"]
+    assert set(zip(done["task"], done["protocol"])) == {("expression", "paper"), ("expression", "subject_independent")}
+    skipped = mine[mine["status"] != "ok"]
+    assert set(skipped["task"]) == {"identity"} and skipped["status"].str.contains("scored on β only").all()
+    t1 = tables.table1(tables.load_results(run.results))
+    flagged = t1[t1["person_grouped"].astype(str).str.len() > 0]
+    assert set(flagged["backend"]) == {"ict+fit_person"} and (flagged["task"] == "expression").all()
+    assert len(flagged) == 2 and flagged["person_grouped"].str.contains("leave-one-out").all()
+    assert (t1.loc[t1["backend"] != "ict+fit_person", "person_grouped"] == "").all()
+    shown = tables.table1_display(t1)
+    assert "person_grouped" in shown.columns and "person_grouped" in tables.TABLE1_GLOSSARY
+    assert "**person-grouped**" in tables.table1_footnotes(t1)
+    pivot = tables.table1_pivot(t1)
+    assert pivot.apply(lambda c: c.str.endswith("§")).to_numpy().sum() == 2
+
+
+def test_set_fit_skips_tables_it_cannot_fit_and_reports_its_cost_in_table2(tmp_path):
+    from facelib.classify import plan as study_plan
+    from facelib.report import tables
+
+    raw = synthetic_coeff_table(3, sessions=("A",), backend="tddfa")
+    plan = study_plan.study_plan(models=["logreg"], image_baseline=False, rows=(("kdef", "identity", "paper", "alpha"),))
+    summary = study_plan.run_plan({"kdef": [raw]}, plan, tmp_path, n_folds=2, identity_max_sets=5,
+                                  aggregators=["mean", "set_fit"], progress=False)
+    by = summary.set_index("aggregator")["status"]
+    assert by["mean"] == "ok" and by["set_fit"].startswith("skipped: set_fit fits the per-picture landmark-fit")
+    with pytest.raises(ValueError, match="aggregators: unknown value"):
+        study_plan.run_plan({"kdef": [raw]}, plan, tmp_path, aggregators=["mean", "setfit"], progress=False)
+
+    class Costed:  # stands in for SetFitAggregator: a name, a per-set vector, a cost per set
+        name = "set_fit"
+
+        def aggregate_sets(self, X, sets):
+            return X[np.asarray(sets)].mean(1)
+
+        def seconds_per_set(self):
+            return 0.25
+
+    r = run_task(raw, "identity", "paper", "alpha", "logreg", n_folds=2, aggregator=Costed(),
+                 protocol_kwargs={"max_sets": 5}, keep_predictions=False)
+    plain = run_task(raw, "identity", "paper", "alpha", "logreg", n_folds=2, protocol_kwargs={"max_sets": 5},
+                     keep_predictions=False)
+    assert r["aggregator"] == "set_fit" and r["aggregator_seconds_per_set"] == 0.25
+    assert plain["aggregator_seconds_per_set"] is None
+    t2 = tables.table2([plain.to_dict(), r.to_dict()])
+    assert list(t2.columns) == tables.TABLE2_COLUMNS and len(t2) == 2  # its own row beside the mean's
+    assert t2.set_index("aggregator", drop=False).loc["set_fit", "aggregator_seconds_per_set"] == 0.25
+    assert t2["aggregator"].isna().sum() == 1 and t2["aggregator_seconds_per_set"].isna().sum() == 1
+
+
+def test_person_fits_errors_are_one_line_and_name_the_parameter_to_add():
+    base = {"backend": "tddfa", "ict_modes": [], "fit_modes": []}
+    assert PF.check_person_fits(base) == [] and PF.check_person_fits({**base, "person_fits": None}) == []
+    cases = {"ict": "ict_modes=[landmarks]", "tddfa": "fit_modes=[landmarks]", "bfm": "unknown value"}
+    for value, says in cases.items():
+        with pytest.raises(ValueError, match=None) as err:
+            PF.check_person_fits({**base, "person_fits": [value]})
+        assert says in str(err.value) and "\n" not in str(err.value)
+    assert PF.check_person_fits({**base, "ict_modes": ["full", "landmarks"], "person_fits": "ict"}) == ["ict"]
+    with pytest.raises(ValueError, match="ict_modes"):  # the rendered fit alone is not the landmark fit refitted
+        PF.check_person_fits({**base, "ict_modes": ["full"], "person_fits": ["ict"]})
+    with pytest.raises(ValueError, match="backend tddfa"):
+        PF.check_person_fits({**base, "backend": "deep3d", "fit_modes": ["landmarks"], "person_fits": ["tddfa"]})
+
+
+def test_the_study_stops_before_notebook_01_on_a_person_fit_without_its_base(tmp_path, monkeypatch):
+    from facelib import study
+
+    monkeypatch.setattr(study, "run_dir", lambda params: (_ for _ in ()).throw(AssertionError("started")))
+    with pytest.raises(SystemExit) as err:
+        study.run_study(study.PARAMS_DIR / "ci.yaml", run_name="x", sets=["person_fits=[ict]"])
+    msg = str(err.value)
+    assert msg.startswith("The study cannot start: person_fits: [ict]") and "ict_modes" in msg and "\n" not in msg
+    with pytest.raises(SystemExit, match="aggregators: unknown"):
+        study.run_study(study.PARAMS_DIR / "ci.yaml", run_name="x", sets=["aggregators=[mean,setfit]"])
+
+
+def test_person_tables_are_made_for_the_datasets_table1_scores_on_beta():
+    from facelib.classify.plan import rows_for
+
+    kdef = synthetic_coeff_table(2, sessions=("A",))
+    fei = synthetic_coeff_table(0, fei_per_gender=3)
+    folder = kdef.assign(dataset="folder")
+    no_expression = folder.drop(columns=["expression"])
+    for name, t in (("kdef", kdef), ("fei", fei), ("folder", folder), ("folder", no_expression)):
+        on_beta = any("beta" in r[3] for r in rows_for({name: t}))
+        assert PF.scored_on_beta(name, t) == on_beta, name
+    assert PF.scored_on_beta("kdef", kdef) and not PF.scored_on_beta("fei", fei)
+
+
+def test_study_variants_writes_the_flagged_ict_person_table(data, tmp_path):
+    """Notebook 02's step on six KDEF pictures: the ICT landmark fit, then its person-consistent refit."""
+    from facelib.fitting.ict_fit import fit_ict_table
+    from facelib.run import Run, coefficient_cost
+
+    run = Run({"out_dir": str(tmp_path / "run"), "backend": "tddfa", "ict_modes": ["landmarks"], "person_fits": ["ict"]})
+    raw = data.assign(backend="tddfa", expression=[s[4:6] for s in data["image_id"]], dataset="kdef", recon_seconds=0.01)
+    raw.to_parquet(run.coeffs("kdef"))
+    fit_ict_table(raw, "landmarks", iterations=20, progress=False, cache_dir=tmp_path / "c",
+                  out=run.ict_coeffs("kdef", "landmarks"))
+    made = PF.study_variants(run, {"kdef": raw, "fei": raw.assign(dataset="fei")}, ["ict"], progress=False,
+                             cache_dir=tmp_path / "c")
+    assert list(made) == [("kdef", "ict")]  # FEI is scored on gender (α) only: no person table for it
+    t = pd.read_parquet(run.person_coeffs("kdef", "ict"))
+    assert (t["backend"] == "ict+fit_person").all() and t["person_grouped"].str.contains("leave-one-out").all()
+    assert run.coefficient_variants("kdef")[-1] == run.person_coeffs("kdef", "ict")
+    ict = pd.read_parquet(run.ict_coeffs("kdef", "landmarks"))
+    assert np.allclose(np.stack(t["alpha"]), PF.loo_mean(np.stack(ict["alpha"]), ict["subject"]), atol=1e-4)
+    cost = coefficient_cost([run.ict_coeffs("kdef", "landmarks"), run.person_coeffs("kdef", "ict")])
+    assert cost["ict+fit_person"] > cost["ict"]  # the refit's cost adds the per-picture fit it starts from

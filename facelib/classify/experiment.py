@@ -428,7 +428,14 @@ def finish_cell(cell: Cell, records: list[dict], wall_seconds: float) -> TaskRes
         n_val_sets=acc["val_set"], fold_labels=[_fold_label(f) for f in folds], evaluated_on=cell.opts["evaluate"],
         part_centered=cell.parts is not None,
         person_grouped=cell.person_grouped,
+        aggregator_seconds_per_set=_aggregator_cost(cell.aggregator) if kind == "coefficients" else None,
         precision=next((p for p in acc["prec"] if p), None), c_grids=acc["grid"])
+
+
+def _aggregator_cost(aggregator) -> float | None:
+    """Seconds per k-set of an aggregator that computes something per set (``seconds_per_set()``: set_fit)."""
+    cost = getattr(aggregator, "seconds_per_set", None)
+    return cost() if callable(cost) else None
 
 
 def _fold_label(fold) -> str:

@@ -10,7 +10,8 @@ from tqdm.auto import tqdm
 
 from ..data.labels import has_values
 from . import protocols as P
-from .experiment import finish_cell, prepare_cell, run_split, run_task
+from .aggregate import AGGREGATORS as NAMED_AGGREGATORS
+from .experiment import _column_note, _task_table, finish_cell, prepare_cell, run_split, run_task
 from .results import save_result
 
 # One row per Table-1 line: (dataset, task, protocol, coefficient input). Each runs with every model in
@@ -89,7 +90,8 @@ def study_plan(models=("resnet34", "logreg", "svm"), image_baseline=True, rows=S
 def run_plan(coeffs: dict[str, pd.DataFrame | list[pd.DataFrame]], plan: list[dict], results_dir: str | Path, *,
              n_folds=None, epochs=None, image_epochs=None, image_size=None, seed: int = 0, device=None,
              batch_size=None, identity_max_sets: int | None = None, identity_session: str | None = "A",
-             aggregators=("mean",), progress: bool = True, executor=None, **options) -> pd.DataFrame:
+             aggregators=("mean",), progress: bool = True, executor=None, assets_dir=None,
+             **options) -> pd.DataFrame:
     """Run every plan entry, save each result as JSON in ``results_dir``; protocols the data cannot support
     (e.g. cross-session on a one-session set) and baselines whose model is missing are logged as skipped with the
     reason. Returns a summary table. ``epochs``/``image_epochs`` cap the networks (they stop on the validation
@@ -97,27 +99,43 @@ def run_plan(coeffs: dict[str, pd.DataFrame | list[pd.DataFrame]], plan: list[di
 
     ``coeffs[dataset]`` may be a list of coefficient tables of the same images (raw backend output, then fitted
     variants): coefficient inputs run on each (their ``backend`` column tells them apart in Table 1), the image
-    models once. ``aggregators`` (``mean``, ``median``, ``cnet``): the paper's identity rows on coefficients
-    (3-subsets) run once per aggregator (``cnet`` only on tables with C-Net confidences, i.e. R-Net-coded ones).
+    models once. ``aggregators`` (:data:`AGGREGATORS`): the paper's identity rows on coefficients
+    (3-subsets) run once per aggregator (``cnet`` only on tables with C-Net confidences, i.e. R-Net-coded ones;
+    ``set_fit`` — one α fitted jointly to each set, :func:`facelib.fitting.person_fit.set_fit_aggregator`, its
+    models on ``device`` with ``assets_dir`` — only on the per-picture landmark fits, other tables logged as skipped).
+    A person-grouped table (``person_grouped`` column: its α came from the person's other pictures) is scored on β
+    only: its rows on α are logged as skipped, not run.
 
     ``executor`` (:func:`facelib.executor.make_executor`; None or local: here, one run after another): on Dask,
     every split of every run is a task (:func:`~facelib.classify.experiment.run_split`), the same results in the
     same order."""
-    jobs = []
+    check_aggregators(aggregators)
+    jobs, set_fits = [], {}  # (entry, table, aggregator object or a skip reason); set_fit aggregators by table
     for entry in plan:
         tables = coeffs[entry["dataset"]]
         tables = tables if isinstance(tables, (list, tuple)) else [tables]
         per_picture = entry["input"] in ("image", "hog", "pixels", "dlib")
         for df in (tables[:1] if per_picture else tables):
+            if not per_picture and "alpha" in entry["input"] and _column_note(df, "person_grouped"):
+                jobs.append(({**entry, "aggregator": None}, df, "skipped: a person-grouped table's α comes from "
+                             "the person's other pictures; it is scored on β only"))
+                continue
             sets = entry["task"] == "identity" and entry["protocol"] == "paper" and not per_picture
             has_conf = "confidence" in df.columns and df["confidence"].notna().any()
             for agg in (list(aggregators or ["mean"]) if sets else ["mean"]):  # only the paper's has k-sets
-                if agg != "cnet" or has_conf:
-                    jobs.append(({**entry, "aggregator": agg}, df))
-    runs = []  # (summary entry, table, run_task keyword arguments)
-    for entry, df in jobs:
+                if agg == "set_fit":
+                    if id(df) not in set_fits:
+                        set_fits[id(df)] = _set_fit(df, tables, device, assets_dir, progress)
+                    jobs.append(({**entry, "aggregator": agg}, df, set_fits[id(df)]))
+                elif agg != "cnet" or has_conf:
+                    jobs.append(({**entry, "aggregator": agg}, df, None))
+    runs = []  # (summary entry, table, run_task keyword arguments, or a skip reason)
+    for entry, df, agg_obj in jobs:
         entry = {**entry, "backend": str(df["backend"].iloc[0])}
         agg = entry.pop("aggregator")
+        if isinstance(agg_obj, str):
+            runs.append(({**entry, "aggregator": agg}, df, agg_obj))
+            continue
         kwargs = {}
         if entry["task"] == "identity" and entry["protocol"] == "paper" and identity_max_sets:
             kwargs["max_sets"] = int(identity_max_sets)
@@ -128,12 +146,12 @@ def run_plan(coeffs: dict[str, pd.DataFrame | list[pd.DataFrame]], plan: list[di
             task=entry["task"], protocol=entry["protocol"], input=entry["input"], model=entry["model"],
             backend=entry["backend"], n_folds=folds, epochs=image_epochs if entry["input"] == "image" else epochs,
             seed=seed, device=device, image_size=image_size, batch_size=batch_size, protocol_kwargs=kwargs or None,
-            aggregator=None if agg == "mean" else agg, progress=progress, **options)))
+            aggregator=agg_obj or (None if agg == "mean" else agg), progress=progress, **options)))
     if executor is not None and not executor.local:
         results = _run_split_tasks(runs, executor, progress)
     else:
-        results = (_run_here(df, kwargs) for _, df, kwargs in tqdm(runs, desc="classification runs",
-                                                                   disable=not progress))
+        results = (kwargs if isinstance(kwargs, str) else _run_here(df, kwargs)
+                   for _, df, kwargs in tqdm(runs, desc="classification runs", disable=not progress))
     rows = []
     for (entry, _, _), result in zip(runs, results):
         if isinstance(result, str):
@@ -148,6 +166,25 @@ def run_plan(coeffs: dict[str, pd.DataFrame | list[pd.DataFrame]], plan: list[di
 
 
 SKIPPED = (P.ProtocolUnavailable, FileNotFoundError, ImportError)  # a run that cannot happen: logged, not raised
+AGGREGATORS = NAMED_AGGREGATORS + ("set_fit",)  # the ``aggregators`` parameter's values (set_fit: _set_fit)
+
+
+def check_aggregators(aggregators) -> None:
+    """One-line ValueError for a value of ``aggregators`` not in :data:`AGGREGATORS`."""
+    unknown = [a for a in (aggregators or []) if a not in AGGREGATORS]
+    if unknown:
+        raise ValueError(f"aggregators: unknown value(s) {unknown}; known: {', '.join(AGGREGATORS)}")
+
+
+def _set_fit(df, tables, device, assets_dir, progress):
+    """The ``set_fit`` aggregator of a table's identity rows, or ``"skipped: …"`` when it cannot apply."""
+    from ..fitting.person_fit import SetFitUnavailable, set_fit_aggregator  # heavy: only when asked
+
+    try:
+        return set_fit_aggregator(_task_table(df, "identity"), tables, device=device, assets_dir=assets_dir,
+                                  progress=progress)
+    except (SetFitUnavailable, P.ProtocolUnavailable) as exc:
+        return f"skipped: {exc}"
 
 
 def _run_here(df, kwargs):
@@ -181,6 +218,9 @@ def _run_split_tasks(runs, ex, progress: bool):
                     del cells[i]
 
         for i, (_, df, kwargs) in enumerate(runs):
+            if isinstance(kwargs, str):  # skipped before it started (plan: a person-grouped α, no set fit)
+                results[i] = kwargs
+                continue
             t0 = time.perf_counter()
             try:
                 here = {k: v for k, v in kwargs.items() if k not in ("progress", "num_threads")}  # workers: 1 thread

@@ -76,6 +76,7 @@ class TaskResult:
     evaluated_on: str = "test"     # "validation": scored on the inner validation side (choosing settings)
     part_centered: bool = False    # R-Net coefficients: each cross-fit part's fit-split mean subtracted per split
     person_grouped: str = ""       # non-empty: a picture's coefficients used its person's other pictures (no label)
+    aggregator_seconds_per_set: float | None = None  # an aggregator with a cost of its own (set_fit): s per k-set
 
     def to_dict(self) -> dict:
         return _jsonable(asdict(self))

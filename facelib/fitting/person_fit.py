@@ -21,6 +21,11 @@ The regulariser counts the shared α once per member (the data and prior terms k
 Target landmarks (:func:`target_table`) are those of the per-picture fits (dlib placed by HOG, the tddfa table's
 where HOG finds none or |yaw| > 60°), computed once per table and cached. Every fit here is cached as parquet
 shards (:func:`facelib.fitting.table.cached_fits`), so reruns are cheap and resumable.
+
+In the study: the ``person_fits`` parameter (:data:`PERSON_FITS`, checked by :func:`check_person_fits`) makes
+notebook 02 write the person-consistent tables (:func:`study_variants`, :meth:`facelib.run.Run.person_coeffs`), and
+``set_fit`` in ``aggregators`` makes notebook 04 score the identity k-sets of the landmark-fit tables by set fits
+(:func:`set_fit_aggregator`, called by :func:`facelib.classify.plan.run_plan`).
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ import pandas as pd
 import torch
 
 from .. import config
+from ..data import labels
 from ..face3d.cameras import crop_box, crop_to_image, image_to_crop
 from ..io import append_shard, atomic_write_table, read_shards
 from .fitter import Fitter
@@ -42,6 +48,11 @@ from .table import DlibTargets, cached_fits, fit_records, landmark_targets, merg
 VERSION = 1
 PERSON_NOTE = "identity α from the person's other pictures (leave-one-out mean of their per-picture fits)"
 BACKENDS = {"tddfa+fit_landmarks": "tddfa+fit_person", "ict": "ict+fit_person"}
+# the study's ``person_fits`` values: the parameter and mode that make the per-picture landmark fit refitted, its
+# backend, and the iterations of the refit (those of that per-picture fit, as benchmarks/bench_person.py measured)
+PERSON_FITS = {"ict": ("ict_modes", "landmarks", "ict", 150), "tddfa": ("fit_modes", "landmarks", "tddfa+fit_landmarks", 60)}
+# ``set_fit`` aggregator: per-picture landmark-fit backend → (backend of the table its set fits start from, iterations)
+SET_FITS = {"tddfa+fit_landmarks": ("tddfa", 60), "ict": ("ict", 150)}
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -271,6 +282,13 @@ class SetFitAggregator:
         self.memo = {s: np.asarray(a, np.float32) for s, a in zip(done["sha256"], done.get("alpha", []))}
         self.seconds, self.n_fitted = 0.0, 0
 
+    def seconds_per_set(self) -> float | None:
+        """Mean seconds of one set fit over every set fitted for this table (the cache folder's: a rerun, or a
+        Dask worker's fits, count too); None when no fit recorded its time."""
+        done = read_shards(self.folder)
+        secs = pd.to_numeric(done["seconds"], errors="coerce").dropna() if "seconds" in done.columns else []
+        return float(np.mean(secs)) if len(secs) else None
+
     def _key(self, members) -> str:
         return hashlib.sha256("+".join(sorted(self.shas[members])).encode()).hexdigest()
 
@@ -290,7 +308,8 @@ class SetFitAggregator:
                         self.iterations, self.image_size)
             self.seconds += r["seconds"]
             self.n_fitted += len(part)
-            shard = pd.DataFrame({"sha256": [kk for kk, _ in part], "alpha": list(r["alpha"].tolist())})
+            shard = pd.DataFrame({"sha256": [kk for kk, _ in part], "alpha": list(r["alpha"].tolist()),
+                                  "seconds": r["seconds"] / len(part)})
             append_shard(self.folder, shard)
             self.memo.update({kk: a for (kk, _), a in zip(part, r["alpha"])})
         return np.stack([self.memo[kk] for kk in keys]).astype(np.float32)
@@ -298,3 +317,92 @@ class SetFitAggregator:
     def __repr__(self) -> str:
         return f"<aggregator {self.name}>"
 
+
+
+# ----------------------------------------------------------------------------------------------- in the study
+class SetFitUnavailable(ValueError):
+    """``set_fit`` cannot score this table (not a per-picture landmark fit, or its start table is absent): the
+    plan logs the row as skipped with this reason."""
+
+
+def check_person_fits(params: Mapping) -> list[str]:
+    """The ``person_fits`` values of a run's parameters, checked: each must be a key of :data:`PERSON_FITS` and its
+    per-picture landmark fit must be configured. Raises ValueError (one line, naming the parameter to add)."""
+    values = params.get("person_fits") or []
+    values = [values] if isinstance(values, str) else list(values)
+    unknown = [v for v in values if v not in PERSON_FITS]
+    if unknown:
+        raise ValueError(f"person_fits: unknown value(s) {unknown}; known: "
+                         + ", ".join(f"{k} (needs {p}: [{m}])" for k, (p, m, _, _) in PERSON_FITS.items()))
+    for v in values:
+        param, mode, base, _ = PERSON_FITS[v]
+        if mode not in (params.get(param) or []):
+            raise ValueError(f"person_fits: [{v}] refits the per-picture landmark fit '{base}', which this run does "
+                             f"not make: add {mode} to {param} (e.g. --set '{param}=[{mode}]')")
+        if v == "tddfa" and (params.get("backend") or "tddfa") != "tddfa":
+            raise ValueError(f"person_fits: [tddfa] needs backend tddfa, not {params.get('backend')!r}")
+    return values
+
+
+def scored_on_beta(name: str, table: pd.DataFrame) -> bool:
+    """Whether a Table-1 line of this dataset is scored on β (only those can use a person-grouped table), as
+    :func:`facelib.classify.plan.rows_for` decides (a test holds them together): KDEF's expression lines; FEI is
+    scored on gender only; a dataset of your own when its labels give an expression task."""
+    if name in ("kdef", "fei"):
+        return name == "kdef"
+    return any(t.task == "expression" for t in labels.tasks_for(table, runnable_only=True))
+
+
+def study_variants(run, coeffs: Mapping[str, pd.DataFrame], person_fits, device: str | None = None,
+                   assets_dir=None, progress: bool = True, cache_dir=None) -> dict[tuple[str, str], pd.DataFrame]:
+    """Notebook 02's person-consistent tables: for every ``person_fits`` value (:data:`PERSON_FITS`) and every
+    dataset of ``coeffs`` (raw backend tables) with a Table-1 line on β (expression), :func:`person_consistent_table`
+    of the run's per-picture landmark fit (``ict`` → ``ict+fit_person``, ``tddfa`` → ``tddfa+fit_person``), written
+    to :meth:`facelib.run.Run.person_coeffs`. Targets: :func:`target_table` of the raw table (dlib, as the
+    per-picture fits). ``prior_fit_seconds`` keeps the per-picture fit's time (the refit needs it first: Table 2's
+    cost adds both)."""
+    values = check_person_fits({**run.params, "person_fits": person_fits})
+    out: dict[tuple[str, str], pd.DataFrame] = {}
+    for name, raw in coeffs.items():
+        if not values or not scored_on_beta(name, raw):
+            continue
+        targets = target_table(raw, "dlib", cache_dir=cache_dir, progress=progress)
+        for v in values:
+            _, mode, _, iterations = PERSON_FITS[v]
+            if v == "ict":
+                from .ict_fit import ICTFitter
+                base = pd.read_parquet(run.ict_coeffs(name, mode))
+                fitter = ICTFitter(device=device, assets_dir=assets_dir).fitter
+            else:
+                base = pd.read_parquet(run.coeffs(name, mode))
+                fitter = Fitter(device=device, assets_dir=assets_dir)
+            t = person_consistent_table(base, fitter, targets, iterations=iterations, batch_size=8,
+                                        cache_dir=cache_dir, progress=progress)
+            t["prior_fit_seconds"] = base["fit_seconds"] if "fit_seconds" in base.columns else np.nan
+            atomic_write_table(t, run.person_coeffs(name, v))
+            out[(name, v)] = t
+    return out
+
+
+def set_fit_aggregator(task_rows: pd.DataFrame, tables, device: str | None = None, assets_dir=None,
+                       cache_dir=None, progress: bool = False) -> SetFitAggregator:
+    """The ``set_fit`` aggregator of one coefficient table in the study: ``task_rows`` are the identity rows
+    run_task classifies (``experiment._task_table(table, "identity")``), ``tables`` the dataset's coefficient
+    tables (raw first). Only the per-picture landmark fits of :data:`SET_FITS` qualify: the BFM fit's set fits
+    start from the raw tddfa coefficients (as the per-picture fit does), the ICT fit's from its per-picture fits;
+    targets are the per-picture fits' (:func:`target_table` of the raw table). Raises :class:`SetFitUnavailable`."""
+    backend = str(task_rows["backend"].iloc[0]) if len(task_rows) else ""
+    if backend not in SET_FITS:
+        raise SetFitUnavailable(f"set_fit fits the per-picture landmark-fit tables {sorted(SET_FITS)} only, "
+                                f"not {backend!r}")
+    start, iterations = SET_FITS[backend]
+    by = {str(t["backend"].iloc[0]): t for t in tables if len(t)}
+    if start not in by or "tddfa" not in by:
+        raise SetFitUnavailable(f"set_fit on {backend} needs the {start!r} and 'tddfa' tables of the same pictures")
+    targets = target_table(by["tddfa"], "dlib", cache_dir=cache_dir, progress=progress)
+    if backend == "ict":
+        from .ict_fit import ICTFitter
+        fitter = ICTFitter(device=device, assets_dir=assets_dir).fitter
+    else:
+        fitter = Fitter(device=device, assets_dir=assets_dir)
+    return SetFitAggregator(fitter, task_rows, by[start], targets, iterations=iterations, cache_dir=cache_dir)

@@ -33,7 +33,7 @@ def table1_display(t1: pd.DataFrame) -> pd.DataFrame:
                   (paper_figure(r) for _, r in d.iterrows())] if len(d) else []
     d["splits"] = [f"{n} {kind}" for n, kind in zip(d["n_splits"], d["split_kind"])]
     cols = ["task", "protocol", "input", "model", "backend", "aggregator", "k", "trained_k", "leak_free",
-            "tuned_on_test", "accuracy", "paper", "splits", "split_accuracies", "image_size", "epochs_max",
+            "tuned_on_test", "person_grouped", "accuracy", "paper", "splits", "split_accuracies", "image_size", "epochs_max",
             "patience", "epochs_run", "best_epoch", "at_cap", "pretrained", "n_fit_pictures", "n_val_pictures",
             "n_fit_sets", "n_val_sets", "max_sets", "n_test_pictures", "n_test_sets", "transductive"]
     return d[[c for c in cols if c in d.columns]]
@@ -85,6 +85,11 @@ def table1_footnotes(t1: pd.DataFrame) -> str:
     if tuned.any():
         lines.append(f"* {FOOTNOTE_TUNED} Backends: "
                      + ", ".join(f"`{b}`" for b in sorted(set(t1.loc[tuned, "backend"].astype(str)))))
+    if "person_grouped" in t1.columns:
+        for b, note in t1.loc[_text_flag(t1, "person_grouped"),
+                              ["backend", "person_grouped"]].drop_duplicates().itertuples(index=False):
+            lines.append(f"* backend `{b}` is **person-grouped** ({PIVOT_MARKS['person_grouped']}): {note}. "
+                         f"{FOOTNOTE_PERSON}")
     if t1["backend"].astype(str).str.contains("+rnet", regex=False).any():
         lines.append(f"* {FOOTNOTE_RNET}")
     lines += [f"* {FOOTNOTE_LEAK_FREE}", f"* {FOOTNOTE_COUNTS}", f"* {FOOTNOTE_K1}", f"* {FOOTNOTE_UNCERTAINTY}",
@@ -92,13 +97,22 @@ def table1_footnotes(t1: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-PIVOT_MARKS = {"not_leak_free": "†", "tuned_on_test": "‡"}
+PIVOT_MARKS = {"not_leak_free": "†", "tuned_on_test": "‡", "person_grouped": "§"}
 PIVOT_CAPTION = ("† not leak-free (the protocol leaks, or the coefficients are transductive); ‡ coefficient settings "
-                 "tuned on Table 1's test folds")
+                 "tuned on Table 1's test folds; § person-grouped coefficients (each picture's used its person's "
+                 "other pictures, never a label)")
+FOOTNOTE_PERSON = ("It uses who is who, never an expression label; on unseen people (`subject_independent`) a test "
+                   "picture's identity comes from the same test person's pictures of other expressions.")
 
 
 def _flag(t1: pd.DataFrame, column: str, default: bool) -> pd.Series:
     return t1[column].fillna(default).astype(bool) if column in t1.columns else pd.Series(default, index=t1.index)
+
+
+def _text_flag(t1: pd.DataFrame, column: str) -> pd.Series:
+    """A note column (``person_grouped``) as a flag: non-empty text."""
+    return t1[column].astype(object).fillna("").astype(str).str.len() > 0 if column in t1.columns else \
+        pd.Series(False, index=t1.index)
 
 
 # ------------------------------------------------------------------------ Table 1 explained (page, notebook 05)
@@ -120,15 +134,21 @@ TABLE1_GLOSSARY = {
     "model": "the classifier: `resnet34` (the paper's network: 1-D convolutions on a vector, or torchvision's on "
              "pictures), `logreg`, `svm` (RBF), `linsvm`, `fisherfaces` (PCA → LDA → linear SVM), `mlp`.",
     "backend": "where the coefficients come from: `tddfa` (3DDFA_V2), `deep3d` (the paper's R-Net), `ict` "
-               "(ICT Face Model); `+fit_<mode>` refined by the hybrid-loss fit, `+rnet` coded by the "
+               "(ICT Face Model); `+fit_<mode>` refined by the hybrid-loss fit (`+fit_person`: β refitted with α "
+               "held at the person's other pictures, see `person_grouped`), `+rnet` coded by the "
                "cross-fitted R-Net. `— (picture)`: a picture baseline, no 3DMM.",
     "aggregator": "how the α of a k-picture set becomes one vector (`mean`, `median`, `cnet`: C-Net's "
-                  "confidences); empty when the row has no sets.",
+                  "confidences; `set_fit`: one α fitted jointly to the set's pictures); empty when the row has no "
+                  "sets.",
     "k": "pictures per test sample: 1 = single pictures; 3 = the identity protocol's 3-picture sets (aggregated "
          "α for coefficient models, the mean of per-picture class scores for per-picture models).",
     "trained_k": 'pictures per training sample of the model scored in this row (1: trained and selected on single pictures; 3: on 3-picture aggregates). k = 1 rows of coefficient models on a set protocol come from a separate single-picture model.',
     "leak_free": "True only when the protocol is leak-free (nothing of a test sample's person, session or view, as the protocol defines, is in training) AND nothing transductive fed the coefficients; False for the paper's identity and expression protocols.",
     "tuned_on_test": "True when the coefficients' settings (R-Net) were chosen by accuracy on Table 1's own test folds: read the row as an upper bound.",
+    "person_grouped": "non-empty when each picture's coefficients used its person's other pictures (who is who, "
+                      "never a label): the person-consistent β (`+fit_person`, identity held at the leave-one-out "
+                      "mean of the person's other pictures); on unseen people that is the test person's own "
+                      "pictures of other expressions. Scored on β only.",
     "accuracy": 'percent of test samples classified correctly: mean ± std over the repeats/folds (`splits`); a single split and pooled folds: the accuracy pooled over every test sample, with a 95 % interval from resampling people in brackets.',
     "accuracy_mean": 'accuracy as a 0–1 fraction: the mean over repeats/folds, or pooled over every test sample for a single split and for pooled folds.',
     "accuracy_std": 'standard deviation of the per-split accuracies (0–1; empty for a single split and for pooled folds, where the spread between held-out conditions is not an uncertainty).',
@@ -263,7 +283,8 @@ def table1_pivot(t1: pd.DataFrame) -> pd.DataFrame:
     settings were tuned on test (:data:`PIVOT_CAPTION`, also in ``.attrs["caption"]``)."""
     text = table1_display(t1)["accuracy"].astype(str)
     text = text + np.where(_flag(t1, "leak_free", False), "", " " + PIVOT_MARKS["not_leak_free"]) \
-        + np.where(_flag(t1, "tuned_on_test", False), " " + PIVOT_MARKS["tuned_on_test"], "")
+        + np.where(_flag(t1, "tuned_on_test", False), " " + PIVOT_MARKS["tuned_on_test"], "") \
+        + np.where(_text_flag(t1, "person_grouped"), " " + PIVOT_MARKS["person_grouped"], "")
     d = t1.assign(accuracy=text,
                   aggregator=t1["aggregator"].fillna("") if "aggregator" in t1 else "")  # NaN would drop columns
     out = d.pivot_table(index=["task", "protocol", "k"], columns=["input", "model", "backend", "aggregator"],
