@@ -126,3 +126,14 @@ def test_a_transductive_best_row_says_so():
     assert "settings tuned on the test folds" in gender and "transductive" not in gender
     plain = _for(findings.sentences(table(0.80, 0.60, 0.95, 0.85)), "Expression")
     assert "transductive" not in plain and "tuned" not in plain
+
+
+def test_a_person_grouped_best_row_says_so():
+    """A best coefficient row whose β came from a person-consistent fit (person_grouped) is quoted with that flag;
+    a plain row is not."""
+    t1 = table(0.80, 0.60, 0.95, 0.85)
+    t1.loc[0, "person_grouped"] = "β fitted with α at the leave-one-out mean of the person's other pictures"
+    t1.loc[0, "backend"] = "ict+fit_person"
+    expr = _for(findings.sentences(t1), "Expression")
+    assert "person-grouped" in expr and "ict+fit_person" in expr
+    assert "person-grouped" not in _for(findings.sentences(table(0.80, 0.60, 0.95, 0.85)), "Expression")

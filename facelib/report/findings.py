@@ -53,7 +53,9 @@ def _describe(row) -> str:
     bits = [MODEL_WORDS.get(row["model"], str(row["model"])), "on", INPUT_WORDS.get(row["input"], str(row["input"]))]
     if arm(row["input"]) == "coefficients":
         flags = [f for f, on in (("transductive: its fit saw the test pictures", _flag(row.get("transductive"))),
-                                 ("settings tuned on the test folds", _flag(row.get("tuned_on_test")))) if on]
+                                 ("settings tuned on the test folds", _flag(row.get("tuned_on_test"))),
+                                 ("person-grouped: its β used the person's other pictures, no label",
+                                  _flag(row.get("person_grouped")))) if on]
         bits.append(f"({row['backend']}" + (f", {row['aggregator']}" if isinstance(row.get("aggregator"), str)
                                            and row["aggregator"] not in ("", "mean") else "")
                     + "".join(f"; {f}" for f in flags) + ")")
