@@ -48,7 +48,7 @@ from .table1_display import (FOOTNOTE_CAPS, FOOTNOTE_COUNTS, FOOTNOTE_K1, FOOTNO
 __all__ = [  # built and written here
     "TABLE1_COLUMNS", "TABLE2_COLUMNS", "INPUT_UNIT", "TABLE_FILES", "EXPRESSIONS", "load_results", "table1", "table2",
     "table3", "pick_table3_result", "table2_ratio", "table2_markdown", "table3_markdown", "splits_text",
-    "table3_source", "clear_tables", "write_provenance", "write_table1", "write_table2", "write_table3",
+    "table3_source", "read_table3", "table3_text", "NO_TABLE3", "clear_tables", "write_provenance", "write_table1", "write_table2", "write_table3",
     "write_tables",
     # re-exported from markdown, paper and table1_display
     "format_value", "markdown_table", "provenance_header", "synthetic_title",
@@ -284,6 +284,22 @@ def table3_source(source: dict) -> str:
     input = PICTURE_INPUT_NAMES.get(source.get("input"), source.get("input"))
     return (f"{source.get('protocol')} protocol · input {input} · model {source.get('model')} · backend {backend}"
             f" · counts summed over {splits_text(source)}")
+
+
+NO_TABLE3 = ("No Table 3 in this run: it has no expression result (a dataset without an `expression` label, or "
+             "tasks that leave expression out), so there is no confusion matrix to show.")
+
+
+def read_table3(tables_dir: str | Path) -> pd.DataFrame | None:
+    """``table3.csv`` of a run's tables folder (true expressions as rows), or None when the run wrote none."""
+    csv = Path(tables_dir) / "table3.csv"
+    return pd.read_csv(csv, index_col=0) if csv.exists() else None
+
+
+def table3_text(tables_dir: str | Path) -> str:
+    """``table3.md`` of a run's tables folder, or :data:`NO_TABLE3` (one line saying why) when the run wrote none."""
+    md = Path(tables_dir) / "table3.md"
+    return md.read_text() if md.exists() else NO_TABLE3
 
 
 # ------------------------------------------------------------------------------------------------------ write
