@@ -87,10 +87,11 @@ def demo_when_no_data(params_file, run_name: str | None = None):
 
 
 def choose_profile(device: str | None = None) -> Path:
-    """The profile that suits the device: the paper's on a GPU; the CPU profile, when there is one, elsewhere."""
+    """The profile that suits the device: the paper's on a GPU (CUDA or Apple MPS); the CPU profile, when there is
+    one, on a CPU."""
     resolved = config.resolve_device(device or os.environ.get("FACELIB_DEVICE"))
     cpu = PARAMS_DIR / "cpu.yaml"
-    return PARAMS_DIR / "paper.yaml" if resolved.startswith("cuda") or not cpu.exists() else cpu
+    return PARAMS_DIR / "paper.yaml" if resolved.startswith(("cuda", "mps")) or not cpu.exists() else cpu
 
 
 def check_params(params: dict) -> None:

@@ -55,11 +55,12 @@ def test_prepare_params_device_and_image_size(tmp_path, monkeypatch):
 def test_profile_follows_the_device(tmp_path, monkeypatch):
     monkeypatch.setattr(study, "PARAMS_DIR", tmp_path)
     (tmp_path / "paper.yaml").write_text("run_name: paper\n")
-    monkeypatch.setattr(config, "resolve_device", lambda d=None: {"gpu": "cuda"}.get(d, "cpu"))
+    monkeypatch.setattr(config, "resolve_device", lambda d=None: {"gpu": "cuda", "apple": "mps"}.get(d, "cpu"))
     assert study.choose_profile("cpu").name == "paper.yaml"  # no CPU profile yet: the paper's
     (tmp_path / "cpu.yaml").write_text("run_name: cpu\n")  # a temporary CPU profile
     assert study.choose_profile("cpu").name == "cpu.yaml"
     assert study.choose_profile("gpu").name == "paper.yaml"
+    assert study.choose_profile("apple").name == "paper.yaml"  # an Apple GPU is a GPU too
 
 
 def test_committed_profiles_leave_image_size_to_the_device():
