@@ -165,9 +165,18 @@ papermill_engines.register("facelib", StageEngine)
 
 
 def kernel_name() -> str:
-    """The project's kernel when installed (``make env`` does it), else this interpreter's ``python3``."""
-    if KERNEL_NAME in KernelSpecManager().find_kernel_specs():
-        return KERNEL_NAME
+    """The project's kernel when installed (``make env`` does it) and its Python exists, else this interpreter's
+    ``python3`` (with one line saying why: a kernel installed from a since-deleted environment points at a Python
+    that is gone)."""
+    manager = KernelSpecManager()
+    if KERNEL_NAME in manager.find_kernel_specs():
+        argv = manager.get_kernel_spec(KERNEL_NAME).argv
+        if argv and Path(argv[0]).exists():
+            return KERNEL_NAME
+        print(f"[study] kernel '{KERNEL_NAME}' points at a Python that does not exist ({argv[0] if argv else '?'}; "
+              f"`make env` or `.venv/bin/python -m ipykernel install --sys-prefix --name {KERNEL_NAME}` reinstalls "
+              "it); using python3", flush=True)
+        return "python3"
     print(f"[study] kernel '{KERNEL_NAME}' is not installed (make env installs it); using python3", flush=True)
     return "python3"
 

@@ -359,3 +359,22 @@ def test_no_data_and_no_profile_runs_the_demo(monkeypatch):
     assert header.startswith("PROFILE: demo") and "NO ResNet-34" in header and "32-px" in header
     monkeypatch.setenv("FACELIB_KDEF", "/somewhere/KDEF")
     assert study.demo_when_no_data(None) is None  # data configured: the device's profile (cpu.yaml / paper.yaml)
+
+
+@pytest.mark.parametrize("python, expected", [("missing", "python3"), ("present", study.KERNEL_NAME)])
+def test_a_kernel_pointing_at_a_deleted_python_is_not_used(tmp_path, monkeypatch, capsys, python, expected):
+    """A kernel spec installed from an environment that was deleted since (its argv[0] is gone) would fail deep in
+    jupyter_client with a traceback; the runner says so in one line and takes this interpreter's python3."""
+    exe = sys.executable if python == "present" else str(tmp_path / "gone" / "bin" / "python")
+
+    class Specs:
+        def find_kernel_specs(self):
+            return {study.KERNEL_NAME: str(tmp_path)}
+
+        def get_kernel_spec(self, name):
+            return SimpleNamespace(argv=[exe, "-m", "ipykernel_launcher", "-f", "{connection_file}"])
+
+    monkeypatch.setattr(study, "KernelSpecManager", Specs)
+    assert study.kernel_name() == expected
+    out = capsys.readouterr().out
+    assert (f"points at a Python that does not exist ({exe}" in out) == (python == "missing")
