@@ -8,8 +8,11 @@
   folders, ``FACELIB_ASSETS``, ``FACELIB_CACHE``: a shared filesystem (README "On a cluster").
 
 What is distributed: notebook 04's splits — each repeat / fold of each Table-1 cell is one task
-(:func:`facelib.classify.experiment.run_split`). Each task is seeded by its split, so a distributed run gives the
-serial run's results.
+(:func:`facelib.classify.experiment.run_split`). Each task is seeded by its split. What is tested: for the
+scikit-learn models (logistic regression, SVM) a 2-worker run gives the serial run's Table 1 bit for bit
+(tests/test_executor.py). The torch networks are seeded the same way but run on a 1-thread worker, where the
+reduction order of a multi-threaded serial run need not be repeated: expect the same results within float
+rounding, not bit for bit (no test compares them).
 A worker that dies mid-task loses nothing: the scheduler runs its tasks again on another worker (and a task that
 raises is retried ``RETRIES`` times); results reach the run folder only through the client (atomic writes).
 An unreachable scheduler is one ``error:`` line (:class:`ExecutorUnavailable`), not a traceback.

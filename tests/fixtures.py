@@ -92,3 +92,27 @@ def known_ict_faces(model, yaw_deg=(0.0, 0.0)) -> tuple[dict, np.ndarray]:
         rows.append([s * c, 0, s * si, 60, 0, s, 0, 60, -s * si, 0, s * c, 0])
     rois = np.array([[0, 0, 160, 160]] * 2, np.float32)
     return {"alpha": alpha, "beta": beta, "pose": np.array(rows, np.float32)}, rois
+
+
+def made_up_result(task: str, protocol: str, input: str, model: str, hits: list[dict], val: float | None,
+                   backend: str = "tddfa", k: int = 1, **extra) -> dict:
+    """A result dict (as ``results/*.json`` keep it) whose test figures come from ``hits`` — per split, person →
+    ``[correct, items]`` — and whose validation accuracy is ``val``: for the report and verdict tests."""
+    folds = [sum(h for h, _ in s.values()) / sum(n for _, n in s.values()) for s in hits]
+    by_k = {str(k): {"fold_accuracies": folds, "mean": float(np.mean(folds)),
+                     "std": float(np.std(folds, ddof=1)) if len(folds) > 1 else None, "ci": None,
+                     "n_test": [sum(n for _, n in s.values()) for s in hits], "trained_k": 1 if k == 1 else k,
+                     "val_accuracies": [val] * len(hits), "val_mean": val, "person_hits": hits,
+                     "best_epochs": [1] * len(hits), "epochs_run": [1] * len(hits), "C": [1.0] * len(hits)}}
+    r = {"task": task, "protocol": protocol, "input": input, "model": model, "backend": backend, "k": k,
+         "kind": "coefficients" if input in ("alpha", "beta", "alpha+beta") else "features",
+         "accuracy_by_k": by_k, "accuracy_mean": by_k[str(k)]["mean"], "n_folds": len(hits),
+         "split_kind": "repeats" if len(hits) > 1 else "single split", "leak_free": protocol != "paper",
+         "dataset": "fei" if task == "gender" else "kdef", "epochs_max": None, "recipe": {}}
+    r.update(extra)
+    return r
+
+
+def person_hits(rates: dict, n: int = 10, splits: int = 3) -> list[dict]:
+    """Per split, person → [round(rate × n), n]: a made-up row's test answers per person."""
+    return [{p: [int(round(r * n)), n] for p, r in rates.items()} for _ in range(splits)]

@@ -138,7 +138,7 @@ def test_run_page_has_banner_findings_glossary_and_table3_source(tmp_path, resul
     folder = _run_folder(tmp_path, cheap)
     page = index.write_run_page(folder, []).read_text()
     assert "What this run can show." in page and "did not train the paper&#x27;s ResNet-34" in page
-    assert "<h2>Findings</h2>" in page and "What each column means" in page
+    assert "<h2>Verdict</h2>" in page and "What each column means" in page
     for column in ("chance", "paper_coefficients", "paper_images"):
         assert f"<th>{column}</th>" in page  # in the table header and the glossary
     assert "83.5 %" in page and "70.6 %" in page  # the paper's figures beside the expression rows
@@ -147,6 +147,6 @@ def test_run_page_has_banner_findings_glossary_and_table3_source(tmp_path, resul
     # with both of the paper's arms (224 px) there is no banner
     full = results + [{**results[0], "model": "resnet34"}]
     page = index.write_run_page(_run_folder(tmp_path, full, "full"), []).read_text()
-    assert "What this run can show." not in page and "<h2>Findings</h2>" in page
+    assert "What this run can show." not in page and "<h2>Verdict</h2>" in page
     overview = index.write_overview(tmp_path).read_text()
     assert "What each column means" in overview

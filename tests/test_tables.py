@@ -76,7 +76,7 @@ def test_leak_free_false_when_transductive_and_best_among_leak_free():
     assert t1["leak_free"].tolist() == [True, False, True] and t1["tuned_on_test"].tolist() == [False, False, True]
     best = tables.table1_best(t1)
     assert len(best) == 1 and best["backend"].iloc[0] == "tddfa" and best["best accuracy"].iloc[0] == 0.8
-    assert best["chosen_among"].iloc[0] == "best of 1 leak-free rows (not tuned on test) on the test split"
+    assert best["chosen_among"].iloc[0] == "exploration: best of 1 clean rows on the test split (not the verdict)"
     pivot = tables.table1_pivot(t1)
     cells = {c[2]: pivot[c].iloc[0] for c in pivot.columns}
     assert cells["ict+fit_full"].endswith("†") and cells["tddfa+rnet"].endswith("‡") and "†" not in cells["tddfa"]

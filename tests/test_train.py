@@ -67,25 +67,40 @@ def test_baselines_and_early_stopping():
         assert r["best_val_accuracy"] == best["val_accuracy"]
     # learnable: validation beats chance at once, then patience stops the run before the cap
     r = T.train_vector_model(X[:200], y[:200], X[200:], y[200:], model="mlp", epochs=50, patience=2)
-    assert r["learning_epoch"] is not None and r["epochs_run"] < 50
+    assert r["learning_epoch"] is not None and r["epochs_run"] < 50 and not r["ran_to_cap"]
     assert r["best_epoch"] == r["epochs_run"] - 2
 
 
 def test_learning_threshold_against_binomial_arithmetic():
     y = np.array([0] * 30 + [1] * 10 + [2] * 10)  # majority rate 0.6, n = 50
-    assert V.learning_threshold(y) == pytest.approx(0.6 + 2 * np.sqrt(0.6 * 0.4 / 50))
-    assert V.learning_threshold(np.arange(7).repeat(9)) == pytest.approx(1 / 7 + 2 * np.sqrt((1 / 7) * (6 / 7) / 63))
+    assert V.learning_threshold(y) == pytest.approx(0.6 + np.sqrt(0.6 * 0.4 / 50))
+    assert V.learning_threshold(np.arange(7).repeat(9)) == pytest.approx(1 / 7 + np.sqrt((1 / 7) * (6 / 7) / 63))
     assert V.learning_threshold(np.array([], dtype=int)) == 1.0
+    assert V.prior_loss(y) == pytest.approx(-(0.6 * np.log(0.6) + 2 * 0.2 * np.log(0.2)))
+    assert V.prior_loss(np.arange(7).repeat(9)) == pytest.approx(np.log(7))
+
+
+def test_learning_rule_is_within_reach_of_a_small_validation_split():
+    """Gender on the paper's protocol selects on 16 people (8 + 8): the rule asks 11 right (not the 13 that two
+    standard errors asked), and the loss half keeps a lucky draw at chance out: 11 right with a loss at or above
+    ln 2 (the prior's) has not learnt."""
+    y = np.array([0] * 8 + [1] * 8)
+    assert V.learning_threshold(y) == pytest.approx(0.625)
+    assert V.has_learnt(11 / 16, 0.60, y) and not V.has_learnt(10 / 16, 0.60, y)
+    assert not V.has_learnt(11 / 16, np.log(2), y) and not V.has_learnt(1.0, 0.70, y)
 
 
 def test_patience_waits_until_the_network_beats_chance():
-    """A network that cannot learn (lr = 0: its validation accuracy stays at its starting value) is not stopped by
-    patience on its flat start: it trains to the cap. The old rule stopped it after ``patience`` epochs."""
-    X, y = _blobs()
-    r = T.train_vector_model(X[:200], y[:200], X[200:], y[200:], model="mlp", epochs=12, patience=2, lr=0.0)
+    """A network that cannot learn (labels with no relation to the inputs: its validation stays at chance) is not
+    stopped by patience on its flat start: it trains to the cap, and ``ran_to_cap`` says so. The learning rule
+    never fired, on accuracy or on loss."""
+    X, _ = _blobs()
+    y = np.random.default_rng(1).integers(0, 3, len(X))
+    r = T.train_vector_model(X[:200], y[:200], X[200:], y[200:], model="mlp", epochs=12, patience=2)
     assert r["learning_epoch"] is None
-    assert r["epochs_run"] == 12
-    assert all(h["val_accuracy"] <= r["learning_threshold"] for h in r["history"])
+    assert r["epochs_run"] == 12 and r["ran_to_cap"]
+    assert all(h["val_accuracy"] <= r["learning_threshold"] or h["val_loss"] >= r["prior_loss"]
+               for h in r["history"])
 
 
 def test_epoch_bar_reaches_stderr(capsys):

@@ -101,6 +101,13 @@ def transductive_note(df: pd.DataFrame) -> str:
     return ""
 
 
+def exposure_note(df: pd.DataFrame) -> str:
+    """'' unless a representation that coded the coefficients was trained, without labels, on pictures that
+    include Table 1 test pictures (of other people, or of another repeat): the table's ``exposure`` column,
+    written by :func:`facelib.fitting.crossfit.study_rnet` for the cross-fitted R-Net and C-Net."""
+    return _column_note(df, "exposure")
+
+
 def tuned_on_test_note(df: pd.DataFrame) -> str:
     """'' unless the coefficient table says its settings were chosen on Table 1's test folds (its
     ``tuned_on_test`` column, written by :func:`facelib.fitting.crossfit.study_rnet` from ``rnet_settings``)."""
@@ -247,6 +254,7 @@ def prepare_cell(coeffs_df, *, task, protocol, input, model, backend=None, n_fol
         agg_name=agg_name, epochs_max=epochs_max, image_size=image_size, patience=patience,
         transductive=transductive_note(df) if kind == "coefficients" else "",
         tuned_on_test=tuned_on_test_note(df) if kind == "coefficients" else "",
+        exposure=exposure_note(df) if kind == "coefficients" else "",
         person_grouped=_column_note(df, "person_grouped") if kind == "coefficients" else "",
         opts=dict(seed=seed, batch_size=batch_size, lr=lr, weight_decay=weight_decay, val_fraction=val_fraction,
                   pretrained=pretrained, keep_predictions=keep_predictions, verbose=verbose, progress=progress,
@@ -320,7 +328,9 @@ def run_split(cell: Cell, fi: int) -> dict:
                     "groups": None if people is None else people[items[:, 0] if items.ndim == 2 else items],
                     "best_epoch": int(r_k["best_epoch"]) if epoch_based else None,
                     "epochs_run": int(r_k["epochs_run"]) if epoch_based else None, "C": r_k.get("C"),
-                    "trained_k": tk}
+                    "trained_k": tk, "val_accuracy": _maybe_float(r_k.get("best_val_accuracy")),
+                    "learning_epoch": r_k.get("learning_epoch") if epoch_based else None,
+                    "ran_to_cap": bool(r_k.get("ran_to_cap")) if epoch_based else False}
     test_items, yte = fold.test, y_of(fold.test)
     pred = np.asarray(scores_main).argmax(1)
     conf = np.zeros((len(classes), len(classes)), dtype=np.int64)
@@ -369,11 +379,13 @@ def finish_cell(cell: Cell, records: list[dict], wall_seconds: float) -> TaskRes
     for r in records:
         for kk, e in r["by_k"].items():
             d = by_k.setdefault(kk, {"fold_accuracies": [], "n_test": [], "correct": [], "groups": [],
-                                     "best_epochs": [], "epochs_run": [], "C": [], "trained_k": e["trained_k"]})
+                                     "best_epochs": [], "epochs_run": [], "C": [], "val_accuracies": [],
+                                     "learning_epochs": [], "ran_to_cap": [], "trained_k": e["trained_k"]})
             for dk, ek in (("fold_accuracies", "accuracy"), ("n_test", "n_test"), ("correct", "correct"),
                            ("groups", "groups"), ("best_epochs", "best_epoch"), ("epochs_run", "epochs_run"),
-                           ("C", "C")):
-                d[dk].append(e[ek])
+                           ("C", "C"), ("val_accuracies", "val_accuracy"), ("learning_epochs", "learning_epoch"),
+                           ("ran_to_cap", "ran_to_cap")):
+                d[dk].append(e.get(ek))
         for a, hit in r["angle_hits"]:
             angle_hits.setdefault(a, []).append(hit)
     conf = np.sum([r["confusion"] for r in records], axis=0)
@@ -390,7 +402,11 @@ def finish_cell(cell: Cell, records: list[dict], wall_seconds: float) -> TaskRes
                 "ci": bootstrap_ci(correct, seed, groups=groups) if pooled else None,
                 "ci_unit": ("people" if groups is not None else "pictures") if pooled else None,
                 "n_test": d["n_test"], "trained_k": d["trained_k"], "best_epochs": d["best_epochs"],
-                "epochs_run": d["epochs_run"], "C": d["C"]}
+                "epochs_run": d["epochs_run"], "C": d["C"], "val_accuracies": d["val_accuracies"],
+                "val_mean": _mean_or_none(d["val_accuracies"]), "learning_epochs": d["learning_epochs"],
+                "ran_to_cap": d["ran_to_cap"],
+                "person_hits": None if people is None else [person_hits(c, g) for c, g in
+                                                            zip(d["correct"], d["groups"])]}
 
     accuracy_by_k = {str(kk): summary(d, kk) for kk, d in sorted(by_k.items())}
     main = accuracy_by_k[str(cell.k_protocol)]
@@ -418,9 +434,9 @@ def finish_cell(cell: Cell, records: list[dict], wall_seconds: float) -> TaskRes
         confusion=conf.tolist(),
         per_angle_accuracy={a: float(np.mean(angle_hits[a])) for a in angle_order},
         per_angle_counts={a: len(angle_hits[a]) for a in angle_order},
-        leak_free=P.is_leak_free(cell.task, protocol) and not cell.transductive,
+        leak_free=P.is_leak_free(cell.task, protocol) and not cell.transductive and not cell.person_grouped,
         protocol_leak_free=P.is_leak_free(cell.task, protocol), leakage=P.LEAKAGE.get((cell.task, protocol), ""),
-        transductive=cell.transductive, tuned_on_test=cell.tuned_on_test,
+        transductive=cell.transductive, tuned_on_test=cell.tuned_on_test, exposure=cell.exposure,
         protocol_info=_jsonable(folds[0].info) if folds else {}, seed=seed, torch_threads=max(acc["threads"]),
         predictions=preds,
         aggregator=(cell.agg_name or "mean") if kind == "coefficients" and any(f.is_sets for f in folds) else None,
@@ -430,6 +446,24 @@ def finish_cell(cell: Cell, records: list[dict], wall_seconds: float) -> TaskRes
         person_grouped=cell.person_grouped,
         aggregator_seconds_per_set=_aggregator_cost(cell.aggregator) if kind == "coefficients" else None,
         precision=next((p for p in acc["prec"] if p), None), c_grids=acc["grid"])
+
+
+def person_hits(correct, groups) -> dict:
+    """One split's test items per person: ``{person: [correct, items]}`` — what a paired comparison of two rows
+    resamples (:mod:`facelib.report.verdict`)."""
+    correct, groups = np.asarray(correct, dtype=np.int64), np.asarray(groups).astype(str)
+    names, inv = np.unique(groups, return_inverse=True)
+    hits, counts = np.bincount(inv, weights=correct, minlength=len(names)), np.bincount(inv, minlength=len(names))
+    return {str(n): [int(h), int(c)] for n, h, c in zip(names, hits, counts)}
+
+
+def _maybe_float(v) -> float | None:
+    return None if v is None or (isinstance(v, float) and v != v) else float(v)
+
+
+def _mean_or_none(values) -> float | None:
+    v = [float(x) for x in values if x is not None and x == x]
+    return float(np.mean(v)) if v else None
 
 
 def _aggregator_cost(aggregator) -> float | None:

@@ -9,8 +9,10 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..data.labels import has_values
+from ..vocab import PICTURE_BACKEND
 from . import protocols as P
 from .aggregate import AGGREGATORS as NAMED_AGGREGATORS
+from .images import FEATURE_INPUTS
 from .experiment import _column_note, _task_table, finish_cell, prepare_cell, run_split, run_task
 from .results import save_result
 
@@ -153,12 +155,15 @@ def run_plan(coeffs: dict[str, pd.DataFrame | list[pd.DataFrame]], plan: list[di
         results = (kwargs if isinstance(kwargs, str) else _run_here(df, kwargs)
                    for _, df, kwargs in tqdm(runs, desc="classification runs", disable=not progress))
     rows = []
+    PICTURE_INPUTS = ("image", *FEATURE_INPUTS)
     for (entry, _, _), result in zip(runs, results):
+        shown = {**entry, "backend": PICTURE_BACKEND} if entry["input"] in PICTURE_INPUTS else entry  # no 3DMM
         if isinstance(result, str):
-            rows.append({**entry, "status": result})
+            rows.append({**shown, "status": result})
             continue
         save_result({**result.to_dict(), "dataset": entry["dataset"]}, results_dir)  # Table 1 says whose data
-        rows.append({**entry, "aggregator": result.aggregator, "status": "ok", "accuracy_mean": result.accuracy_mean,
+        rows.append({**shown, "aggregator": result.aggregator, "status": "ok",
+                     "accuracy_mean": result.accuracy_mean,
                      "accuracy_std": result.accuracy_std, "n_folds": result.n_folds,
                      "epochs_run": result.epochs_run, "seconds_per_input": result.seconds_per_input,
                      "wall_seconds": result.wall_seconds})

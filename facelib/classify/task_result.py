@@ -27,7 +27,8 @@ class TaskResult:
     accuracy_std: float | None     # None for a single split and pooled folds (see accuracy_ci)
     accuracy_ci: list | None       # 95 % interval from resampling people (single split, pooled folds), else None
     accuracy_by_k: dict            # "1"/"3" → {fold_accuracies, mean, std, ci, ci_unit, n_test, trained_k,
-                                   #            best_epochs, epochs_run, C} (training facts of the model scored)
+                                   #            best_epochs, epochs_run, C, val_accuracies, val_mean,
+                                   #            learning_epochs, ran_to_cap, person_hits} (the model scored)
     n_folds: int
     n_train: float                 # training samples (fit + validation) per split, mean
     n_test: float
@@ -55,7 +56,7 @@ class TaskResult:
     confusion: list
     per_angle_accuracy: dict
     per_angle_counts: dict
-    leak_free: bool                # the protocol is leak-free AND nothing transductive fed the coefficients
+    leak_free: bool                # the protocol is leak-free AND nothing transductive / person-grouped fed them
     leakage: str
     transductive: str
     protocol_info: dict
@@ -77,6 +78,7 @@ class TaskResult:
     part_centered: bool = False    # R-Net coefficients: each cross-fit part's fit-split mean subtracted per split
     person_grouped: str = ""       # non-empty: a picture's coefficients used its person's other pictures (no label)
     aggregator_seconds_per_set: float | None = None  # an aggregator with a cost of its own (set_fit): s per k-set
+    exposure: str = ""             # non-empty: a network that coded the coefficients saw test pictures (no labels)
 
     def to_dict(self) -> dict:
         return _jsonable(asdict(self))

@@ -8,9 +8,10 @@ One experiment over all folds is :mod:`facelib.classify.experiment`; the study p
 **One recipe for every network** (vector and image alike, :data:`RECIPE`): cross-entropy, AdamW, a cosine learning
 rate schedule over at most ``max_epochs``, early stopping when the validation accuracy has not improved for
 ``patience`` epochs, and the best-validation checkpoint restored — the number of epochs comes from the validation
-curve, never from a time budget. Patience counts only once validation beats chance by two standard errors
-(:func:`~facelib.classify.validation.learning_threshold`): a network still at chance trains on to the cap, not
-stopped on a flat start. The validation split is given by the caller (:mod:`facelib.classify.validation`:
+curve, never from a time budget. Patience counts only once the network has shown it learnt
+(:func:`~facelib.classify.validation.has_learnt`: validation accuracy above the majority rate by one binomial
+standard error *and* validation loss below the class prior's): a network still at chance trains on to the cap,
+not stopped on a flat start, and ``ran_to_cap`` says so. The validation split is given by the caller (:mod:`facelib.classify.validation`:
 disjoint from the fit split in pictures, and in people where the protocol holds people out); without one a
 stratified split of the training data is carved. The scikit-learn baselines choose ``C`` on the same split
 (ascending grid; only the classifier is refitted, warm-started where it can be; the grid stops once validation
@@ -49,7 +50,7 @@ from ..face3d.reconstruct import coeff_matrix  # noqa: E402
 from .images import augment_unit, load_images, normalize, unit_tensor  # noqa: E402
 from .models import SKLEARN_MODELS, TORCH_VECTOR_MODELS, baseline, image_resnet34, vector_model  # noqa: E402
 from .precision import Precision, choose_precision  # noqa: E402
-from .validation import learning_threshold  # noqa: E402
+from .validation import has_learnt, learning_threshold, prior_loss  # noqa: E402
 
 INPUTS = ("alpha", "beta", "alpha+beta", "image", "hog", "pixels", "dlib")
 MODELS = TORCH_VECTOR_MODELS + SKLEARN_MODELS  # + "resnet34" on images when input == "image"
@@ -157,8 +158,9 @@ def _fit_torch(model, X_fit, y_fit, X_val, y_val, X_test, *, epochs, batch_size,
                device, seed, train_input=None, eval_input=None, precision: Precision | None = None,
                eval_batch: int | None = None, verbose=False, desc="", progress=False) -> dict:
     """The shared recipe: AdamW + cosine schedule over at most ``epochs``, early stopping after ``patience``
-    epochs without a better validation (accuracy, then loss) — counted only after the validation accuracy has first
-    exceeded :func:`learning_threshold` — best checkpoint restored; class scores on X_test.
+    epochs without a better validation (accuracy, then loss) — counted only from the first epoch that meets
+    :func:`~facelib.classify.validation.has_learnt` (``learning_epoch``; ``None``: never) — best checkpoint
+    restored; class scores on X_test. ``ran_to_cap``: training stopped at the cap, not on the validation curve.
 
     ``X_*``: tensors already on ``device`` (converted once by the caller; batches are indexed from them).
     ``train_input(xb, gen)`` / ``eval_input(xb)`` turn an indexed batch into the network's input (augmentation,
@@ -198,8 +200,9 @@ def _fit_torch(model, X_fit, y_fit, X_val, y_val, X_test, *, epochs, batch_size,
                leave=False, disable=not progress, mininterval=0)  # one update per epoch: seconds apart
     best = (-1.0, np.inf)
     best_state, best_epoch, stale = None, 0, 0
-    learnt_at = learning_threshold(np.asarray(torch.as_tensor(y_val).cpu()))  # patience counts from here
-    learning_epoch = None  # first epoch whose validation accuracy exceeded it
+    y_val_np = np.asarray(torch.as_tensor(y_val).cpu())
+    learnt_at, prior = learning_threshold(y_val_np), prior_loss(y_val_np)  # patience counts from has_learnt
+    learning_epoch = None  # first epoch that met the learning rule
     for epoch in range(1, int(epochs) + 1):
         model.train()
         t0 = time.perf_counter()
@@ -245,7 +248,7 @@ def _fit_torch(model, X_fit, y_fit, X_val, y_val, X_test, *, epochs, batch_size,
                         best_state[k].copy_(v)
             elif learning_epoch is not None:
                 stale += 1
-            if learning_epoch is None and val_acc > learnt_at:
+            if learning_epoch is None and has_learnt(val_acc, val_loss, y_val_np):
                 learning_epoch = epoch
         history.append(rec)
         bar.update(1)
@@ -266,7 +269,8 @@ def _fit_torch(model, X_fit, y_fit, X_val, y_val, X_test, *, epochs, batch_size,
     spe = float(np.mean(epoch_times)) if epoch_times else float("nan")
     return {"predictions": scores.argmax(1) if len(scores) else np.zeros(0, dtype=int), "scores": scores,
             "history": history, "best_epoch": best_epoch, "epochs_run": len(history),
-            "learning_threshold": learnt_at, "learning_epoch": learning_epoch,
+            "learning_threshold": learnt_at, "prior_loss": prior, "learning_epoch": learning_epoch,
+            "ran_to_cap": len(history) >= int(epochs),
             "best_val_accuracy": None if best_state is None else best[0],
             "seconds_per_epoch": spe, "seconds_per_input": spe / max(len(X_fit), 1),
             "train_seconds": float(np.sum(epoch_times)), "n_fit": int(len(X_fit)), "n_val": int(len(X_val)),

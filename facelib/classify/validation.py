@@ -76,9 +76,29 @@ def inner_split(df: pd.DataFrame, fold: Fold, label: str, val_fraction: float = 
 
 
 def learning_threshold(y_val) -> float:
-    """Validation accuracy above which a network has learnt something (patience counts from there): the
-    majority-class rate p plus two binomial standard errors, p + 2·√(p(1−p)/n); 1.0 for an empty split."""
+    """Validation accuracy above which a network may have learnt something: the majority-class rate p plus one
+    binomial standard error, p + √(p(1−p)/n); 1.0 for an empty split. It is one half of the learning rule
+    (:func:`has_learnt`); the other half, a validation loss below :func:`prior_loss`, is what keeps a network at
+    chance from passing it on a lucky draw of a small validation split (16 people: 11 right, not 13)."""
     if not len(y := np.asarray(y_val).ravel()):
         return 1.0
     p = float(np.bincount(y.astype(np.int64)).max()) / len(y)
-    return p + 2.0 * float(np.sqrt(p * (1.0 - p) / len(y)))
+    return p + float(np.sqrt(p * (1.0 - p) / len(y)))
+
+
+def prior_loss(y_val) -> float:
+    """The cross-entropy of always answering the validation split's own class frequencies (its entropy, nats): a
+    network whose validation loss is not below it knows nothing the class counts do not; 0.0 for an empty split."""
+    if not len(y := np.asarray(y_val).ravel()):
+        return 0.0
+    f = np.bincount(y.astype(np.int64)) / len(y)
+    f = f[f > 0]
+    return float(-(f * np.log(f)).sum())
+
+
+def has_learnt(val_accuracy: float, val_loss: float, y_val) -> bool:
+    """The learning rule early stopping waits for (patience counts only from the first epoch that meets it):
+    validation accuracy above :func:`learning_threshold` **and** validation loss below :func:`prior_loss`. A
+    network at chance meets neither, however long it trains, so it runs on to its cap and says so
+    (``ran_to_cap``)."""
+    return val_accuracy > learning_threshold(y_val) and val_loss < prior_loss(y_val)

@@ -102,7 +102,7 @@ def make_settings(settings: dict | None) -> RNetSettings:
     unknown = set(settings or {}) - known
     if unknown:
         raise ValueError(f"unknown R-Net settings {sorted(unknown)}; known: {sorted(known)} (+ parts, texture, "
-                         "texture_images, tuned_on_test in notebook 02's rnet_settings)")
+                         "texture_images, tuned_on_test, exposure in notebook 02's rnet_settings)")
     return RNetSettings(**(settings or {}))
 
 
@@ -365,6 +365,11 @@ def part_probe(table: pd.DataFrame, column: str = "alpha", n_splits: int = 5, se
 
 
 # ----------------------------------------------------------------------------------------------- study glue
+# What every cross-fitted table's networks saw of Table 1's test side (its ``exposure`` column; a row with it is
+# not clean and never feeds the verdict): each part is coded by networks trained on the other part's pictures.
+RNET_EXPOSURE = ("R-Net, C-Net and skin model trained without labels on the other cross-fit part's pictures, "
+                 "which include Table 1 test pictures of other people")
+
 @renamed_kwargs(assets_folder="assets_dir")
 def study_rnet(coeffs: dict[str, pd.DataFrame], run, settings: dict | None = None, k: int = 2, device=None,
                assets_dir=None, progress: bool = True) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
@@ -372,13 +377,18 @@ def study_rnet(coeffs: dict[str, pd.DataFrame], run, settings: dict | None = Non
     ``run.coeffs(name, rnet=True)``. ``settings``: :class:`RNetSettings` overrides, plus ``parts`` (K) and
     ``texture`` (True: use/build the run's data-built texture basis ``coeffs/texture_kdef_S.npz`` from at most
     ``texture_images`` frontal KDEF pictures), ``tuned_on_test`` (a note: the settings were chosen by accuracy
-    on Table 1's test folds; every table gets a ``tuned_on_test`` column that flags its Table 1 rows).
+    on Table 1's test folds; every table gets a ``tuned_on_test`` column that flags its Table 1 rows),
+    ``exposure`` (a note on how the settings were chosen when that choice saw pictures that are Table 1 test
+    pictures, e.g. validation sides of repeated random splits; appended to :data:`RNET_EXPOSURE`, which every
+    table carries in its ``exposure`` column).
     Returns (tables, one row per part: training summary, plus per dataset the :func:`part_probe` accuracy raw and
     after fit-split part centering, also written to ``coeffs/rnet_part_probe.json``)."""
     s = dict(settings or {})
     k = int(s.pop("parts", k))
     s.pop("texture", None)
     tuned = s.pop("tuned_on_test", None)
+    exposure = "; ".join([RNET_EXPOSURE] + ([str(s.pop("exposure"))] if s.get("exposure") else []))
+    s.pop("exposure", None)
     n_tex_img = s.pop("texture_images", 100)
     texture = texture_path(run, settings) if "kdef" in coeffs else None
     if texture is not None:
@@ -395,6 +405,7 @@ def study_rnet(coeffs: dict[str, pd.DataFrame], run, settings: dict | None = Non
     if tuned:
         note = tuned if isinstance(tuned, str) else "R-Net settings chosen by accuracy on Table 1's test folds"
         tables = {name: t.assign(tuned_on_test=note) for name, t in tables.items()}
+    tables = {name: t.assign(exposure=exposure) for name, t in tables.items()}
     for name, t in tables.items():
         atomic_write_table(t, run.coeffs(name, rnet=True))
     probes = {}

@@ -1,13 +1,11 @@
-"""What a run's Table 1 shows, in sentences: which arm — 3DMM coefficients or pictures — wins each task and
-protocol, by how much against the spread over repeats / folds, and how far both are from the paper's figures;
-and the banner of a run that did not train the paper's ResNet-34 arms (what it can and cannot show).
+"""What a run shows, in sentences, written from its verdict table only (:mod:`facelib.report.verdict`,
+``tables/verdict.csv``): per task, protocol and set size, which arm — 3DMM coefficients or pictures — each arm's
+row chosen on validation among its clean rows, their test accuracies, the paired difference with its interval,
+p-value and verdict; how far the chosen rows are from the paper's figures; and the banner of a run that did not
+train the paper's ResNet-34 arms (what it can and cannot show; read from Table 1, which says what ran).
 
-Everything is read from the run's own Table 1 (``tables.table1``'s CSV). A sentence never claims more than the
-numbers: a difference within the combined spread of the two rows reads "not distinguishable"; a difference with
-no spread known reads "not tested"; each arm's figure is its *best* row (the page lists them all).
-
-Spread of a row: its standard deviation over the repeats / folds; for a single split, the bootstrap 95 %
-interval's half-width / 1.96. Two rows' combined spread: the square root of the sum of their squares.
+A sentence never claims more than the line: "not distinguishable" unless the Holm-adjusted p-value over the run's
+lines is below 0.05 and the interval excludes 0.
 """
 from __future__ import annotations
 
@@ -17,19 +15,12 @@ import math
 import pandas as pd
 
 from .figures import INPUT_WORDS, MODEL_WORDS, PROTOCOL_WORDS
-from .tables import PAPER_DATASET, PAPER_IMAGE_SIZE, PAPER_TABLE1, PICTURE_INPUT_NAMES, paper_figure
+from .tables import PAPER_DATASET, PAPER_IMAGE_SIZE, PAPER_TABLE1
+from .verdict import ARMS, arm  # noqa: F401 — arm is this module's public helper too
 
-ARMS = ("coefficients", "pictures")
-TASK_ORDER = ("identity", "expression", "gender")
 # The set size of each of the paper's figures: its identity coefficients on 3-picture sets, everything else on
 # single pictures (as ``tables.paper_figure`` reads it).
 PAPER_K = {"identity": {"coefficients": 3, "pictures": 1}}
-
-
-def arm(input: str) -> str:
-    """``pictures`` for a picture input (the picture itself, HOG, pixels, the dlib embedding), else
-    ``coefficients``."""
-    return "pictures" if input in PICTURE_INPUT_NAMES else "coefficients"
 
 
 def _num(v) -> float | None:
@@ -40,40 +31,11 @@ def _num(v) -> float | None:
     return None if math.isnan(v) else v
 
 
-def spread(row) -> float | None:
-    """A row's spread (0–1): std over its splits, or for a single split its bootstrap interval / (2 × 1.96)."""
-    std = _num(row.get("accuracy_std"))
-    if std is not None:
-        return std
-    lo, hi = _num(row.get("ci_low")), _num(row.get("ci_high"))
-    return (hi - lo) / (2 * 1.96) if lo is not None and hi is not None else None
-
-
-def _describe(row) -> str:
-    bits = [MODEL_WORDS.get(row["model"], str(row["model"])), "on", INPUT_WORDS.get(row["input"], str(row["input"]))]
-    if arm(row["input"]) == "coefficients":
-        flags = [f for f, on in (("transductive: its fit saw the test pictures", _flag(row.get("transductive"))),
-                                 ("settings tuned on the test folds", _flag(row.get("tuned_on_test"))),
-                                 ("person-grouped: its β used the person's other pictures, no label",
-                                  _flag(row.get("person_grouped")))) if on]
-        bits.append(f"({row['backend']}" + (f", {row['aggregator']}" if isinstance(row.get("aggregator"), str)
-                                           and row["aggregator"] not in ("", "mean") else "")
-                    + "".join(f"; {f}" for f in flags) + ")")
-    return " ".join(bits)
-
-
 def _flag(v) -> bool:
     """A Table 1 flag column's value is set: True or a non-empty note (not NaN, False, '' or 'False')."""
     if v is None or (isinstance(v, float) and v != v):
         return False
     return str(v).strip() not in ("", "False", "0", "nan")
-
-
-def _splits(row) -> str:
-    n, kind = _num(row.get("n_splits")), row.get("split_kind")
-    if kind == "single split" or n == 1:
-        return "one split"
-    return f"{int(n)} {kind}" if n is not None and isinstance(kind, str) else "its splits"
 
 
 def _pct(v: float) -> str:
@@ -84,147 +46,124 @@ def _pts(v: float) -> str:
     return f"{100 * abs(v):.1f} points"
 
 
-def _groups(t1: pd.DataFrame):
-    d = t1.dropna(subset=["accuracy_mean"]).copy()
-    if not len(d):
-        return
-    d["_arm"] = [arm(i) for i in d["input"]]
-    tasks = [t for t in TASK_ORDER if t in set(d["task"])] + sorted(set(d["task"]) - set(TASK_ORDER))
-    for task in tasks:
-        dt = d[d["task"] == task]
-        protocols = sorted(set(dt["protocol"]), key=lambda p: (p != "paper", p))
-        for protocol in protocols:
-            dp = dt[dt["protocol"] == protocol]
-            for k in sorted(set(dp["k"].fillna(1).astype(int))):
-                yield task, protocol, k, dp[dp["k"].fillna(1).astype(int) == k]
+def describe(line, prefix: str) -> str:
+    """One arm's chosen row in words: model on input (backend, aggregator) — a pretrained picture network says so."""
+    g = {f: line.get(f"{prefix}_{f}") for f in ("model", "input", "backend", "aggregator")}
+    text = f"{MODEL_WORDS.get(g['model'], str(g['model']))} on {INPUT_WORDS.get(g['input'], str(g['input']))}"
+    if prefix == "coef":
+        agg = g["aggregator"] if isinstance(g["aggregator"], str) and g["aggregator"] not in ("", "mean") else None
+        text += f" ({g['backend']}" + (f", {agg}" if agg else "") + ")"
+    elif _flag(line.get("pic_pretrained")):
+        text += " (a network pretrained elsewhere on faces)"
+    return text
 
 
-def compare(t1: pd.DataFrame) -> list[dict]:
-    """Per (task, protocol, k): the best row of each arm, the difference (coefficients − pictures, 0–1), the
-    combined spread, and a verdict: ``coefficients`` / ``pictures`` (the difference exceeds the combined spread),
-    ``indistinguishable`` (it does not), ``untested`` (no spread known) or ``one arm`` (only one arm ran)."""
-    out = []
-    for task, protocol, k, g in _groups(t1):
-        best = {a: g[g["_arm"] == a].sort_values("accuracy_mean", ascending=False).iloc[0]
-                for a in ARMS if (g["_arm"] == a).any()}
-        item = {"task": task, "protocol": protocol, "k": k, "best": best, "rows": g,
-                "n_rows": {a: int((g["_arm"] == a).sum()) for a in ARMS}}
-        if len(best) < 2:
-            item["verdict"] = "one arm"
-        else:
-            c, p = best["coefficients"], best["pictures"]
-            diff = float(c["accuracy_mean"]) - float(p["accuracy_mean"])
-            sc, sp = spread(c), spread(p)
-            combined = math.sqrt(sc ** 2 + sp ** 2) if sc is not None and sp is not None else None
-            item.update(difference=diff, spread=combined)
-            if combined is None:
-                item["verdict"] = "untested"
-            elif abs(diff) > combined:
-                item["verdict"] = "coefficients" if diff > 0 else "pictures"
-            else:
-                item["verdict"] = "indistinguishable"
-        out.append(item)
-    return out
+def _arm_text(line, prefix: str, name: str) -> str:
+    n = int(line.get(f"{prefix}_candidates") or 0)
+    return (f"{name} row {describe(line, prefix)} — chosen on validation ({_pct(line[f'{prefix}_val_accuracy'])}) "
+            f"among {n} clean {name} row{'s' if n != 1 else ''} — scores {_pct(line[f'{prefix}_test_accuracy'])} "
+            "on test")
 
 
-def _paper_sentence(items: list[dict]) -> str | None:
-    """How far the best rows of a task's ``paper`` protocol are from the paper's figures, each arm at the paper's
-    set size for it (:data:`PAPER_K`), on the paper's dataset; and the rows that repeat the paper's experiment
-    (:func:`tables.paper_figure`, the ``paper`` column) against their figure."""
-    task = items[0]["task"]
+def _head(line) -> str:
+    k = int(line["k"])
+    return (f"{str(line['task']).capitalize()}, {PROTOCOL_WORDS.get(line['protocol'], line['protocol'])} "
+            f"({line['protocol']}" + (f", sets of {k} pictures" if k > 1 else "") + ")")
+
+
+def _test_text(line) -> str:
+    lo, hi, p, ph = (_num(line.get(c)) for c in ("ci_low", "ci_high", "p_value", "p_holm"))
+    unit, n = line.get("unit"), int(_num(line.get("n_pairs")) or 0)
+    ci = f" [{100 * lo:+.1f}, {100 * hi:+.1f}]" if lo is not None and hi is not None else ""
+    return (f"difference {100 * line['difference']:+.1f} points{ci} (95 % interval, {unit} resampled, {n} pairs), "
+            f"paired sign-flip p = {p:.3g}" + (f", Holm-adjusted over the run's {int(line['n_tests'])} lines "
+                                               f"{ph:.3g}" if ph is not None else ""))
+
+
+def sentence(line) -> str:
+    """One verdict line as a sentence."""
+    head, v = _head(line), line["verdict"]
+    if v == "one arm":
+        have = [(p, n) for p, n in (("coef", "coefficient"), ("pic", "picture"))
+                if isinstance(line.get(f"{p}_model"), str)]
+        if not have:
+            return f"{head}: no clean row with a validation accuracy in either arm; nothing is compared."
+        (p, n), = have
+        return f"{head}: only the {n} arm has a clean row ({_arm_text(line, p, n)}); the arms are not compared."
+    rows = f"{_arm_text(line, 'coef', 'coefficient')}; {_arm_text(line, 'pic', 'picture')}"
+    if line.get("unit") == "unpaired":
+        return f"{head}: {rows}; the two rows were not scored on the same test samples, so they are not compared."
+    if v == "not distinguishable":
+        return f"{head}: not distinguishable — {rows}; {_test_text(line)}."
+    return f"{head}: {v} win — {rows}; {_test_text(line)}."
+
+
+def _paper_sentence(lines: pd.DataFrame) -> str | None:
+    """How far the chosen rows of a task's ``paper`` protocol are from the paper's figures, each arm at the
+    paper's set size for it (:data:`PAPER_K`), on the paper's dataset."""
+    task = lines["task"].iloc[0]
     paper = PAPER_TABLE1.get(task)
-    if paper is None or items[0]["protocol"] != "paper":
+    if paper is None:
         return None
-    dataset = next(iter(items[0]["best"].values())).get("dataset")
-    if isinstance(dataset, str) and dataset != PAPER_DATASET[task]:
-        return None
-    parts, best = [], {}
-    for a, key in (("coefficients", "coefficients"), ("pictures", "images")):
+    parts = []
+    for a, prefix, key in (("coefficients", "coef", "coefficients"), ("pictures", "pic", "images")):
         k = PAPER_K.get(task, {}).get(a, 1)
-        row = next((it["best"][a] for it in items if it["k"] == k and a in it["best"]), None)
-        if row is None:
+        at = lines[(lines["k"].astype(int) == k) & lines[f"{prefix}_test_accuracy"].notna()]
+        if not len(at) or (isinstance(at["dataset"].iloc[0], str) and at["dataset"].iloc[0] != PAPER_DATASET[task]):
             continue
-        best[a] = row
-        gap = float(row["accuracy_mean"]) - paper[key]
+        acc = float(at[f"{prefix}_test_accuracy"].iloc[0])
+        gap = acc - paper[key]
         where = "at" if abs(gap) < 0.0005 else ("below" if gap < 0 else "above")
-        parts.append(f"the best {a[:-1]} row{f' (sets of {k})' if k > 1 else ''} is "
-                     f"{'' if where == 'at' else _pts(gap) + ' '}{where} the paper's {_pct(paper[key])} with "
-                     f"{'3DMM coefficients' if a == 'coefficients' else 'pictures'}")
+        parts.append(f"the chosen {a[:-1]} row{f' (sets of {k})' if k > 1 else ''}, {_pct(acc)}, is "
+                     f"{'' if where == 'at' else _pts(gap) + ' '}{where} the paper's {_pct(paper[key])}")
     if not parts:
         return None
-    not_paper = [a for a, r in best.items() if paper_figure(r) is None]
-    caveat = ""
-    if not_paper:
-        which = ("neither best row repeats" if len(not_paper) == 2 else
-                 f"the best {not_paper[0][:-1]} row does not repeat")
-        caveat = (f" ({which} the paper's experiment, its ResNet-34 on its input and {PAPER_IMAGE_SIZE}-px pictures: "
-                  "read it as a distance, not a replication)")
-    own = [r for it in items for _, r in it["rows"].iterrows() if paper_figure(r) is not None]
-    if own:
-        caveat += "; rows that repeat it: " + ", ".join(
-            f"{_describe(r)}{f' (sets of {int(r.k)})' if int(r.k) > 1 else ''} {_pct(r['accuracy_mean'])} against "
-            f"its {_pct(paper_figure(r))}" for r in own)
-    return "Against the paper: " + "; ".join(parts) + caveat + "."
+    return ("Against the paper: " + "; ".join(parts) + " (a distance, not a replication, unless the row is the "
+            f"paper's ResNet-34 on its input and {PAPER_IMAGE_SIZE}-px pictures; Table 1's `paper` column marks "
+            "those).")
 
 
-def sentences(t1: pd.DataFrame) -> list[str]:
-    """One sentence per (task, protocol, k) of the run's Table 1 (plus one against the paper where it applies)."""
-    out, items = [], compare(t1)
-    for item in items:
-        task, protocol, k, best = item["task"], item["protocol"], item["k"], item["best"]
-        head = f"{task.capitalize()}, {PROTOCOL_WORDS.get(protocol, protocol)} ({protocol}" + \
-            (f", sets of {k} pictures" if k > 1 else "") + ")"
-        v = item["verdict"]
-        if v == "one arm":
-            (a, r), = best.items()
-            out.append(f"{head}: only {a} rows ran (best {_pct(r['accuracy_mean'])}, {_describe(r)}); the arms are "
-                       "not compared.")
-        else:
-            c, p = best["coefficients"], best["pictures"]
-            rows = (f"best coefficient row {_pct(c['accuracy_mean'])} ({_describe(c)}, {_splits(c)}) vs best picture "
-                    f"row {_pct(p['accuracy_mean'])} ({_describe(p)}, {_splits(p)})")
-            if v == "untested":
-                out.append(f"{head}: {rows}; no spread is known, so the {_pts(item['difference'])} difference is not "
-                           "tested.")
-            elif v == "indistinguishable":
-                out.append(f"{head}: the arms are not distinguishable — {rows}; the {_pts(item['difference'])} "
-                           f"difference is within the combined spread of ±{_pts(item['spread'])}.")
-            else:
-                win, lose = ("coefficient", "picture") if v == "coefficients" else ("picture", "coefficient")
-                ratio = abs(item["difference"]) / item["spread"] if item["spread"] else float("inf")
-                out.append(f"{head}: the best {win} row beats the best {lose} row by {_pts(item['difference'])}, "
-                           f"{ratio:.1f}× the combined spread of ±{_pts(item['spread'])} — {rows}.")
-        pair = [it for it in items if (it["task"], it["protocol"]) == (task, protocol)]
-        if item is pair[-1]:  # after the last set size of a task's protocol
-            paper = _paper_sentence(pair)
+def sentences(verdict: pd.DataFrame) -> list[str]:
+    """One sentence per verdict line, plus one against the paper after a task's ``paper`` lines."""
+    out = []
+    if verdict is None or not len(verdict):
+        return out
+    for i, (_, line) in enumerate(verdict.iterrows()):
+        out.append(sentence(line))
+        nxt = verdict.iloc[i + 1] if i + 1 < len(verdict) else None
+        if line["protocol"] == "paper" and (nxt is None or (nxt["task"], nxt["protocol"]) != (line["task"], "paper")):
+            same = verdict[(verdict["task"] == line["task"]) & (verdict["protocol"] == "paper")]
+            paper = _paper_sentence(same)
             if paper:
                 out.append(paper)
     return out
 
 
-INTRO = ("What this run's Table 1 shows (each arm's best row per task, protocol and set size; \"spread\": the two "
-         "rows' std over their repeats/folds combined — with 2–3 splits a rough estimate; a difference within it "
-         "is not a finding):")
+INTRO = ("The verdict (tables/verdict.csv): per task, protocol and set size, each arm is represented by its clean "
+         "row with the best validation accuracy — chosen before any test figure is read — and the two rows are "
+         "compared paired, on the same splits and people. A winner is named only when the Holm-adjusted p-value "
+         "over all of the run's lines is below 0.05 and the 95 % interval excludes 0:")
 
 
-def paragraph(t1: pd.DataFrame) -> str:
-    """The findings as one paragraph of plain sentences (empty Table 1: says so)."""
-    said = sentences(t1)
-    return " ".join([INTRO] + said) if said else "Table 1 has no accuracy yet: nothing to report."
+def paragraph(verdict: pd.DataFrame | None) -> str:
+    """The findings as one paragraph of plain sentences (no verdict lines: says so)."""
+    said = sentences(verdict)
+    return " ".join([INTRO] + said) if said else "No verdict yet: Table 1 has no clean row to compare."
 
 
-def markdown(t1: pd.DataFrame) -> str:
-    """The findings for a notebook: the banner (:func:`paper_arms_banner`) when the run has one, the intro, then
-    one bullet per sentence."""
-    said, banner = sentences(t1), paper_arms_banner(t1)
-    body = INTRO + "\n\n" + "\n".join(f"* {s}" for s in said) if said else paragraph(t1)
+def markdown(verdict: pd.DataFrame | None, t1: pd.DataFrame | None = None) -> str:
+    """The findings for a notebook: the banner (:func:`paper_arms_banner`, from Table 1) when the run has one,
+    the intro, then one bullet per sentence."""
+    said = sentences(verdict)
+    banner = paper_arms_banner(t1) if t1 is not None else None
+    body = INTRO + "\n\n" + "\n".join(f"* {s}" for s in said) if said else paragraph(verdict)
     return (f"> **What this run can show.** {banner}\n\n" if banner else "") + body
 
 
-def html_block(t1: pd.DataFrame) -> str:
-    said = sentences(t1)
+def html_block(verdict: pd.DataFrame | None) -> str:
+    said = sentences(verdict)
     if not said:
-        return f"<p>{html.escape(paragraph(t1))}</p>"
+        return f"<p>{html.escape(paragraph(verdict))}</p>"
     return (f"<p>{html.escape(INTRO)}</p><ul class='findings'>"
             + "".join(f"<li>{html.escape(s)}</li>" for s in said) + "</ul>")
 

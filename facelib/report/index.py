@@ -22,6 +22,8 @@ from ..io import atomic_write_text
 from ..run import profile_header, read_provenance, read_status
 from . import findings
 from .figures import FIGURE_FILES, context_line, one_class_results
+from .table1_display import row_key
+from .verdict import VERDICT_CAPTION, read_verdict, verdict_display
 from .tables import (PROTOCOL_TABLE, TABLE1_GLOSSARY, load_results, pick_table3_result, table1_explained,
                      table1_footnotes, table3_source)
 
@@ -129,9 +131,8 @@ def table1_with_flags(t1: pd.DataFrame, results: list[dict]) -> pd.DataFrame:
     """Table 1 for reading (``tables.table1_explained``: chance, the paper's figures, picture baselines named) plus
     a ``note`` flagging models that predict one class."""
     d = table1_explained(t1, results).copy()
-    keys = ["task", "protocol", "input", "model", "backend"]
-    flagged = {tuple(str(r.get(k)) for k in keys) for r in one_class_results(results)}
-    d["note"] = ["⚠ predicts one class for every picture" if tuple(str(row.get(k)) for k in keys) in flagged
+    flagged = {row_key(r, aggregator=False) for r in one_class_results(results)}
+    d["note"] = ["⚠ predicts one class for every picture" if row_key(row, aggregator=False) in flagged
                  else "" for _, row in t1.iterrows()]
     return d.astype(object).where(d.notna(), "—")  # a value that does not apply reads as a dash, not NaN
 
@@ -180,7 +181,12 @@ def tables_html(folder: Path, dest: Path) -> list[str]:
             banner = findings.paper_arms_banner(t1)
             if banner:
                 parts.append(f"<p class='banner'><b>What this run can show.</b> {html.escape(banner)}</p>")
-            parts.append("<h2>Findings</h2>" + findings.html_block(t1))
+            verdict = read_verdict(tables)
+            parts.append("<h2>Verdict</h2>" + findings.html_block(verdict))
+            if verdict is not None and len(verdict):
+                parts.append(f"<div class='wide'>{verdict_display(verdict).to_html(index=False, border=0, na_rep='—', classes='results')}</div>"
+                             f"<p><a href='{os.path.relpath(tables / 'verdict.csv', dest.parent)}'>verdict.csv</a>"
+                             f" — {html.escape(VERDICT_CAPTION)}</p>")
             frame = table1_with_flags(t1, results)
         digits = {"table1": 1, "table2": 5, "table3": 1}[name]
         shown = frame.to_html(float_format=lambda v: f"{v:.0f}" if float(v).is_integer() and name == "table2"

@@ -8,6 +8,8 @@ tables, titles, the provenance comment) and :mod:`facelib.report.table1_display`
 glossary and protocol table), re-exported here.
 Outputs in ``out_dir``:
 
+* ``verdict.csv`` — the study's answer per task, protocol and k (:mod:`facelib.report.verdict`: each arm's
+  clean row chosen on validation, compared paired on the same splits).
 * ``table1.csv`` — ``TABLE1_COLUMNS`` (defined one by one in :data:`TABLE1_GLOSSARY`): one row per result and
   k (accuracy as a 0–1 fraction; ``accuracy_std`` over repeats/folds; ``ci_low``/``ci_high`` a 95 % interval from
   resampling people for a single split and for pooled folds), ``leak_free`` (protocol leak-free and nothing
@@ -36,6 +38,8 @@ import pandas as pd
 
 from ..io import atomic_path, atomic_write_json
 from ..vocab import EXPRESSIONS
+from .records import table1_records
+from .verdict import verdict_table
 from .markdown import format_value, markdown_table, provenance_header, synthetic_title
 from .paper import (PAPER_AGGREGATOR, PAPER_BACKENDS, PAPER_DATASET, PAPER_DEVICE, PAPER_IMAGE_SIZE, PAPER_K,
                     PAPER_TABLE1, PAPER_TABLE2, PAPER_TABLE3, PAPER_TABLE3_DIAGONAL, paper_figure, paper_reference)
@@ -46,7 +50,8 @@ from .table1_display import (FOOTNOTE_CAPS, FOOTNOTE_COUNTS, FOOTNOTE_K1, FOOTNO
                              table1_footnotes, table1_markdown, table1_pivot)
 
 __all__ = [  # built and written here
-    "TABLE1_COLUMNS", "TABLE2_COLUMNS", "INPUT_UNIT", "TABLE_FILES", "EXPRESSIONS", "load_results", "table1", "table2",
+    "TABLE1_COLUMNS", "TABLE2_COLUMNS", "INPUT_UNIT", "TABLE_FILES", "EXPRESSIONS", "load_results", "table1",
+    "table1_records", "table2",
     "table3", "pick_table3_result", "table2_ratio", "table2_markdown", "table3_markdown", "splits_text",
     "table3_source", "read_table3", "table3_text", "NO_TABLE3", "clear_tables", "write_provenance", "write_table1", "write_table2", "write_table3",
     "write_tables",
@@ -60,9 +65,10 @@ __all__ = [  # built and written here
     "table1_best", "table1_display", "table1_explained", "table1_footnotes", "table1_markdown", "table1_pivot"]
 
 TABLE1_COLUMNS = ["task", "protocol", "input", "model", "backend", "aggregator", "k", "trained_k", "leak_free",
-                  "tuned_on_test", "person_grouped", "accuracy_mean", "accuracy_std", "ci_low", "ci_high", "ci_unit", "n_splits",
-                  "split_kind", "split_accuracies", "image_size", "epochs_max", "patience", "epochs_run",
-                  "best_epoch", "at_cap", "pretrained", "n_fit_pictures", "n_val_pictures", "n_fit_sets",
+                  "protocol_leak_free", "clean", "tuned_on_test", "person_grouped", "exposure", "accuracy_mean", "accuracy_std", "ci_low",
+                  "ci_high", "ci_unit", "val_accuracy", "n_splits", "split_kind", "split_accuracies", "image_size",
+                  "epochs_max", "patience", "epochs_run", "best_epoch", "at_cap", "learning_epoch", "ran_to_cap",
+                  "pretrained", "n_fit_pictures", "n_val_pictures", "n_fit_sets",
                   "n_val_sets", "max_sets", "n_test_pictures", "n_test_sets", "transductive", "synthetic", "dataset"]
 TABLE2_COLUMNS = ["task", "input", "model", "backend", "device", "precision", "threads", "batch_size", "image_size", "input_unit",
                   "seconds_per_input", "seconds_per_epoch", "coefficient_seconds_per_picture", "aggregator",
@@ -94,64 +100,12 @@ def _kind(input: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- tables
-def _mean(v):
-    v = [x for x in (v if isinstance(v, (list, tuple)) else [v]) if x is not None]
-    return float(np.mean(v)) if v else None
-
-
-def _split_accuracies(r: dict, d: dict) -> str | None:
-    """``FL+FR 77.0 % (139); HL+HR 90.0 % (140); S 81.4 % (70)`` for pooled folds, else None."""
-    if r.get("split_kind") != "pooled folds":
-        return None
-    labels = r.get("fold_labels") or r.get("fold_names") or []
-    return "; ".join(f"{lab} {100 * a:.1f} % ({n})" for lab, a, n in
-                     zip(labels, d.get("fold_accuracies") or [], d.get("n_test") or []))
-
-
 def table1(results: list[dict], synthetic: bool = False) -> pd.DataFrame:
     """One row per result and set size k (``accuracy_by_k``: a per-picture model is also scored on the identity
-    sets; a coefficient model on a set protocol has a k = 1 twin trained on single pictures): exactly
-    ``TABLE1_COLUMNS`` (see :data:`TABLE1_GLOSSARY`). Training facts (``trained_k``, epochs, ``at_cap``) are those
-    of the model each row scores."""
-    rows = []
-    for r in results:
-        by_k = r.get("accuracy_by_k") or {str(r.get("k", 1)): {
-            "mean": r.get("accuracy_mean"), "std": r.get("accuracy_std"), "ci": r.get("accuracy_ci"),
-            "n_test": r.get("n_test")}}
-        recipe = r.get("recipe") or {}
-        cap = r.get("epochs_max")
-        for k, d in sorted(by_k.items(), key=lambda kv: int(kv[0])):
-            k = int(k)
-            ci = d.get("ci") or [None, None]
-            sets = k > 1
-            trained_k = d.get("trained_k")
-            if trained_k is None:  # results older than the k = 1 twin: the set-trained model scored off-design
-                trained_k = int(r.get("k") or 1) if r.get("kind", "coefficients") == "coefficients" else 1
-            best = d.get("best_epochs", r.get("best_epochs"))
-            set_trained = int(trained_k) > 1
-            rows.append({
-                "task": r["task"], "protocol": r["protocol"], "input": r["input"], "model": r["model"],
-                "backend": r.get("backend"), "aggregator": r.get("aggregator"), "k": k, "trained_k": int(trained_k),
-                "leak_free": bool(r.get("leak_free")) and not r.get("transductive"),
-                "tuned_on_test": bool(r.get("tuned_on_test")), "person_grouped": r.get("person_grouped") or "",
-                "accuracy_mean": d.get("mean"), "accuracy_std": d.get("std"), "ci_low": ci[0], "ci_high": ci[1],
-                "ci_unit": d.get("ci_unit") or (("pictures" if ci[0] is not None else None)),
-                "n_splits": r.get("n_folds"), "split_kind": r.get("split_kind", "folds"),
-                "split_accuracies": _split_accuracies(r, d),
-                "image_size": r.get("image_size"), "epochs_max": cap,
-                "patience": recipe.get("patience"),
-                "epochs_run": _mean(d.get("epochs_run", r.get("epochs_run"))), "best_epoch": _mean(best),
-                "at_cap": bool(cap) and any(b is not None and int(b) >= int(cap) for b in (best or [])),
-                "pretrained": bool(r.get("pretrained")),
-                "n_fit_pictures": _mean(r.get("n_fit_pictures")), "n_val_pictures": _mean(r.get("n_val_pictures")),
-                "n_fit_sets": _mean(r.get("n_fit_sets")) if set_trained else None,
-                "n_val_sets": _mean(r.get("n_val_sets")) if set_trained else None,
-                "max_sets": (r.get("protocol_info") or {}).get("max_sets"),
-                "n_test_pictures": _mean(r.get("n_test_pictures")) if not sets else None,
-                "n_test_sets": _mean(d.get("n_test")) if sets else None,
-                "transductive": r.get("transductive") or "", "synthetic": bool(synthetic),
-                "dataset": r.get("dataset")})
-    return pd.DataFrame(rows, columns=TABLE1_COLUMNS)
+    sets; a coefficient model on a set protocol has a k = 1 twin trained on single pictures, shown once): exactly
+    ``TABLE1_COLUMNS`` (see :data:`TABLE1_GLOSSARY`). Training facts (``trained_k``, epochs, ``at_cap``,
+    ``ran_to_cap``, ``learning_epoch``) and ``val_accuracy`` are those of the model each row scores."""
+    return pd.DataFrame([row for row, _, _ in table1_records(results, synthetic)], columns=TABLE1_COLUMNS)
 
 
 INPUT_UNIT = {"coefficients": "one coefficient vector (a k-set: its aggregate)", "images": "one picture",
@@ -168,7 +122,8 @@ def table2(results: list[dict], synthetic: bool = False, coefficient_cost: dict 
     chosen: dict[tuple, dict] = {}
     for r in results:
         costed = r.get("aggregator") if r.get("aggregator_seconds_per_set") is not None else None
-        key = (r["task"], r["input"], r["model"], r.get("backend"), r.get("device", "cpu"), costed)
+        backend = PICTURE_BACKEND if r["input"] in PICTURE_INPUT_NAMES else r.get("backend")
+        key = (r["task"], r["input"], r["model"], backend, r.get("device", "cpu"), costed)
         if key not in chosen or (r.get("protocol") == "paper" and chosen[key].get("protocol") != "paper"):
             chosen[key] = r
     cost = coefficient_cost or {}
@@ -315,7 +270,7 @@ def _text(text: str, dest: Path) -> Path:
     return dest
 
 
-TABLE_FILES = ("table1.csv", "table1.md", "table2.csv", "table2.md", "table3.csv", "table3.md", "table3_counts.csv",
+TABLE_FILES = ("table1.csv", "table1.md", "verdict.csv", "table2.csv", "table2.md", "table3.csv", "table3.md", "table3_counts.csv",
                "table3_heatmap.png", "per_angle_accuracy.png", "training_time.png", "provenance.json")
 
 
@@ -372,4 +327,6 @@ def write_tables(results: list[dict] | str | Path, out_dir: str | Path, provenan
     paths.update(write_table1(results, out_dir, provenance))
     paths.update(write_table2(results, out_dir, provenance))
     paths.update(write_table3(results, out_dir, provenance))
+    paths["verdict_csv"] = _csv(verdict_table(results, seed=int((provenance or {}).get("seed") or 0)),
+                                Path(out_dir) / "verdict.csv")
     return paths
