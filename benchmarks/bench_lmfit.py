@@ -1,4 +1,4 @@
-"""Issue 22, lever 3 on the dev data: a landmark fit that keeps what its 68 points carry.
+"""The landmark-fit options on the dev data: a landmark fit that keeps what its 68 points carry.
 
     FACELIB_KDEF=... FACELIB_ASSETS=... FACELIB_CACHE=... python benchmarks/bench_lmfit.py \\
         --stage diagnose|levers [--more] [--points] [--variant NAME=MODEL:JSON ...] [--splits 10] \\
@@ -48,7 +48,7 @@ from facelib.fitting.table import fit_table  # noqa: E402
 
 REGIONS = {"jaw": range(0, 17), "brows": range(17, 27), "nose": range(27, 36), "eyes": range(36, 48),
            "mouth": range(48, 68)}
-LEVER3 = (  # the variants measured for docs/bench_person.md "Lever 3" (used when no --variant is given)
+LANDMARK_FIT_OPTIONS = (  # the variants measured for docs/bench_person.md "The landmark-fit options" (used when no --variant is given)
     'ict_refit=ict',
     'ict_wexp0.1=ict:{"reg_weights":{"w_exp":0.08}}',
     'ict_wexp10=ict:{"reg_weights":{"w_exp":8.0}}',
@@ -305,7 +305,7 @@ def levers(args, raw, targets, bfm, ict):
     tgt = PF._targets_of(targets, raw.loc[ok, "sha256"])
     scores, refs, tables, secs = {}, {}, {}, {}
     base = {"bfm": "bfm_refit", "ict": "ict_refit"}
-    variants = [parse_variant(v) for v in (args.variant or LEVER3)]
+    variants = [parse_variant(v) for v in (args.variant or LANDMARK_FIT_OPTIONS)]
     for name, model, opts in variants:
         cache = Path(args.out) / f"{name}.parquet"
         t0 = time.perf_counter()
@@ -334,7 +334,7 @@ def levers(args, raw, targets, bfm, ict):
             raw, normalise(tgt).transpose(0, 2, 1).reshape(len(tgt), -1), "pts"), args.splits)
         refs["pts_norm (targets)"] = None
     rows = report(scores, refs, "levers")
-    if args.points:  # the target of lever 3: β at least as good as the 68 points it is fitted to
+    if args.points:  # the target of these options: β at least as good as the 68 points it is fitted to
         rows += report(scores, {k: "pts_norm (targets)" for k in scores if k != "pts_norm (targets)"},
                        "levers vs the 68 target points")
     return rows, secs
@@ -358,7 +358,7 @@ def main(argv=None) -> int:
     ap.add_argument("--splits", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=32, help="refit batch (32 ≈ 8: max |Δβ| 5e-4, 4x faster)")
     ap.add_argument("--variant", action="append", default=[],
-                    help="name=model:json fit options (levers); default: the LEVER3 list")
+                    help="name=model:json fit options (levers); default: the LANDMARK_FIT_OPTIONS list")
     ap.add_argument("--points", action="store_true", help="levers: score the 68 target points too")
     ap.add_argument("--more", action="store_true", help="diagnose: the 3-D model points and α alone instead")
     ap.add_argument("--threads", type=int, default=2)

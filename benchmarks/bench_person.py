@@ -1,4 +1,4 @@
-"""Issue 22, levers 2 and 1 on the dev data: fits that use who-is-who (never an expression label).
+"""The person-consistent β and the set fit on the dev data: fits that use who-is-who (never an expression label).
 
     FACELIB_KDEF=... FACELIB_ASSETS=... FACELIB_CACHE=... python benchmarks/bench_person.py \\
         [--folds 3] [--unseen-folds 5] [--max-sets 150] [--evaluate test|validation] [--out reports/bench_person]

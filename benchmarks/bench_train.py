@@ -1,4 +1,4 @@
-"""Training cost, old path vs new path (issue 19): what the lean loop, the device's precision and the scikit-learn
+"""Training cost, old path vs new path (the lean training loop): what the lean loop, the device's precision and the scikit-learn
 grid changes buy, as ratios, plus the accuracy checks that they change nothing that matters.
 
     .venv/bin/python benchmarks/bench_train.py [--quick] [--threads 2] [--sections 4,5a] [--kdef-full ROOT]
@@ -85,7 +85,7 @@ def old_augment_batch(x, gen, flip=True, scale=(0.75, 1.0), ratio=(0.9, 1.1), ji
 
 
 def old_fit_torch(model, X_fit, y_fit, X_val, y_val, to_tensor, *, epochs, batch_size, seed, augment=None):
-    """The loop before issue 19 (numpy fancy-indexing + conversion per batch, default AdamW, deepcopy), timed the
+    """The loop before the lean loop (numpy fancy-indexing + conversion per batch, default AdamW, deepcopy), timed the
     same way: returns (seconds per training pass, history with data/val seconds)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(int(epochs), 1))

@@ -1,4 +1,4 @@
-"""Renamed names (issue 24): the parameter ``landmarks`` → ``landmark_source`` and the keyword ``assets_folder=`` →
+"""Renamed names: the parameter ``landmarks`` → ``landmark_source`` and the keyword ``assets_folder=`` →
 ``assets_dir=``. The old names work for one release with one FutureWarning; both given differently is an error; the
 package itself never uses an old name."""
 from __future__ import annotations

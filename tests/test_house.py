@@ -97,3 +97,34 @@ def test_no_module_over_500_lines():
     long = {str(p.relative_to(PACKAGE.parent)): n for p in sorted(PACKAGE.rglob("*.py"))
             if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert long == {}, f"split these along their seams (over {MAX_LINES} lines): {long}"
+
+
+# Words that point a reader at a tracker or a work session (an issue number, a numbered stop, lever or finding): a
+# reader cannot look them up. Product files name the idea instead; history lives in git.
+HISTORY_WORDS = r"\(stop [0-9]+|\bstop [0-9]+\b|\b[Ii]ssue [0-9]+|\b[Ll]evers? [0-9]|\b[Ff]inding [0-9]"
+PRODUCT_FILES = ("README.md", "docs/*.md", "reports/README.md", "data/README.md", "notebooks/*.ipynb",
+                 "notebooks/params/*.yaml", "facelib/**/*.py", "benchmarks/*.py", "tests/*.py", "Makefile",
+                 "environment.yml", "pyproject.toml")
+
+
+def history_words(root: Path = PACKAGE.parent) -> list[str]:
+    """``path:line: text`` of every product-file line naming a tracker number or a work session."""
+    import re
+    pattern, hits = re.compile(HISTORY_WORDS), []
+    for glob in PRODUCT_FILES:
+        for path in sorted(root.glob(glob)):
+            for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+                if pattern.search(line) and "HISTORY_WORDS" not in line and "history_words" not in line:
+                    hits.append(f"{path.relative_to(root)}:{i}: {line.strip()[:100]}")
+    return hits
+
+
+def test_history_words_are_found(tmp_path):
+    words = ["measured (st" + "op 4)", "iss" + "ue 22's levers", "see lev" + "er 3", "the set fit"]
+    (tmp_path / "README.md").write_text("\n".join(words) + "\n")
+    assert [h.split(":")[1] for h in history_words(tmp_path)] == ["1", "2", "3"]
+
+
+def test_product_files_name_ideas_not_trackers():
+    hits = history_words()
+    assert hits == [], "name the idea instead (history lives in git):\n" + "\n".join(hits)

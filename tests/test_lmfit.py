@@ -1,4 +1,4 @@
-"""Issue 22, lever 3: the landmark fit's options — per-picture (per-angle) landmark weights, the β regulariser's
+"""The landmark-fit options: the landmark fit's options — per-picture (per-angle) landmark weights, the β regulariser's
 weight, an L1 (sparsity) prior on β — on hand-made numbers and on synthetic ICT faces."""
 from __future__ import annotations
 

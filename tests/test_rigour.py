@@ -1,4 +1,4 @@
-"""Issue 20 (rigour, second pass): each test fails on the behaviour the reviewer found behind Table 1."""
+"""Rigour, second pass: each test fails on the behaviour the reviewer found behind Table 1."""
 from __future__ import annotations
 
 import numpy as np
@@ -95,7 +95,7 @@ def test_identity_counts_apart_and_k1_model_trained_on_pictures(synth, monkeypat
 def test_transductive_or_tuned_tables_flag_the_row(synth):
     df = synth.assign(transductive="texture basis from every picture")
     r = E.run_task(df, "expression", "subject_independent", model="logreg", n_folds=2)
-    assert r.protocol_leak_free and not r.leak_free  # finding 2: used to be True
+    assert r.protocol_leak_free and not r.leak_free  # a transductive table: used to be True
     tuned = synth.assign(tuned_on_test="R-Net epochs chosen on test")
     r2 = E.run_task(tuned, "expression", "subject_independent", model="logreg", n_folds=2)
     assert r2.leak_free and r2.tuned_on_test == "R-Net epochs chosen on test"
@@ -103,7 +103,7 @@ def test_transductive_or_tuned_tables_flag_the_row(synth):
 
 
 def test_evaluate_on_validation_never_scores_a_test_picture(synth):
-    """Finding 1: choosing settings scores the inner validation side, never a picture of a split's test side."""
+    """Choosing settings scores the inner validation side, never a picture of a split's test side."""
     kw = dict(model="logreg", n_folds=2, protocol_kwargs={"max_sets": 60})
     r = E.run_task(synth, "identity", "paper", evaluate="validation", **kw)
     folds = P.make_folds(E._task_table(synth, "identity"), "identity", "paper", seed=0, n_folds=2, max_sets=60)

@@ -1,4 +1,4 @@
-"""R-Net identity consistency (issue 22, lever 4): person-grouped batches, the within-person α spread term, its
+"""R-Net identity consistency (the identity-consistency term): person-grouped batches, the within-person α spread term, its
 effect in train_rnet, and the cache key. Synthetic: a linear stand-in network and loss, no data or assets."""
 from __future__ import annotations
 

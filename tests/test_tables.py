@@ -42,7 +42,7 @@ def test_paper_column_only_beside_comparable_rows():
                 _row(protocol="subject_independent"), _row(input="image", image_size=64), _row(input="alpha"),
                 _row(task="identity", input="alpha", k=1), _row(input="hog", model="linsvm"),
                 _row(dataset="folder"), _row(task="gender", input="alpha", dataset="kdef"),
-                # finding 7: these used to qualify
+                # these used to qualify
                 _row(backend="ict"), _row(backend="tddfa+rnet"), _row(**{**ident, "aggregator": "mean"}),
                 _row(**{**ident, "aggregator": "median"}), _row(**{**ident, "max_sets": 60}),
                 _row(**{**ident, "trained_k": 1}), _row(input="image", image_size=224, task="identity",
@@ -65,7 +65,7 @@ def _result(**kw):
 
 
 def test_leak_free_false_when_transductive_and_best_among_leak_free():
-    """Finding 2: a transductive row is not leak-free (even from an old result JSON that said so), the pivot keeps
+    """A transductive row is not leak-free (even from an old result JSON that said so), the pivot keeps
     the flags, and "best" picks among leak-free rows only and says so."""
     clean = _result()
     trans = _result(backend="ict+fit_full", transductive="texture basis from test pictures", leak_free=True,

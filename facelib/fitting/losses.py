@@ -19,7 +19,7 @@ name               weight      definition
 
 Per-picture landmark weights: ``HybridLoss`` takes an optional ``lm_weights`` input (B, 68) that replaces its
 (68,) weights for the batch — :func:`yaw_landmark_weights` × Deep3D's, so the jawline of the side turned away from
-the camera counts less on half profiles (issue 22, lever 3; :meth:`facelib.fitting.fitter.Fitter.fit`).
+the camera counts less on half profiles (the landmark-fit options; :meth:`facelib.fitting.fitter.Fitter.fit`).
 
 Notes on Deep3D's code (``models/losses.py``):
 - the nose weight: the paper speaks of "nose and inner mouth" points; the code weights only 0-based 28:31

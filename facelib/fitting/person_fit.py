@@ -1,4 +1,4 @@
-"""Fits that use *who is who* (never an expression label): issue 22, levers 1 and 2.
+"""Fits that use *who is who* (never an expression label): the person-consistent β and the set fit.
 
 Per-picture fits estimate identity α and expression β from one picture each, so each leaks into the other. Two
 remedies, both in landmark mode (68 points, no rendering: cheap):
@@ -141,7 +141,7 @@ def person_centred(table: pd.DataFrame, column: str = "beta", person: str = "sub
     return t
 
 
-# ----------------------------------------------------------------------------------------------- lever 2
+# ------------------------------------------------------------------------------- the person-consistent β
 def person_consistent_table(fit_table_: pd.DataFrame, fitter: Fitter, targets: pd.DataFrame,
                             alpha_source: str = "loo_mean", person: str = "subject", iterations: int = 60,
                             start_beta: str = "fit", batch_size: int = 64, image_size: int = 160,
@@ -207,7 +207,7 @@ def person_consistent_table(fit_table_: pd.DataFrame, fitter: Fitter, targets: p
     return table
 
 
-# ----------------------------------------------------------------------------------------------- lever 1
+# --------------------------------------------------------------------------------------------- the set fit
 class SharedAlphaFitter(Fitter):
     """A :class:`Fitter` whose α is one variable per *group* of batch rows (``groups``: (B,) group index per
     row, set before :meth:`fit`); β and pose stay per picture. ``init["alpha"]`` must agree within a group."""
