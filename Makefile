@@ -20,7 +20,7 @@ help:
 	@echo "make reproduce [PARAMS=...] [DEVICE=cuda] [SET='seed=1 n_folds=5']  run the study, write reports/"
 	@echo "      (PARAMS empty: paper.yaml on a GPU, notebooks/params/cpu.yaml on a CPU when present)"
 	@echo "make test                                            run the tests (pytest + nbval)"
-	@echo "make lab                                             JupyterLab with the study's kernel"
+	@echo "make lab                                             JupyterLab on the newest run's notebooks (facelib kernel)"
 	@echo "make notebooks-refresh                               re-execute the committed notebooks (CI parameters)"
 	@echo "make gpu-check                                       GPU timings + paper.yaml sized down (gpu_check.yaml) on CUDA"
 
@@ -49,8 +49,9 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest tests -x -q $(PYTEST_ARGS)
 
+# Opens the newest finished run's executed notebooks (reports/runs/<run>/; the committed ones when none has finished).
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --notebook-dir=. $(if $(CI),--no-browser,)
+	$(VENV)/bin/jupyter lab --notebook-dir=. $(if $(CI),--no-browser,) "$$($(PY) -m facelib latest-run)"
 
 check-data: $(STAMP)
 	$(PY) -m facelib data check --dataset kdef

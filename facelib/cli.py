@@ -19,7 +19,7 @@ from .classify import protocols as P
 from .classify.experiment import TASK_LABEL, run_task
 from .classify.results import read_coeffs, save_result
 from .classify.trainer import INPUTS, MODELS
-from .config import resolve_device
+from .config import REPORTS_DIR, resolve_device
 from .data import datasets, labels
 from .data.synthetic import generate_synthetic
 from .deprecation import normalise_params
@@ -30,7 +30,7 @@ from .fitting import ict_fit
 from .fitting.fitter import MODES
 from .fitting.table import fit_figure, fit_table, loss_summary
 from .fitting.texture_basis import build_from_table
-from .study import PARAMS_DIR, run_study
+from .study import NOTEBOOK_DIR, PARAMS_DIR, run_study
 
 
 def cmd_assets(args) -> int:
@@ -358,6 +358,15 @@ def _add_study(sub) -> None:
     s.add_argument("--refresh-committed", action="store_true",
                    help="copy the executed notebooks back into notebooks/ (their outputs are what nbval checks)")
     s.set_defaults(func=cmd_study)
+    w = sub.add_parser("latest-run", help="print the folder of the newest finished run's executed notebooks "
+                                          "(notebooks/ when no run has finished): what `make lab` opens")
+    w.set_defaults(func=cmd_latest_run)
+
+
+def cmd_latest_run(args) -> int:
+    from .report.index import latest_run_folder
+    print(latest_run_folder(REPORTS_DIR, fallback=NOTEBOOK_DIR))
+    return 0
 
 
 def _guarded(func, args) -> int:

@@ -44,8 +44,9 @@ CI_BANNER_TAG = "ci-banner"
 CI_BANNER = ("> **These outputs come from the small CI run** (`notebooks/params/ci.yaml`: the 20-person dev subset "
              "of KDEF and FEI's frontal set, 2 repeats/folds, sampled identity subsets, a 1-epoch R-Net, and only the "
              "cheap convergent models — logistic regression / SVM on coefficients, HOG, Fisherfaces and dlib "
-             "baselines on pictures; no ResNet-34), not from the full study. They are what `make test` compares "
-             "against. `make reproduce` writes the full run's notebooks to `reports/runs/`.")
+             "baselines on pictures; no ResNet-34), not from the full study; figures that would show dataset faces "
+             "are left out. They are what `make test` compares against. **Your run's executed notebooks** are in "
+             "`reports/runs/<run>/` after `make reproduce`; `make lab` opens the latest one.")
 
 
 def notebooks() -> list[Path]:
@@ -191,10 +192,10 @@ def drop_banner(executed: Path) -> None:
 
 
 def with_banner(executed: Path, dest: Path) -> None:
-    """Copy an executed notebook into notebooks/ with the CI banner under its title and the project's kernel."""
+    """Copy an executed notebook into notebooks/ with the CI banner as its first cell and the project's kernel."""
     node = nbformat.read(str(executed), as_version=4)
     banner = nbformat.v4.new_markdown_cell(CI_BANNER, metadata={"tags": [CI_BANNER_TAG]})
-    node.cells.insert(1, banner)
+    node.cells.insert(0, banner)
     node.metadata["kernelspec"] = {"display_name": "facelib (.venv)", "language": "python", "name": KERNEL_NAME}
     strip_pictures(node)
     strip_progress(node)
@@ -209,16 +210,18 @@ def strip_progress(node) -> None:
             cell.outputs = [o for o in cell.get("outputs", []) if not quiet_stderr(o)]
 
 
+FACES_TAG = "shows-faces"  # a notebook cell whose figure shows dataset faces
 PICTURES_REMOVED = "[figure not committed: it shows dataset faces (KDEF/FEI may not be redistributed); " \
                    "`make reproduce` draws it in reports/runs/<run>/]"
 
 
 def strip_pictures(node) -> None:
-    """Remove every image output from a notebook that goes into the repository: figures of the study show KDEF
-    and FEI faces, whose licences forbid redistribution. Only cells whose output nbval ignores carry figures, so
-    the comparison is unchanged; a one-line note takes the picture's place."""
+    """Remove the image outputs of the cells tagged :data:`FACES_TAG` from a notebook that goes into the
+    repository: those figures show KDEF and FEI faces, whose licences forbid redistribution; a one-line note takes
+    the picture's place. Every other figure (plots, curves, heatmaps: no face) is kept. Figures sit only in cells
+    whose output nbval ignores, so the comparison is unchanged."""
     for cell in node.cells:
-        if cell.cell_type != "code":
+        if cell.cell_type != "code" or FACES_TAG not in cell.metadata.get("tags", []):
             continue
         for out in cell.get("outputs", []):
             data = out.get("data") or {}

@@ -143,6 +143,25 @@ def test_overview_lists_every_run_with_its_status(tmp_path, results):
     assert [r["name"] for r in index.runs(reports)] == ["live", "synthetic", "ci", "killed"]
 
 
+def test_index_links_each_runs_key_figure_and_notebooks_and_lab_opens_the_newest(tmp_path, results):
+    reports = tmp_path / "reports"
+    old = make_run(reports, "old", results, "finished", "2026-11-29T10:00:00Z")
+    new = make_run(reports, "new", results, "finished", "2026-11-30T10:00:00Z")
+    make_run(reports, "live", [], "running", "2026-12-01T10:00:00Z", notebook="02_reconstruction", pid=os.getpid())
+    (new / "html").mkdir()
+    (new / "html" / "05_analysis.html").write_text("<html></html>")
+    overview = index.write_overview(reports).read_text()
+    key = next(f for f in index.KEY_FIGURES if (new / "figures" / f).exists())
+    assert f"<img src='runs/new/figures/{key}'" in overview and "href='runs/new/html/05_analysis.html'>05<" in overview
+    assert index.latest_run_folder(reports, fallback=tmp_path / "notebooks") == "reports/runs/new"  # not running
+    assert index.latest_run_folder(tmp_path / "empty", fallback=tmp_path / "notebooks").endswith("notebooks")
+    page = index.write_run_page(old, []).read_text()
+    # Tables 2 and 3 with their legends and the paper's figures beside them; the verdict table above Table 1
+    assert "paper_seconds_per_input" in page and "measured on" in page
+    assert "paper_diagonal" in page and "Rows: true expression" in page
+    assert page.index("<h2>Verdict</h2>") < page.index("Table 1 —") and "verdict.csv" in page
+
+
 def test_run_page_of_a_failed_run_without_tables(tmp_path):
     folder = make_run(tmp_path, "broken", [], "failed", "2026-11-30T11:00:00Z", notebook="02_reconstruction")
     text = index.write_run_page(folder, []).read_text()

@@ -24,8 +24,9 @@ from . import findings
 from .figures import FIGURE_FILES, context_line, one_class_results
 from .table1_display import row_key
 from .verdict import VERDICT_CAPTION, read_verdict, verdict_display
-from .tables import (PROTOCOL_TABLE, TABLE1_GLOSSARY, load_results, pick_table3_result, table1_explained,
-                     table1_footnotes, table3_source)
+from .tables import (PROTOCOL_TABLE, TABLE1_GLOSSARY, TABLE2_LEGEND, TABLE3_LEGEND, load_results,
+                     pick_table3_result, table1_explained, table1_footnotes, table2_explained, table3_explained,
+                     table3_source)
 
 _PROGRESS = re.compile(r"\r|\d+%\|")  # tqdm bars (carriage returns, "45%|")
 STYLE = ("body{font-family:sans-serif;max-width:1300px;margin:2em auto;padding:0 1em;color:#222}"
@@ -121,6 +122,17 @@ def runs(reports_dir: Path) -> list[dict]:
     return sorted(out, key=lambda r: r["started"], reverse=True)
 
 
+def latest_run_folder(reports_dir: Path, fallback: Path) -> str:
+    """The newest finished run's folder (its executed notebooks), relative to the project when it can be; the
+    ``fallback`` (the committed notebooks) when no run has finished."""
+    done = [r["folder"] for r in runs(reports_dir) if r["state"] == "finished"]
+    folder = Path(done[0] if done else fallback).resolve()
+    try:
+        return str(folder.relative_to(Path(reports_dir).resolve().parent))
+    except ValueError:
+        return str(folder)
+
+
 # ------------------------------------------------------------------------------------------------ page pieces
 def _head(title: str) -> list[str]:
     return [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{STYLE}</style>"
@@ -188,6 +200,13 @@ def tables_html(folder: Path, dest: Path) -> list[str]:
                              f"<p><a href='{os.path.relpath(tables / 'verdict.csv', dest.parent)}'>verdict.csv</a>"
                              f" — {html.escape(VERDICT_CAPTION)}</p>")
             frame = table1_with_flags(t1, results)
+        if name == "table2":
+            frame = table2_explained(frame)
+        if name == "table3":
+            counts = tables / "table3_counts.csv"
+            counts = pd.read_csv(counts, index_col=0).drop(columns="synthetic", errors="ignore") if counts.exists() \
+                else frame.drop(columns="synthetic", errors="ignore") * 0
+            frame = table3_explained(frame.drop(columns="synthetic", errors="ignore"), counts)
         digits = {"table1": 1, "table2": 5, "table3": 1}[name]
         shown = frame.to_html(float_format=lambda v: f"{v:.0f}" if float(v).is_integer() and name == "table2"
                               else f"{v:.{digits}f}", border=0, index=name == "table3", na_rep="—", classes="results")
@@ -195,6 +214,8 @@ def tables_html(folder: Path, dest: Path) -> list[str]:
         parts.append(f"<p><a href='{os.path.relpath(csv, dest.parent)}'>{name}.csv</a></p>")
         if name == "table1":
             parts.append(glossary_html(frame.columns) + table1_notes_html(t1))
+        else:
+            parts.append(f"<p class='legend'>{_code({'table2': TABLE2_LEGEND, 'table3': TABLE3_LEGEND}[name])}</p>")
     return parts
 
 
@@ -232,6 +253,25 @@ def write_run_page(folder: Path, html_pages: list[Path], dest: Path | None = Non
     return atomic_write_text("\n".join(parts), dest)
 
 
+KEY_FIGURES = ("per_angle_accuracy.png", "table3_heatmap.png", "training_time.png")
+
+
+def _key_figure(folder: Path, reports_dir: Path) -> str:
+    """A run's key figure as a thumbnail linking to it (the first of :data:`KEY_FIGURES` the run drew), or —."""
+    png = next((folder / "figures" / f for f in KEY_FIGURES if (folder / "figures" / f).exists()), None)
+    if png is None:
+        return "—"
+    rel = html.escape(os.path.relpath(png, reports_dir))
+    return f"<a href='{rel}'><img src='{rel}' alt='{html.escape(png.stem)}' style='width:180px'></a>"
+
+
+def _notebook_links(folder: Path, reports_dir: Path) -> str:
+    """Links to a run's rendered notebooks (``html/*.html``), numbered, or —."""
+    pages = sorted((folder / "html").glob("*.html"))
+    return " ".join(f"<a href='{html.escape(os.path.relpath(p, reports_dir))}'>{html.escape(p.stem[:2])}</a>"
+                    for p in pages) or "—"
+
+
 def write_overview(reports_dir: Path) -> Path:
     """``reports/index.html``: every run (name, date, data, profile, device, status, link), then the latest
     finished run's Tables 1–3."""
@@ -240,14 +280,15 @@ def write_overview(reports_dir: Path) -> Path:
     listed = runs(reports_dir)
     parts = _head("facelib: 3DMM coefficients vs images — runs")
     parts.append("<table><tr><th>run</th><th>started (UTC)</th><th>data</th><th>profile</th><th>device</th>"
-                 "<th>status</th></tr>")
+                 "<th>status</th><th>key figure</th><th>notebooks</th></tr>")
     for r in listed:
         cls = r["state"].split()[0]
         link = f"<a href='{os.path.relpath(r['page'], reports_dir)}'>{html.escape(r['name'])}</a>" \
             if r["page"].exists() else html.escape(r["name"])
         parts.append(f"<tr><td>{link}</td><td>{html.escape(r['started'])}</td><td>{html.escape(r['data'])}</td>"
                      f"<td>{html.escape(r['profile'])}</td><td>{html.escape(r['device'])}</td>"
-                     f"<td class='{cls}'>{html.escape(r['state'])}</td></tr>")
+                     f"<td class='{cls}'>{html.escape(r['state'])}</td><td>{_key_figure(r['folder'], reports_dir)}</td>"
+                     f"<td>{_notebook_links(r['folder'], reports_dir)}</td></tr>")
     parts.append("</table>")
     latest = next((r for r in listed if r["state"] == "finished"), None)
     if latest:

@@ -53,6 +53,7 @@ __all__ = [  # built and written here
     "TABLE1_COLUMNS", "TABLE2_COLUMNS", "INPUT_UNIT", "TABLE_FILES", "EXPRESSIONS", "load_results", "table1",
     "table1_records", "table2",
     "table3", "pick_table3_result", "table2_ratio", "table2_markdown", "table3_markdown", "splits_text",
+    "table2_explained", "table3_explained", "TABLE2_LEGEND", "TABLE3_LEGEND",
     "table3_source", "read_table3", "table3_text", "NO_TABLE3", "clear_tables", "write_provenance", "write_table1", "write_table2", "write_table3",
     "write_tables",
     # re-exported from markdown, paper and table1_display
@@ -179,47 +180,63 @@ def table2_ratio(t2: pd.DataFrame) -> pd.DataFrame:
     return out.assign(**{"image / vector": out["image"] / out["vector"]})
 
 
-def table2_markdown(t2: pd.DataFrame, provenance: dict) -> str:
+TABLE2_LEGEND = (
+    "`seconds_per_input`: one training pass (forward + backward + step, no evaluation) divided by the number of fit "
+    "inputs; `input_unit` says what one input is (a coefficient vector — for the identity protocol one 3-set "
+    "aggregate — or one picture), at the batch size, image size, device, precision (the forward pass's autocast "
+    "dtype; scikit-learn rows: what its solver computes in) and torch threads of the row. The coefficient route "
+    "also pays `coefficient_seconds_per_picture` once per picture before any training: the median per picture of "
+    "reconstruction (decode, detect, regress) plus fitting for `+fit` and ICT backends, measured when each picture "
+    "was first coded (a cached picture keeps that time); empty for R-Net (`+rnet`: its cost is its training, in "
+    "notebook 02) and for tables coded before this was recorded. A row with an `aggregator` (`set_fit`: one α "
+    "fitted jointly to each identity k-set) also pays `aggregator_seconds_per_set`, the mean time of one set fit "
+    "(sets fitted once and cached; a cached set keeps the time measured when it was fitted). "
+    f"`paper_seconds_per_input` / `paper_seconds_per_epoch`: the paper's times, measured on {PAPER_DEVICE} for its "
+    "own ResNet-34s; they are shown only beside those rows and measure different hardware.")
+
+
+def table2_explained(t2: pd.DataFrame) -> pd.DataFrame:
+    """Table 2 with the paper's times (``paper_seconds_per_input``, ``paper_seconds_per_epoch``) beside the rows
+    of its own models — a ResNet-34 on raw coefficients of its input or on pictures — and empty elsewhere."""
     d = t2.copy()
 
-    def paper(row, what):  # only beside the paper's own model on raw coefficients / pictures
+    def paper(row, what):
         if row["model"] != "resnet34" or "+" in str(row.get("backend") or ""):
             return None
         if row["input"] not in ("image", PAPER_TABLE1.get(row["task"], {}).get("coefficient_input")):
             return None
         return PAPER_TABLE2.get(row["task"], {}).get(_kind(row["input"]), {}).get(what)
 
-    if len(d):
-        d["paper_seconds_per_input"] = d.apply(lambda r: paper(r, "seconds_per_input"), axis=1)
-        d["paper_seconds_per_epoch"] = d.apply(lambda r: paper(r, "seconds_per_epoch"), axis=1)
+    for what in ("seconds_per_input", "seconds_per_epoch"):
+        d[f"paper_{what}"] = [paper(r, what) for _, r in d.iterrows()] if len(d) else []
+    return d
+
+
+def table2_markdown(t2: pd.DataFrame, provenance: dict) -> str:
     return (provenance_header(provenance) + f"# {synthetic_title('Table 2 — training time', provenance)}\n\n"
-            + markdown_table(d)
-            + "\n\n`seconds_per_input`: one training pass (forward + backward + step, no evaluation) divided by "
-              "the number of fit inputs; `input_unit` says what one input is (a coefficient vector — for the "
-              "identity protocol one 3-set aggregate — or one picture), at the batch size, image size, device, "
-              "precision (the forward pass's autocast dtype; scikit-learn rows: what its solver computes in) "
-              "and torch threads of the row. The coefficient route also pays `coefficient_seconds_per_picture` "
-              "once per picture before any training: the median per picture of reconstruction (decode, detect, "
-              "regress) plus fitting for `+fit` and ICT backends, measured when each picture was first coded (a "
-              "cached picture keeps that time); empty for R-Net (`+rnet`: its cost is its training, in notebook 02) "
-              "and for tables coded before this was recorded. A row with an `aggregator` (`set_fit`: one α "
-              "fitted jointly to each identity k-set) also pays `aggregator_seconds_per_set`, the mean time of one "
-              "set fit (sets fitted once and cached; a cached set keeps the time measured when it was fitted). "
-              f"The paper's times were measured on {PAPER_DEVICE} for its own ResNet-34s; they are shown only "
-              "beside those rows and measure different hardware.\n")
+            + markdown_table(table2_explained(t2)) + "\n\n" + TABLE2_LEGEND + "\n")
+
+
+TABLE3_LEGEND = ("Rows: true expression; columns: predicted; each row in percent of its pictures (sums to 100), "
+                 "counts summed over the splits. `paper_diagonal`: the paper's diagonal (its ResNet-34 on β), a "
+                 "reference for the diagonal of this run's matrix; `n`: the pictures of the row.")
+
+
+def table3_explained(percent: pd.DataFrame, counts: pd.DataFrame) -> pd.DataFrame:
+    """Table 3 with the paper's diagonal (``paper_diagonal``) and each row's picture count (``n``) beside it."""
+    d = percent.copy()
+    d["paper_diagonal"] = [PAPER_TABLE3_DIAGONAL.get(e) for e in d.index]
+    d["n"] = counts.sum(axis=1)
+    return d
 
 
 def table3_markdown(percent: pd.DataFrame, counts: pd.DataFrame, provenance: dict, source: dict | None) -> str:
-    d = percent.copy()
-    d["paper_diagonal"] = [PAPER_TABLE3_DIAGONAL[e] for e in d.index]
-    d["n"] = counts.sum(axis=1)
     title = "Table 3 — expression confusion matrix (percent of each true row)"
     if source:
         title += f": {table3_source(source)}"
     return (provenance_header(provenance) + f"# {synthetic_title(title, provenance)}\n\n"
-            + markdown_table(d, index=True, digits=2)
-            + "\n\nRows: true expression; columns: predicted. `paper_diagonal`: the paper's diagonal (its ResNet-34 "
-              "on β).\n")
+            + markdown_table(table3_explained(percent, counts), index=True, digits=2) + "\n\n" + TABLE3_LEGEND
+            + "\n")
 
 
 def splits_text(result: dict) -> str:
