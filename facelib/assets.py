@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import config
-from .deprecation import renamed_kwargs
 from .errors import FacelibError
 
 TDDFA_URL = "https://github.com/cleardusk/3DDFA_V2/raw/master"
@@ -143,7 +142,6 @@ NEEDED_BY_BACKEND = {"tddfa": (), "deep3d": ("deep3d_epoch20", "lm3d_std")}
 NEEDED_BY_LANDMARK_SOURCE = {"model": (), "dlib": (), "fan": ("fan_2d", "fan_s3fd")}
 
 
-@renamed_kwargs(landmarks="landmark_source")
 def needed(backend: str = "tddfa", landmark_source: str | None = "model") -> list[str]:
     """Names of the assets a study with this backend and landmarker needs (detection and the BFM bases always)."""
     return list(NEEDED_ALWAYS) + list(NEEDED_BY_BACKEND.get(backend, ())) + \

@@ -22,7 +22,6 @@ from .classify.trainer import INPUTS, MODELS
 from .config import REPORTS_DIR, resolve_device
 from .data import datasets, labels
 from .data.synthetic import generate_synthetic
-from .deprecation import normalise_params
 from .errors import EXIT_EXPECTED, FacelibError, format_error
 from .face3d.landmarks import LANDMARKERS
 from .face3d.reconstruct import BACKENDS, make_backend, qa_figure, reconstruct_manifest, summarize
@@ -264,21 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_landmark_source(p: argparse.ArgumentParser, what: str) -> None:
-    """``--landmark-source`` and its deprecated spelling ``--landmarks`` (mapped by :func:`_renamed_options`)."""
-    p.add_argument("--landmark-source", choices=LANDMARKERS, default=None,
-                   help=f"{what}: the backend's own (model), dlib or fan (None: model)")
-    p.add_argument("--landmarks", choices=LANDMARKERS, default=None,
-                   help="deprecated spelling of --landmark-source (removed in the next release)")
-
-
-def _renamed_options(args: argparse.Namespace) -> argparse.Namespace:
-    """A deprecated option (``--landmarks``) → its new one, with one warning; both with different values: error."""
-    if "landmark_source" in args:
-        given = {k: v for k, v in (("landmarks", args.landmarks), ("landmark_source", args.landmark_source))
-                 if v is not None}
-        args.landmark_source = normalise_params(given, kind="option").get("landmark_source") or "model"
-        del args.landmarks
-    return args
+    """``--landmark-source``: where the 68 points come from (default: the backend's own, ``model``)."""
+    p.add_argument("--landmark-source", choices=LANDMARKERS, default="model",
+                   help=f"{what}: the backend's own (model), dlib or fan (default: model)")
 
 
 def _add_synthetic(sub) -> None:
@@ -385,5 +372,5 @@ def _guarded(func, args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return _guarded(lambda a: a.func(_renamed_options(a)), args)
+    return _guarded(lambda a: a.func(a), args)
 

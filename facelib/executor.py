@@ -5,7 +5,7 @@
   workers); nothing to set up.
 * ``dask://host:port`` (or a scheduler address, ``tcp://host:port``): an existing Dask cluster. Every worker needs
   this environment (facelib importable, the same versions) and the run's files at the same paths — the dataset
-  folders, ``FACELIB_ASSETS``, ``FACELIB_CACHE``: a shared filesystem (README "On a cluster").
+  folders, ``FACELIB_ASSETS``, ``FACELIB_CACHE``: a shared filesystem (docs/cluster.md).
 
 What is distributed: notebook 04's splits — each repeat / fold of each Table-1 cell is one task
 (:func:`facelib.classify.experiment.run_split`). Each task is seeded by its split. What is tested: for the

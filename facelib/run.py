@@ -21,7 +21,6 @@ from . import __version__, config
 from .classify.precision import choose_precision
 from .data.datasets import study_datasets
 from .data.synthetic import synthetic_marker
-from .deprecation import DEPRECATED_PARAMETERS, normalise_params
 from .errors import FacelibError, format_error
 from .io import atomic_write_json
 
@@ -54,7 +53,6 @@ class Run:
     notebooks wrote here, so any notebook can be rerun alone."""
 
     def __init__(self, params: dict):
-        params = normalise_params(params)  # a deprecated name (e.g. ``landmarks``) → its new one, with a warning
         self.params = {k: params.get(k) for k in PARAMETER_NAMES}
         self.dir = run_dir(params)
         self._recover_results()
@@ -63,10 +61,8 @@ class Run:
 
     @classmethod
     def from_namespace(cls, namespace: dict) -> "Run":
-        """A notebook's run from its variables. A deprecated parameter name there can only come from a papermill
-        injection (``-p landmarks fan``): it wins over the parameters cell's default of the new name."""
-        old = {k: namespace[k] for k in DEPRECATED_PARAMETERS if k in namespace}
-        return cls(normalise_params({**{k: namespace.get(k) for k in PARAMETER_NAMES}, **old}, old_wins=True))
+        """A notebook's run from its variables (those named in :data:`PARAMETER_NAMES`)."""
+        return cls({k: namespace.get(k) for k in PARAMETER_NAMES})
 
     def __repr__(self) -> str:
         shown = self.dir.relative_to(config.PROJECT_ROOT) if self.dir.is_relative_to(config.PROJECT_ROOT) else self.dir

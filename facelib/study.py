@@ -16,6 +16,7 @@ keep their own outputs as before; the terminal gets a copy.
 """
 from __future__ import annotations
 
+import difflib
 import os
 import shutil
 import sys
@@ -31,7 +32,6 @@ from papermill.engines import NBClientEngine, papermill_engines
 from . import assets, config, executor
 from .data.datasets import folder_problems
 from .data.synthetic import generate_synthetic
-from .deprecation import DEPRECATED_PARAMETERS, normalise_params
 from .errors import format_error, notebook_failure
 from .face3d import ict
 from .report.index import notebook_html, quiet_stderr, write_overview, write_run_page
@@ -57,22 +57,24 @@ def load_params(path: str | Path) -> dict:
     params = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(params, dict):
         raise ValueError(f"{path}: expected a mapping of notebook parameters")
-    return normalise_params(params)
+    return params
 
 
 def apply_overrides(params: dict, sets: list[str] | None) -> dict:
-    """``["seed=1", "models=[logreg]"]`` → params updated; values are YAML (``null``, numbers, lists). A deprecated
-    name (``landmarks=model``) sets its new one, with a warning."""
+    """``["seed=1", "models=[logreg]"]`` → params updated; values are YAML (``null``, numbers, lists). An unknown
+    name stops with one line that suggests the closest parameter (``landmarks`` → ``landmark_source``)."""
     given = {}
     for item in sets or []:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise SystemExit(f"--set {item!r}: expected key=value, e.g. --set seed=1")
-        if key not in PARAMETER_NAMES and key not in DEPRECATED_PARAMETERS:
-            raise SystemExit(f"--set {key}: not a notebook parameter; known: {', '.join(PARAMETER_NAMES)}")
+        if key not in PARAMETER_NAMES:
+            close = difflib.get_close_matches(key, PARAMETER_NAMES, n=1)
+            maybe = f" (did you mean '{close[0]}'?)" if close else ""
+            raise SystemExit(f"--set {key}: not a notebook parameter{maybe}; known: {', '.join(PARAMETER_NAMES)}")
         given[key] = yaml.safe_load(value) if value.strip() else None
-    return {**params, **normalise_params(given)}
+    return {**params, **given}
 
 
 DEMO_PROFILE = PARAMS_DIR / "demo.yaml"

@@ -62,6 +62,23 @@ def test_parameter_sets_share_the_notebook_parameters():
         assert not unknown, f"{name}: parameters no notebook declares: {unknown}"
 
 
+def test_old_landmarks_name_is_rejected_with_one_line_naming_landmark_source(capsys):
+    with pytest.raises(SystemExit) as err:
+        study.apply_overrides({"landmark_source": "model"}, ["landmarks=fan"])
+    message = str(err.value.code)
+    assert "\n" not in message and message.startswith("--set landmarks: not a notebook parameter")
+    assert "did you mean 'landmark_source'?" in message
+    assert study.apply_overrides({"landmark_source": "model"}, ["landmark_source=fan"]) == {"landmark_source": "fan"}
+    from facelib import cli
+
+    parser = cli.build_parser()
+    assert parser.parse_args(["assets"]).landmark_source == "model"
+    assert parser.parse_args(["assets", "--landmark-source", "dlib"]).landmark_source == "dlib"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["assets", "--landmarks", "fan"])
+    assert "unrecognized arguments: --landmarks" in capsys.readouterr().err
+
+
 def test_pinned_versions_agree_with_lock():
     import tomllib
 

@@ -1,4 +1,4 @@
-"""Table 1 explains itself: a glossary entry for every column (mirrored in the README), the paper's figures beside
+"""Table 1 explains itself: a glossary entry for every column (mirrored in docs/reading.md), the paper's figures beside
 every row of its task and protocol, a chance level computed from the row's own test data, picture baselines
 without a 3DMM backend; the protocol table; Table 3 and its heatmap name what they show; the run page carries
 the banner, findings and glossary."""
@@ -55,14 +55,14 @@ def test_every_column_has_a_glossary_entry(results):
     t1 = tables.table1(results)
     shown = index.table1_with_flags(t1, results)
     missing = (set(shown.columns) | set(tables.TABLE1_COLUMNS)) - set(tables.TABLE1_GLOSSARY)
-    assert not missing, f"add these columns to tables.TABLE1_GLOSSARY (and the README): {sorted(missing)}"
+    assert not missing, f"add these columns to tables.TABLE1_GLOSSARY (and docs/reading.md): {sorted(missing)}"
     md = tables.glossary_markdown(["k", "chance", "not_a_column"])
     assert md.splitlines() == [f"* `k`: {tables.TABLE1_GLOSSARY['k']}", f"* `chance`: {tables.TABLE1_GLOSSARY['chance']}"]
 
 
 def test_readme_and_notebook_04_carry_the_glossary_and_protocols():
-    readme = (ROOT / "README.md").read_text()
-    hint = "regenerate with facelib.report.tables.glossary_markdown() / protocol_markdown()"
+    readme = (ROOT / "docs" / "reading.md").read_text()
+    hint = "regenerate docs/reading.md's with facelib.report.tables.glossary_markdown() / protocol_markdown()"
     assert tables.glossary_markdown() in readme, hint
     assert tables.protocol_markdown() in readme, hint
     nb = nbformat.read(str(ROOT / "notebooks" / "04_classification.ipynb"), as_version=4)
@@ -150,3 +150,16 @@ def test_run_page_has_banner_findings_glossary_and_table3_source(tmp_path, resul
     assert "What this run can show." not in page and "<h2>Verdict</h2>" in page
     overview = index.write_overview(tmp_path).read_text()
     assert "What each column means" in overview
+
+
+def test_readme_is_a_short_front_door_whose_links_resolve():
+    """The README stays short (what the study is, the two commands, where to look, your own data, where to go
+    next, in that order) and every page it links exists."""
+    import re
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 100
+    heads = [h for h in re.findall(r"^## (.+)$", readme, flags=re.M)]
+    assert heads[:4] == ["The two commands", "Where to look after a run", "Your own data", "Where to go next"]
+    links = set(re.findall(r"\]\(([^)#]+)\)", readme))
+    assert {"docs/reading.md", "docs/profiles.md", "docs/run_page.png"} <= links
+    assert [link for link in links if not (ROOT / link).exists()] == []

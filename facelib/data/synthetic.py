@@ -85,7 +85,6 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..deprecation import renamed_kwargs
 from ..face3d.morphable import MorphableModel
 from ..face3d.tddfa import coefficient_sigma
 from ..io import atomic_path, atomic_write_json, atomic_write_table
@@ -100,7 +99,6 @@ PARTIAL_MARKER = "SYNTHETIC.partial.json"
 GROUND_TRUTH = "ground_truth.parquet"
 
 # ------------------------------------------------------------------------------------------ the generator
-@renamed_kwargs(assets_folder="assets_dir")
 def generate_synthetic(out_dir, n_identities: int = 20, sessions=("A",), seed: int = 0,
                        image_size: tuple[int, int] = (381, 281), assets_dir=None, progress: bool = True,
                        n_fei: int = 40, gender_delta: float = 1.5, expression_gain: float = 1.0,

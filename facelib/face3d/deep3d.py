@@ -29,7 +29,6 @@ import torch.nn as nn
 from PIL import Image
 
 from .. import assets, config
-from ..deprecation import renamed_kwargs
 from .morphable import LAYOUT_DEEP3D, five_points, load_lm3d_std
 
 HEAD_DIMS = (80, 64, 80, 3, 27, 2, 1)  # id, exp, tex, angle, gamma, txy, tz
@@ -196,7 +195,6 @@ class Deep3DRegressor:
     ``AssetMissingError`` tells where to get it when absent).
     """
 
-    @renamed_kwargs(assets_folder="assets_dir")
     def __init__(self, checkpoint=None, device: str = "cpu", assets_dir=None, batch_size: int = 16,
                  allow_pickle: bool = False):
         path = Path(checkpoint) if checkpoint else assets.resolve("deep3d_epoch20", assets_dir)

@@ -31,7 +31,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import assets, config
-from ..deprecation import renamed_kwargs
 
 MEAN_BGR = (104.0, 117.0, 123.0)
 VARIANCES = (0.1, 0.2)
@@ -222,7 +221,6 @@ class FaceBoxesDetector:
     ``batch_size``: images per forward pass.
     """
 
-    @renamed_kwargs(assets_folder="assets_dir")
     def __init__(self, weights=None, device: str = "cpu", conf_threshold: float = 0.5, nms_threshold: float = 0.3,
                  assets_dir=None, max_side: int | None = 384, batch_size: int = 16, top_k: int = 5000,
                  keep_top_k: int = 750):

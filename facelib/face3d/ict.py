@@ -56,7 +56,6 @@ from pathlib import Path
 import numpy as np
 
 from .. import assets, config
-from ..deprecation import renamed_kwargs
 from ..io import cached_arrays
 from .ict_members import MEMBERS
 from .morphable import MorphableModel
@@ -201,7 +200,6 @@ def unpack(archive, cache_root=None) -> Path:
     return final
 
 
-@renamed_kwargs(assets_folder="assets_dir")
 def locate(source=None, assets_dir=None, cache_root=None) -> tuple[Path, bool]:
     """(repository root holding ``FaceXModel/``, members_verified).
 
@@ -264,7 +262,6 @@ def convert(folder: Path) -> dict:
             "polygons": polys, "expression_names": np.array([Path(n).stem for n in exp_names])}
 
 
-@renamed_kwargs(assets_folder="assets_dir")
 def load_model(source=None, assets_dir=None, cache=None, jaw: str = "substitutes", area: str = "narrow",
                device="cpu"):
     """The ICT Face Model Light as a :class:`MorphableModel` (see the module docstring).

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 
 from .. import assets
-from ..deprecation import renamed_kwargs
 
 LANDMARKERS = ("model", "dlib", "fan")
 
@@ -59,7 +58,6 @@ class FANLandmarker:
 
     ASSETS = ("fan_2d", "fan_s3fd")  # the same files, in the asset manifest
 
-    @renamed_kwargs(assets_folder="assets_dir")
     def __init__(self, device: str = "cpu", assets_dir=None):
         hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
         problems = []

@@ -69,7 +69,6 @@ import torch.nn.functional as F
 from scipy.io import loadmat
 
 from .. import assets, config
-from ..deprecation import renamed_kwargs
 from ..io import cached_arrays
 
 LAYOUT_DEEP3D: tuple[tuple[str, int], ...] = (
@@ -323,7 +322,6 @@ class MorphableModel:
 
     # ------------------------------------------------------------------ sources
     @classmethod
-    @renamed_kwargs(assets_folder="assets_dir")
     def from_3ddfa(cls, assets_dir=None, device: str | torch.device = "cpu") -> "MorphableModel":
         """3DDFA's BFM bases: 53215 vertices, α 40, β 10, no texture (see the module docstring)."""
         names = ("bfm_u_shp", "bfm_u_exp", "bfm_w_shp", "bfm_w_exp", "bfm_keypoints", "tri", "indices")
@@ -452,7 +450,6 @@ def convert_bfm09(bfm09_mat, exp_pca_bin, aux: dict) -> dict:
     }
 
 
-@renamed_kwargs(assets_folder="assets_dir")
 def load_lm3d_std(assets_dir=None) -> np.ndarray:
     """Deep3D's standard 3-D landmarks reduced to 5 points (left eye, right eye, nose, left/right mouth) (5, 3)."""
     lm = loadmat(str(assets.resolve("lm3d_std", assets_dir)))["lm"].astype(np.float64)

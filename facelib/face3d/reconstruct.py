@@ -21,7 +21,6 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import assets, config
-from ..deprecation import renamed_kwargs
 from ..errors import FacelibError
 from ..io import append_shard, atomic_write_table, read_image, read_shards, save_figure
 from ..vocab import ANGLES
@@ -60,7 +59,6 @@ class TDDFABackend:
     asset_names = ("faceboxes", "mb05", "param_mean_std", "bfm_u_shp", "bfm_u_exp", "bfm_w_shp", "bfm_w_exp",
                    "bfm_keypoints")
 
-    @renamed_kwargs(assets_folder="assets_dir", landmarks="landmark_source")
     def __init__(self, device: str = "cpu", assets_dir=None, landmark_source: str = "model", fallback: bool = True):
         self.detector = FaceBoxesDetector(device=device, assets_dir=assets_dir)
         self.regressor = TDDFARegressor(device=device, assets_dir=assets_dir)
@@ -90,7 +88,6 @@ class Deep3DBackend:
     name = "deep3d"
     asset_names = TDDFABackend.asset_names + ("deep3d_epoch20", "lm3d_std")
 
-    @renamed_kwargs(assets_folder="assets_dir", landmarks="landmark_source")
     def __init__(self, device: str = "cpu", assets_dir=None, landmark_source: str = "model", fallback: bool = True):
         self.rnet = Deep3DRegressor(device=device, assets_dir=assets_dir)  # clear error if gated file absent
         self.front = TDDFABackend(device, assets_dir, landmark_source, fallback)
@@ -114,7 +111,6 @@ def register_backend(name: str, factory) -> None:
     _REGISTERED[name] = factory
 
 
-@renamed_kwargs(assets_folder="assets_dir", landmarks="landmark_source")
 def make_backend(name: str, device: str = "cpu", assets_dir=None, landmark_source: str = "model",
                  fallback: bool = True):
     if name in LATER_BACKENDS and name not in _REGISTERED:
@@ -129,7 +125,6 @@ def make_backend(name: str, device: str = "cpu", assets_dir=None, landmark_sourc
 
 
 # ---------------------------------------------------------------------------------------------------- cache
-@renamed_kwargs(assets_folder="assets_dir")
 def cache_key(backend, assets_dir=None) -> tuple[str, dict]:
     sums = assets.checksums(list(backend.asset_names), assets_dir)
     payload = {"backend": backend.name, "settings": backend.settings, "assets": sums, "version": CACHE_VERSION}
@@ -159,7 +154,6 @@ def _process_batch(backend, items: list[tuple[str, str]], pool) -> list[dict]:
     return results
 
 
-@renamed_kwargs(assets_folder="assets_dir", landmarks="landmark_source")
 def reconstruct_manifest(manifest: pd.DataFrame, backend: str | object = "tddfa", out: str | Path | None = None,
                          cache_dir: str | Path | None = None, batch_size: int = 32, device: str | None = None,
                          assets_dir=None, landmark_source: str = "model", fallback: bool = True,

@@ -38,7 +38,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import assets
-from ..deprecation import renamed_kwargs
 from ..io import atomic_path
 from .cameras import crop_box, crop_image
 from .deep3d import load_rnet
@@ -143,7 +142,6 @@ def _load_mean_std(model: RNet, assets_dir=None) -> None:
     model.param_std.copy_(torch.as_tensor(np.asarray(ms["std"], np.float32).reshape(-1)))
 
 
-@renamed_kwargs(assets_folder="assets_dir")
 def build_rnet(backbone: str = "mobilenet", n_tex: int = 0, assets_dir=None, init: str | Path | None = "released",
                allow_pickle: bool = False) -> RNet:
     """A fresh R-Net. ``init``: ``"released"`` (mobilenet: 3DDFA_V2's mb05 weights; resnet50: ``None``), None
@@ -222,7 +220,6 @@ class RNetCoder:
     FaceBoxes at ``max_side``, 3DDFA_V2's crop rule, the crop resized (area) to the network's input. Boxes and
     ROIs are returned in the original pictures' pixels. Decoding runs in a thread pool of ``threads``."""
 
-    @renamed_kwargs(assets_folder="assets_dir")
     def __init__(self, net: RNet, device: str = "cpu", assets_dir=None, max_side: int = 192, reduce: int = 2,
                  batch_size: int = 64, threads: int = 2):
         self.net = net.eval().to(device)

@@ -31,7 +31,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import assets, config
-from ..deprecation import renamed_kwargs
 from .cameras import crop_box, crop_image
 from .detect import as_bgr, load_state_strict
 
@@ -115,7 +114,6 @@ def roi_to_image(pts_crop: np.ndarray, rois: np.ndarray) -> np.ndarray:
     return np.stack([x, y], 1)
 
 
-@renamed_kwargs(assets_folder="assets_dir")
 def coefficient_sigma(assets_dir=None) -> tuple[np.ndarray, np.ndarray]:
     """(σ_α (40,), σ_β (10,)) float64: standard deviations of 3DDFA_V2's training parameters
     (``param_mean_std_62d_120x120.pkl``) — the whitening of α, β in fitting and the spread of the synthetic set."""
@@ -129,7 +127,6 @@ class BFMKeypoints:
     """The 68 keypoint rows of 3DDFA's BFM bases: mean (3·68), W_shp (3·68, 40), W_exp (3·68, 10), x,y,z
     interleaved per vertex."""
 
-    @renamed_kwargs(assets_folder="assets_dir")
     def __init__(self, assets_dir=None):
 
         load = lambda n: np.load(assets.resolve(n, assets_dir))  # noqa: E731
@@ -160,7 +157,6 @@ class TDDFARegressor:
     x0..x67, y0..y67 in image pixels, from the BFM keypoints), ``landmarks_fc`` (n, 136, the unused ``fc_lm``
     head read as crop fractions, image pixels), ``roi`` (n, 4)."""
 
-    @renamed_kwargs(assets_folder="assets_dir")
     def __init__(self, device: str = "cpu", assets_dir=None, weights=None, batch_size: int = 64):
 
         self.device = torch.device(config.resolve_device(device))

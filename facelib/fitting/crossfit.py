@@ -37,7 +37,6 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from .. import assets, config
-from ..deprecation import renamed_kwargs
 from ..face3d import rnet as R
 from ..face3d.cameras import crop_box, crop_rgb
 from ..face3d.morphable import MorphableModel
@@ -153,7 +152,6 @@ def _as_rows(arr: np.ndarray | None, n: int) -> list:
     return [None] * n if arr is None else [np.asarray(a, np.float32).tolist() for a in arr]
 
 
-@renamed_kwargs(assets_folder="assets_dir")
 def rnet_tables(tables: dict[str, pd.DataFrame], k: int = 2, settings: RNetSettings | dict | None = None,
                 texture=None, skin_model=None, device: str | None = None, assets_dir=None, cache_dir=None,
                 progress: bool = True, log: list | None = None) -> dict[str, pd.DataFrame]:
@@ -370,7 +368,6 @@ def part_probe(table: pd.DataFrame, column: str = "alpha", n_splits: int = 5, se
 RNET_EXPOSURE = ("R-Net, C-Net and skin model trained without labels on the other cross-fit part's pictures, "
                  "which include Table 1 test pictures of other people")
 
-@renamed_kwargs(assets_folder="assets_dir")
 def study_rnet(coeffs: dict[str, pd.DataFrame], run, settings: dict | None = None, k: int = 2, device=None,
                assets_dir=None, progress: bool = True) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
     """Notebook 02's R-Net step: cross-fitted coding of every dataset of a run, written to
@@ -432,7 +429,6 @@ def texture_path(run, settings: dict | None) -> Path | None:
     return run.dir / "coeffs" / "texture_kdef_S.npz" if (settings or {}).get("texture") else None
 
 
-@renamed_kwargs(assets_folder="assets_dir")
 def reconstruction_figure(table: pd.DataFrame, n: int = 6, texture=None, image_size: int = 160, device=None,
                           assets_dir=None, seed: int = 0, out=None):
     """Coded pictures (cross-fitted: each by a network that never saw its person) beside their rendering from

@@ -47,7 +47,6 @@ import numpy as np
 import torch
 
 from .. import config
-from ..deprecation import renamed_kwargs
 from ..face3d.cameras import tddfa_crop_screen
 from ..face3d.morphable import GREY, MorphableModel
 from ..face3d.tddfa import coefficient_sigma
@@ -164,7 +163,6 @@ class Fitter:
     switches the term off).
     """
 
-    @renamed_kwargs(assets_folder="assets_dir")
     def __init__(self, model: MorphableModel | None = None, device: str | None = None, assets_dir=None,
                  skin_model=None, embedder: Callable | None = None, image_size: int = 160):
         self.device = torch.device(config.resolve_device(device))

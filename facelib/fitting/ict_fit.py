@@ -28,7 +28,6 @@ import pandas as pd
 
 import torch
 
-from ..deprecation import renamed_kwargs
 from ..face3d.cameras import crop_box, crop_rgb, crop_to_image, image_to_crop
 from ..face3d.ict import bfm_similarity, load_model, pose_from_3ddfa
 from ..face3d.morphable import MorphableModel
@@ -52,7 +51,6 @@ def backend_name(mode: str) -> str:
 class ICTFitter:
     """The ICT model, its similarity to the BFM frame, and a :class:`Fitter` over its face area."""
 
-    @renamed_kwargs(assets_folder="assets_dir")
     def __init__(self, device: str | None = None, assets_dir=None, ict_source=None, texture=None,
                  skin_model=None, embedder: Callable | None = None, image_size: int = 160):
         model = load_model(ict_source, assets_dir)
@@ -92,7 +90,6 @@ class ICTFitter:
         return res, first
 
 
-@renamed_kwargs(assets_folder="assets_dir")
 def fit_ict_table(coeff_table: pd.DataFrame, mode: str = "landmarks", iterations: int | None = None,
                   batch_size: int = 8, device: str | None = None, weights: Mapping[str, float | None] | None = None,
                   target_landmarks: str = "dlib", texture=None, skin_model=None, embedder: Callable | None = None,
@@ -168,7 +165,6 @@ class ICTBackend:
 
     name = "ict"
 
-    @renamed_kwargs(assets_folder="assets_dir", landmarks="landmark_source")
     def __init__(self, device: str = "cpu", assets_dir=None, landmark_source: str = "model", fallback: bool = True,
                  ict_source=None):
         self.tddfa = TDDFABackend(device, assets_dir, landmark_source, fallback)
@@ -194,7 +190,6 @@ class ICTBackend:
                 "landmarks": np.concatenate([lm[:, :, 0], lm[:, :, 1]], axis=1)}
 
 
-@renamed_kwargs(assets_folder="assets_dir")
 def build_ict_texture(ict_table: pd.DataFrame, out=None, angle: str | None = "S", max_images: int | None = None,
                       device: str | None = None, assets_dir=None, ict_source=None, skin_model=None,
                       image_size: int = 160, progress: bool = True) -> dict:
@@ -210,7 +205,6 @@ def build_ict_texture(ict_table: pd.DataFrame, out=None, angle: str | None = "S"
                             assets_dir=assets_dir, progress=progress, fitter=icf.fitter)
 
 
-@renamed_kwargs(assets_folder="assets_dir")
 def study_variants(run, coeffs: dict[str, pd.DataFrame], modes, device: str | None = None, assets_dir=None,
                    progress: bool = True, texture: bool = True) -> dict[tuple[str, str], pd.DataFrame]:
     """The ICT coefficient tables of a study run (:meth:`facelib.run.Run.ict_coeffs`) for every dataset of

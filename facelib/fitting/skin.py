@@ -32,7 +32,6 @@ from scipy.io import loadmat
 from sklearn.mixture import GaussianMixture
 
 from .. import assets, config
-from ..deprecation import renamed_kwargs
 from ..face3d.cameras import landmarks_136_to_68
 from ..face3d.morphable import MorphableModel
 from ..face3d.reconstruct import read_image
@@ -234,7 +233,6 @@ def skin_model_for_table(table: pd.DataFrame, max_images: int = 60, cache_dir=No
     return model
 
 
-@renamed_kwargs(assets_folder="assets_dir")
 def skin_vertex_mask(model: MorphableModel, assets_dir=None) -> torch.Tensor:
     """(N,) 0/1 skin vertices of a 53215-vertex 3DDFA model: Deep3D's ``skinmask`` (facemodel_info.mat, over the
     35709 front vertices) mapped through ``BFM_front_idx.mat``; all vertices when those files are absent."""

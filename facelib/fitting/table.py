@@ -22,7 +22,6 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import config
-from ..deprecation import renamed_kwargs
 from ..face3d.cameras import crop_box, crop_image, crop_rgb, crop_to_image, image_to_crop, landmarks_136_to_68, pose_yaw
 from ..face3d.landmarks import DlibLandmarker
 from ..face3d.morphable import MorphableModel
@@ -110,7 +109,6 @@ def landmark_targets(rows: pd.DataFrame, images: list[np.ndarray], source, landm
     return lm, ["table" if f is None else "dlib" for f in found]
 
 
-@renamed_kwargs(assets_folder="assets_dir")
 def fit_table(coeff_table: pd.DataFrame, mode: str = "landmarks", iterations: int | None = None,
               batch_size: int = 8, device: str | None = None, weights: Mapping[str, float | None] | None = None,
               target_landmarks: str = "dlib", texture: str | Path | None = None, skin_model=None,
@@ -260,7 +258,6 @@ def loss_summary(table: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
     return df.groupby(by).mean() if by else df.mean().to_frame("mean").T
 
 
-@renamed_kwargs(assets_folder="assets_dir")
 def fit_figure(coeff_table: pd.DataFrame, image_ids=None, n: int = 4, iterations: int = 40, texture=None,
                skin_model=None, target_landmarks: str = "dlib", image_size: int = 160, device: str | None = None,
                assets_dir=None, out=None, seed: int = 0):

@@ -11,7 +11,6 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import assets
-from ..deprecation import renamed_kwargs
 from ..face3d.cameras import crop_box, crop_rgb, crop_to_image, image_to_crop, landmarks_136_to_68
 from ..face3d.reconstruct import read_image
 from .fitter import Fitter
@@ -64,7 +63,6 @@ def sample_albedo(fitter, result, images_bgr: list[np.ndarray], rois, min_facing
 
 
 
-@renamed_kwargs(assets_folder="assets_dir")
 def build_from_table(coeff_table: pd.DataFrame, out=None, angle: str | None = "S", max_images: int | None = None,
                      k: int = MAX_K, iterations: int = 40, batch_size: int = 8, image_size: int = 160,
                      keep_quantile: float = 0.8, device: str | None = None, assets_dir=None, skin_model=None,

@@ -138,7 +138,7 @@ def _text_flag(t1: pd.DataFrame, column: str) -> pd.Series:
 PICTURE_INPUT_NAMES = {"image": "picture", "hog": "HOG features", "pixels": "pixels", "dlib": "dlib embedding"}
 
 # Every column of Table 1 (its CSV and the page's display form), in words. The one owner: the run page and
-# table1.md render it under the table, the README carries :func:`glossary_markdown` verbatim (a test checks).
+# table1.md render it under the table, docs/reading.md carries :func:`glossary_markdown` verbatim (a test checks).
 TABLE1_GLOSSARY = {
     "task": "what is predicted: identity (which of the people), expression (7 KDEF expressions), gender (FEI).",
     "protocol": "how pictures are split into training and test (the protocol table below): `paper` as the paper "
@@ -231,7 +231,7 @@ def glossary_markdown(columns=None) -> str:
     return "\n".join(f"* `{k}`: {TABLE1_GLOSSARY[k]}" for k in keys)
 
 
-# What each protocol of Table 1 is, in one row (README, notebook 04 and the run page carry it).
+# What each protocol of Table 1 is, in one row (docs/reading.md, notebook 04 and the run page carry it).
 PROTOCOL_TABLE = pd.DataFrame([
     ("identity", "paper", "KDEF's 10 people (F01–F05, M01–M05), session A",
      "per person 20 train / 15 test pictures, random per repeat; 3-picture sets", "pictures (same people)",
@@ -257,7 +257,7 @@ PROTOCOL_TABLE = pd.DataFrame([
 
 
 def protocol_markdown() -> str:
-    """:data:`PROTOCOL_TABLE` as Markdown (README and notebook 04 carry it verbatim; a test checks)."""
+    """:data:`PROTOCOL_TABLE` as Markdown (docs/reading.md and notebook 04 carry it verbatim; a test checks)."""
     return markdown_table(PROTOCOL_TABLE)
 
 

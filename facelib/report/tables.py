@@ -23,7 +23,7 @@ Outputs in ``out_dir``:
 * the figures drawn from these tables are made by ``figures.write_report_figures`` (no plotting here).
 * display forms: :func:`table1_explained` (the page's and ``table1.md``'s Table 1: ``chance``, the paper's figures
   for the row's task and protocol as a reference — ``paper_coefficients``, ``paper_images`` —, picture baselines
-  named as such), :data:`TABLE1_GLOSSARY` (every column in words; README and pages), :data:`PROTOCOL_TABLE`.
+  named as such), :data:`TABLE1_GLOSSARY` (every column in words; docs/reading.md and pages), :data:`PROTOCOL_TABLE`.
 * ``provenance.json`` — the ``provenance`` dict (backend, asset checksums, image counts, device, parameters,
   seed, ``synthetic``); each Markdown file starts with it as an HTML comment. When ``provenance["synthetic"]``
   is true every title says SYNTHETIC.
