@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_landmark_source(p: argparse.ArgumentParser, what: str) -> None:
     """``--landmark-source``: where the 68 points come from (default: the backend's own, ``model``)."""
     p.add_argument("--landmark-source", choices=LANDMARKERS, default="model",
-                   help=f"{what}: the backend's own (model), dlib or fan (default: model)")
+                   help=f"{what}: the backend's own (model), dlib or fan")
 
 
 def _add_synthetic(sub) -> None:
