@@ -194,11 +194,13 @@ def tables_html(folder: Path, dest: Path) -> list[str]:
             if banner:
                 parts.append(f"<p class='banner'><b>What this run can show.</b> {html.escape(banner)}</p>")
             verdict = read_verdict(tables)
-            parts.append("<h2>Verdict</h2>" + findings.html_block(verdict))
+            parts.append("<h2>Verdict</h2>")
             if verdict is not None and len(verdict):
-                parts.append(f"<div class='wide'>{verdict_display(verdict).to_html(index=False, border=0, na_rep='—', classes='results')}</div>"
-                             f"<p><a href='{os.path.relpath(tables / 'verdict.csv', dest.parent)}'>verdict.csv</a>"
-                             f" — {html.escape(VERDICT_CAPTION)}</p>")
+                shown = verdict_display(verdict).to_html(index=False, border=0, na_rep="—", classes="results")
+                parts.append(f"<div class='wide'>{shown}</div><p><a href='"
+                             f"{os.path.relpath(tables / 'verdict.csv', dest.parent)}'>verdict.csv</a> — "
+                             f"{html.escape(VERDICT_CAPTION)}</p>")
+            parts.append(findings.html_block(verdict))
             frame = table1_with_flags(t1, results)
         if name == "table2":
             frame = table2_explained(frame)

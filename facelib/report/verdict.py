@@ -245,13 +245,15 @@ def verdict_display(verdict: pd.DataFrame) -> pd.DataFrame:
             return "—"
         agg = r.get(f"{pre}_aggregator")
         agg = f", {agg}" if isinstance(agg, str) and agg else ""
-        return f"{r[f'{pre}_model']} on {r[f'{pre}_input']} ({r[f'{pre}_backend']}{agg})"
+        where = f" ({r[f'{pre}_backend']}{agg})" if pre == "coef" else " (pretrained)" if r.get("pic_pretrained") \
+            is True else ""
+        return f"{r[f'{pre}_model']} on {r[f'{pre}_input']}{where}"
 
     def pct(v):
         return "—" if v is None or v != v else f"{100 * v:.1f}"
 
     return pd.DataFrame([{
-        "task": r["task"], "protocol": r["protocol"], "k": r["k"],
+        "task": r["task"], "protocol": r["protocol"], "k": r["k"], "verdict": r["verdict"],
         "coefficient row (candidates)": f"{row_text(r, 'coef')} ({r['coef_candidates']})",
         "picture row (candidates)": f"{row_text(r, 'pic')} ({r['pic_candidates']})",
         "validation % coef / pic": f"{pct(r['coef_val_accuracy'])} / {pct(r['pic_val_accuracy'])}",
@@ -259,5 +261,5 @@ def verdict_display(verdict: pd.DataFrame) -> pd.DataFrame:
         "difference (points) [95 %]": "—" if r["difference"] != r["difference"] else
         f"{100 * r['difference']:+.1f} [{pct(r['ci_low'])}, {pct(r['ci_high'])}]",
         "unit (pairs)": "—" if not isinstance(r["unit"], str) else f"{r['unit']} ({int(r['n_pairs'])})",
-        "p / Holm": "—" if r["p_value"] != r["p_value"] else f"{r['p_value']:.3g} / {r['p_holm']:.3g}",
-        "verdict": r["verdict"]} for _, r in verdict.iterrows()])
+        "p / Holm": "—" if r["p_value"] != r["p_value"] else f"{r['p_value']:.3g} / {r['p_holm']:.3g}"}
+        for _, r in verdict.iterrows()])
