@@ -345,9 +345,32 @@ def _add_study(sub) -> None:
     s.add_argument("--refresh-committed", action="store_true",
                    help="copy the executed notebooks back into notebooks/ (their outputs are what nbval checks)")
     s.set_defaults(func=cmd_study)
+    e = sub.add_parser("export-coefficients", help="write coefficient tables in the shareable table format "
+                                                   "(path + id_*/exp_*/… columns, <file>.yaml beside), which "
+                                                   "the study reads back as a backend (parameter external)")
+    e.add_argument("--coeffs", nargs="+", required=True, metavar="PARQUET",
+                   help="coefficient tables of a run, e.g. reports/runs/ci/coeffs/kdef_tddfa.parquet")
+    e.add_argument("--out", required=True,
+                   help="a folder (one <table name>.csv each) or, for one table, a .csv / .parquet file")
+    e.add_argument("--method", default=None, help="method name written to the YAML beside (default: the backend)")
+    e.set_defaults(func=cmd_export_coefficients)
     w = sub.add_parser("latest-run", help="print the folder of the newest finished run's executed notebooks "
                                           "(notebooks/ when no run has finished): what `make lab` opens")
     w.set_defaults(func=cmd_latest_run)
+
+
+def cmd_export_coefficients(args) -> int:
+    from .face3d.external import export_table
+    out = Path(args.out)
+    single = len(args.coeffs) == 1 and out.suffix.lower() in (".csv", ".parquet")
+    for src in args.coeffs:
+        _require_file(src, "coefficient table", "a .parquet written by notebook 02 (reports/runs/<run>/coeffs/)")
+        table = pd.read_parquet(src)
+        dest = out if single else out / f"{Path(src).stem}.csv"
+        export_table(table, dest, method=args.method)
+        ok = int((table["status"].astype(str) == "ok").sum()) if "status" in table.columns else len(table)
+        print(f"{src} → {dest} ({ok} pictures)")
+    return 0
 
 
 def cmd_latest_run(args) -> int:

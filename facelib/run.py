@@ -32,7 +32,7 @@ PARAMETER_NAMES = ("run_name", "out_dir", "kdef_root", "fei_root", "assets", "ba
                    "device", "seed", "n_folds", "epochs", "image_epochs", "image_size", "batch_size",
                    "identity_session", "identity_max_sets", "models", "image_baseline", "synthetic", "fit_modes",
                    "ict_modes", "dataset", "data_root", "data_csv",
-                   "rnet", "rnet_settings", "aggregators", "person_fits", "executor")
+                   "rnet", "rnet_settings", "aggregators", "person_fits", "external", "executor")
 
 
 
@@ -80,12 +80,20 @@ class Run:
     def coefficient_variants(self, dataset: str) -> list[Path]:
         """Raw first, then one table per fitting mode in ``fit_modes``, then the ICT variants (``ict_modes``), then
         the person-consistent ones (``person_fits``; notebook 02 makes them only for datasets with a Table-1 line
-        on β, so only those written are listed), then R-Net's (``rnet``)."""
+        on β, so only those written are listed), then R-Net's (``rnet``), then the coefficients from outside
+        (``external``: those notebook 02 wrote for this dataset)."""
         person = [self.person_coeffs(dataset, v) for v in (self.params.get("person_fits") or [])]
+        external = sorted((self.dir / "coeffs").glob(f"{dataset}_ext-*.parquet")) if self.params.get("external") \
+            else []
         return ([self.coeffs(dataset)] + [self.coeffs(dataset, m) for m in (self.params.get("fit_modes") or [])]
                 + [self.ict_coeffs(dataset, m) for m in (self.params.get("ict_modes") or [])]
                 + [p for p in person if p.exists()]
-                + ([self.coeffs(dataset, rnet=True)] if self.params.get("rnet") else []))
+                + ([self.coeffs(dataset, rnet=True)] if self.params.get("rnet") else []) + external)
+
+    def external_coeffs(self, dataset: str, name: str) -> Path:
+        """A table of coefficients from outside (:mod:`facelib.face3d.external`, ``external``), named by its method."""
+        from .face3d.external import safe_name
+        return self.dir / "coeffs" / f"{dataset}_ext-{safe_name(name)}.parquet"
 
     def person_coeffs(self, dataset: str, which: str) -> Path:
         """Person-consistent table (:mod:`facelib.fitting.person_fit`, ``person_fits``): ``ict`` → ``ict+fit_person``,
@@ -239,6 +247,8 @@ def provenance(run: Run, coeffs: dict) -> dict:
         "git_commit": commit,
         "parameters": run.params,
         "executor": run.params.get("executor") or "local",  # where notebook 04's runs ran (facelib.executor)
+        # coefficients from outside: method, version, format, group sizes, coverage, file checksums per dataset
+        "external": json.loads(ext.read_text()) if (ext := run.dir / "coeffs" / "external.json").exists() else {},
         "coefficient_seconds_per_picture": coefficient_cost(
             [v for name in coeffs for v in run.coefficient_variants(name) if v.exists()]),
     }

@@ -445,7 +445,8 @@ def finish_cell(cell: Cell, records: list[dict], wall_seconds: float) -> TaskRes
         part_centered=cell.parts is not None,
         person_grouped=cell.person_grouped,
         aggregator_seconds_per_set=_aggregator_cost(cell.aggregator) if kind == "coefficients" else None,
-        precision=next((p for p in acc["prec"] if p), None), c_grids=acc["grid"])
+        precision=next((p for p in acc["prec"] if p), None), c_grids=acc["grid"],
+        input_width=int(cell.X_raw.shape[1]) if cell.X_raw is not None else None)
 
 
 def person_hits(correct, groups) -> dict:

@@ -118,6 +118,12 @@ def run_plan(coeffs: dict[str, pd.DataFrame | list[pd.DataFrame]], plan: list[di
         tables = tables if isinstance(tables, (list, tuple)) else [tables]
         per_picture = entry["input"] in ("image", "hog", "pixels", "dlib")
         for df in (tables[:1] if per_picture else tables):
+            lacking = [c for c in ("alpha", "beta") if not per_picture and c in entry["input"]
+                       and (c not in df.columns or df[c].isna().all())]
+            if lacking:  # coefficients from outside may carry one group only
+                jobs.append(({**entry, "aggregator": None}, df, f"skipped: table {df['backend'].iloc[0]} has no "
+                             f"{' or '.join(lacking)} coefficients"))
+                continue
             if not per_picture and "alpha" in entry["input"] and _column_note(df, "person_grouped"):
                 jobs.append(({**entry, "aggregator": None}, df, "skipped: a person-grouped table's α comes from "
                              "the person's other pictures; it is scored on β only"))

@@ -79,6 +79,7 @@ class TaskResult:
     person_grouped: str = ""       # non-empty: a picture's coefficients used its person's other pictures (no label)
     aggregator_seconds_per_set: float | None = None  # an aggregator with a cost of its own (set_fit): s per k-set
     exposure: str = ""             # non-empty: a network that coded the coefficients saw test pictures (no labels)
+    input_width: int | None = None  # length of the input vector (coefficients: α, β or α+β; features: theirs)
 
     def to_dict(self) -> dict:
         return _jsonable(asdict(self))

@@ -18,6 +18,7 @@ from matplotlib.ticker import FuncFormatter
 
 from ..io import read_image, save_figure
 from ..vocab import ANGLE_NAMES, ANGLES, EXPRESSION_NAMES, EXPRESSIONS
+from .verdict import reconstructions_table
 from .tables import (PAPER_DEVICE, PAPER_TABLE2, PICTURE_INPUT_NAMES, pick_table3_result, splits_text,
                      table2, table3)
 
@@ -31,7 +32,7 @@ INPUT_WORDS = {"alpha": "identity coefficients α", "beta": "expression coeffici
                "alpha_beta": "α and β coefficients"}
 MODEL_WORDS = {"resnet34": "ResNet-34", "logreg": "logistic regression", "svm": "RBF SVM", "mlp": "MLP",
                "linsvm": "linear SVM", "fisherfaces": "PCA + LDA + linear SVM"}
-FIGURE_FILES = ("table3_heatmap.png", "per_angle_accuracy.png", "training_time.png")
+FIGURE_FILES = ("reconstructions.png", "table3_heatmap.png", "per_angle_accuracy.png", "training_time.png")
 
 
 def _save(fig, out):
@@ -260,9 +261,38 @@ def plot_training_time(t2: pd.DataFrame, provenance: dict, out: Path | None = No
     return _finish(fig, out) if out else fig
 
 
+def plot_reconstructions(rec: pd.DataFrame, provenance: dict, out=None):
+    """Several reconstructions at a glance: per task / protocol / k (rows), each reconstruction's paired difference
+    to the same picture row (points, coloured by reconstruction) with its 95 % interval; left of 0 the pictures
+    are better. None when ``rec`` has no tested line."""
+    d = rec.dropna(subset=["difference"]) if len(rec) else rec
+    if not len(d):
+        return None
+    labels = list(dict.fromkeys(f"{t} · {p} · k={k}" for t, p, k in zip(d["task"], d["protocol"], d["k"])))
+    names = list(dict.fromkeys(d["reconstruction"]))
+    fig, ax = plt.subplots(figsize=(8.5, 0.55 * len(labels) + 1.6))
+    step = 0.7 / max(len(names), 1)
+    for j, name in enumerate(names):
+        sub = d[d["reconstruction"] == name]
+        y = np.array([labels.index(f"{t} · {p} · k={k}") for t, p, k in zip(sub["task"], sub["protocol"], sub["k"])])
+        y = y - 0.35 + step * (j + 0.5)
+        x = 100 * sub["difference"].to_numpy(float)
+        lo, hi = 100 * sub["ci_low"].to_numpy(float), 100 * sub["ci_high"].to_numpy(float)
+        err = np.vstack([np.where(np.isnan(lo), 0, x - lo), np.where(np.isnan(hi), 0, hi - x)])
+        ax.errorbar(x, y, xerr=err, fmt="o", ms=5, capsize=3, label=name)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("test accuracy, coefficients − pictures (points; 95 % interval, paired)")
+    ax.legend(title="reconstruction (its row chosen on validation)", fontsize=7, title_fontsize=7, loc="best")
+    ax.set_title(textwrap.fill(f"{context_line(provenance)} — each reconstruction against the same picture row",
+                               100), fontsize=8)
+    return _save(fig, out)
+
+
 def write_report_figures(results: list[dict], out_dir: str | Path, provenance: dict,
                          results_dir: str | Path | None = None) -> dict:
-    """The report's three figures in ``out_dir`` (those that apply); returns {file name: path}. ``results_dir``:
+    """The report's figures in ``out_dir`` (those that apply); returns {file name: path}. ``results_dir``:
     where the results' prediction files are (for error bars over folds)."""
     out_dir = Path(out_dir)
     paths = {}
@@ -273,7 +303,9 @@ def write_report_figures(results: list[dict], out_dir: str | Path, provenance: d
     for name, path in (("per_angle_accuracy.png", plot_per_angle(results, provenance, out_dir / "per_angle_accuracy.png",
                                                                           results_dir=results_dir)),
                        ("training_time.png", plot_training_time(table2(results), provenance,
-                                                                out_dir / "training_time.png"))):
+                                                                out_dir / "training_time.png")),
+                       ("reconstructions.png", plot_reconstructions(reconstructions_table(results), provenance,
+                                                                    out_dir / "reconstructions.png"))):
         if path is not None:
             paths[name] = path
     return paths

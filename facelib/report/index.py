@@ -23,7 +23,8 @@ from ..run import profile_header, read_provenance, read_status
 from . import findings
 from .figures import FIGURE_FILES, context_line, one_class_results
 from .table1_display import row_key
-from .verdict import VERDICT_CAPTION, read_verdict, verdict_display
+from .verdict import (RECONSTRUCTIONS_CAPTION, VERDICT_CAPTION, read_verdict, reconstructions_display,
+                      verdict_display)
 from .tables import (PROTOCOL_TABLE, TABLE1_GLOSSARY, TABLE2_LEGEND, TABLE3_LEGEND, load_results,
                      pick_table3_result, table1_explained, table1_footnotes, table2_explained, table3_explained,
                      table3_source)
@@ -201,6 +202,16 @@ def tables_html(folder: Path, dest: Path) -> list[str]:
                              f"{os.path.relpath(tables / 'verdict.csv', dest.parent)}'>verdict.csv</a> — "
                              f"{html.escape(VERDICT_CAPTION)}</p>")
             parts.append(findings.html_block(verdict))
+            rec = read_verdict(tables, "reconstructions")
+            if rec is not None and len(rec):
+                shown = reconstructions_display(rec).to_html(index=False, border=0, na_rep="—", classes="results")
+                fig = folder / "figures" / "reconstructions.png"
+                parts.append("<h2>Reconstructions side by side</h2>"
+                             + (f"<img src='{os.path.relpath(fig, dest.parent)}' alt='reconstructions'>"
+                                if fig.exists() else "")
+                             + f"<div class='wide'>{shown}</div><p><a href='"
+                             f"{os.path.relpath(tables / 'reconstructions.csv', dest.parent)}'>reconstructions.csv</a>"
+                             f" — {html.escape(RECONSTRUCTIONS_CAPTION)}</p>")
             frame = table1_with_flags(t1, results)
         if name == "table2":
             frame = table2_explained(frame)

@@ -39,7 +39,7 @@ import pandas as pd
 from ..io import atomic_path, atomic_write_json
 from ..vocab import EXPRESSIONS
 from .records import table1_records
-from .verdict import verdict_table
+from .verdict import reconstructions_table, verdict_table
 from .markdown import format_value, markdown_table, provenance_header, synthetic_title
 from .paper import (PAPER_AGGREGATOR, PAPER_BACKENDS, PAPER_DATASET, PAPER_DEVICE, PAPER_IMAGE_SIZE, PAPER_K,
                     PAPER_TABLE1, PAPER_TABLE2, PAPER_TABLE3, PAPER_TABLE3_DIAGONAL, paper_figure, paper_reference)
@@ -287,7 +287,7 @@ def _text(text: str, dest: Path) -> Path:
     return dest
 
 
-TABLE_FILES = ("table1.csv", "table1.md", "verdict.csv", "table2.csv", "table2.md", "table3.csv", "table3.md", "table3_counts.csv",
+TABLE_FILES = ("table1.csv", "table1.md", "verdict.csv", "reconstructions.csv", "table2.csv", "table2.md", "table3.csv", "table3.md", "table3_counts.csv",
                "table3_heatmap.png", "per_angle_accuracy.png", "training_time.png", "provenance.json")
 
 
@@ -344,6 +344,9 @@ def write_tables(results: list[dict] | str | Path, out_dir: str | Path, provenan
     paths.update(write_table1(results, out_dir, provenance))
     paths.update(write_table2(results, out_dir, provenance))
     paths.update(write_table3(results, out_dir, provenance))
-    paths["verdict_csv"] = _csv(verdict_table(results, seed=int((provenance or {}).get("seed") or 0)),
-                                Path(out_dir) / "verdict.csv")
+    seed = int((provenance or {}).get("seed") or 0)
+    paths["verdict_csv"] = _csv(verdict_table(results, seed=seed), Path(out_dir) / "verdict.csv")
+    rec = reconstructions_table(results, seed=seed)
+    if len(rec):  # several reconstructions (built-in and from outside): each against the same picture row
+        paths["reconstructions_csv"] = _csv(rec, Path(out_dir) / "reconstructions.csv")
     return paths

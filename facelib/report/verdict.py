@@ -169,50 +169,87 @@ def choose(candidates: list[tuple[dict, dict]]) -> tuple[dict, dict] | None:
     return best
 
 
-def verdict_table(results: list[dict], seed: int = 0, alpha: float = ALPHA) -> pd.DataFrame:
-    """One line per (task, protocol, k) of a run's results: exactly :data:`VERDICT_COLUMNS` (module docstring)."""
+def _groups(results: list[dict]) -> dict[tuple, dict[str, list]]:
     groups: dict[tuple, dict[str, list]] = {}
-    for row, d, _ in table1_records(results):
+    for row, d, r in table1_records(results):
         if _num(row.get("accuracy_mean")) is None:
             continue
+        row = {**row, "input_width": r.get("input_width")}
         g = groups.setdefault(_group_key(row), {a: [] for a in ARMS})
         g[arm(row["input"])].append((row, d, candidate(row)))
-    lines = []
-    for key in sorted(groups):
-        g = groups[key]
-        _, task, _, protocol, k = key
-        line = {"task": task, "protocol": protocol, "k": k, "selected_on": "validation",
-                "protocol_leak_free": all(bool(row.get("protocol_leak_free", True)) for a in ARMS
-                                          for row, _, _ in g[a])}
-        chosen = {}
-        for a in ARMS:
-            clean = [(row, d) for row, d, ok in g[a] if ok and _num(row.get("val_accuracy")) is not None]
-            pre = ARM_PREFIX[a]
-            line[f"{pre}_candidates"] = len(clean)
-            pick = choose(clean)
-            if pick is None:
-                continue
-            chosen[a] = pick
-            row = pick[0]
-            line["dataset"] = line.get("dataset") or row.get("dataset")
-            line.update({f"{pre}_{f}": row.get(f) for f in ROW_FIELDS})
-            line[f"{pre}_val_accuracy"] = _num(row["val_accuracy"])
-            line[f"{pre}_test_accuracy"] = _num(row["accuracy_mean"])
-        if "pictures" in chosen:
-            line["pic_pretrained"] = bool(chosen["pictures"][0].get("pretrained"))
-        if len(chosen) < 2:
-            line["verdict"] = "one arm"
-        else:
-            p = paired(chosen["coefficients"][1], chosen["pictures"][1], seed=seed)
-            line.update(p)
-            line["difference"] = line["coef_test_accuracy"] - line["pic_test_accuracy"] \
-                if p["unit"] != "unpaired" else float("nan")
-        lines.append(line)
-    out = pd.DataFrame(lines, columns=VERDICT_COLUMNS)
+    return groups
+
+
+def _line(key: tuple, g: dict, seed: int, coefficient_rows=None) -> dict:
+    """One comparison: each arm's row chosen on validation among its candidates (the coefficient arm's restricted
+    to ``coefficient_rows`` when given), then the paired test."""
+    _, task, _, protocol, k = key
+    line = {"task": task, "protocol": protocol, "k": k, "selected_on": "validation",
+            "protocol_leak_free": all(bool(row.get("protocol_leak_free", True)) for a in ARMS for row, _, _ in g[a])}
+    chosen = {}
+    for a in ARMS:
+        clean = [(row, d) for row, d, ok in g[a] if ok and _num(row.get("val_accuracy")) is not None
+                 and (a == "pictures" or coefficient_rows is None or coefficient_rows(row))]
+        pre = ARM_PREFIX[a]
+        line[f"{pre}_candidates"] = len(clean)
+        pick = choose(clean)
+        if pick is None:
+            continue
+        chosen[a] = pick
+        row = pick[0]
+        line["dataset"] = line.get("dataset") or row.get("dataset")
+        line.update({f"{pre}_{f}": row.get(f) for f in ROW_FIELDS})
+        line[f"{pre}_val_accuracy"] = _num(row["val_accuracy"])
+        line[f"{pre}_test_accuracy"] = _num(row["accuracy_mean"])
+        if a == "coefficients":
+            line["coef_width"] = row.get("input_width")
+    if "pictures" in chosen:
+        line["pic_pretrained"] = bool(chosen["pictures"][0].get("pretrained"))
+    if len(chosen) < 2:
+        line["verdict"] = "one arm"
+    else:
+        p = paired(chosen["coefficients"][1], chosen["pictures"][1], seed=seed)
+        line.update(p)
+        line["difference"] = line["coef_test_accuracy"] - line["pic_test_accuracy"] \
+            if p["unit"] != "unpaired" else float("nan")
+    return line
+
+
+def _finish(lines: list[dict], columns: list[str], alpha: float) -> pd.DataFrame:
+    out = pd.DataFrame(lines, columns=columns)
     out["p_holm"] = holm(out["p_value"].astype(float)) if len(out) else []
     out["n_tests"] = int(out["p_value"].notna().sum()) if len(out) else []
     out["verdict"] = [_decide(r, alpha) for _, r in out.iterrows()]
     return out
+
+
+def verdict_table(results: list[dict], seed: int = 0, alpha: float = ALPHA) -> pd.DataFrame:
+    """One line per (task, protocol, k) of a run's results: exactly :data:`VERDICT_COLUMNS` (module docstring)."""
+    groups = _groups(results)
+    return _finish([_line(key, groups[key], seed) for key in sorted(groups)], VERDICT_COLUMNS, alpha)
+
+
+RECONSTRUCTION_COLUMNS = (["task", "protocol", "k", "reconstruction", "coef_width"]
+                          + [c for c in VERDICT_COLUMNS if c not in ("task", "protocol", "k", "coef_backend")])
+
+
+def reconstructions_table(results: list[dict], seed: int = 0, alpha: float = ALPHA) -> pd.DataFrame:
+    """Several reconstructions side by side: per (task, protocol, k), one line per coefficient backend (built-in or
+    from outside) — that reconstruction's clean row chosen on validation against the same picture row as the
+    verdict, paired on the same splits — with its input width (``coef_width``: the α / β / α+β length). Holm over
+    this table's lines. Empty when the run has one reconstruction."""
+    groups = _groups(results)
+    backends = sorted({row["backend"] for g in groups.values() for row, _, ok in g["coefficients"] if ok})
+    if len(backends) < 2:
+        return pd.DataFrame(columns=RECONSTRUCTION_COLUMNS)
+    lines = []
+    for key in sorted(groups):
+        for b in backends:
+            if not any(row["backend"] == b for row, _, _ in groups[key]["coefficients"]):
+                continue
+            line = _line(key, groups[key], seed, coefficient_rows=lambda row, b=b: row["backend"] == b)
+            lines.append({**line, "reconstruction": b})
+    return _finish(lines, RECONSTRUCTION_COLUMNS, alpha)
 
 
 def _decide(r, alpha: float) -> str:
@@ -225,10 +262,11 @@ def _decide(r, alpha: float) -> str:
     return ("coefficients" if diff > 0 else "pictures") if wins and diff is not None else "not distinguishable"
 
 
-def read_verdict(tables_dir) -> pd.DataFrame | None:
-    """``verdict.csv`` of a run's tables folder, or None when the run wrote none."""
+def read_verdict(tables_dir, name: str = "verdict") -> pd.DataFrame | None:
+    """``verdict.csv`` (or ``reconstructions.csv`` with ``name``) of a run's tables folder, or None when the run
+    wrote none."""
     from pathlib import Path
-    csv = Path(tables_dir) / "verdict.csv"
+    csv = Path(tables_dir) / f"{name}.csv"
     return pd.read_csv(csv) if csv.exists() else None
 
 
@@ -263,3 +301,17 @@ def verdict_display(verdict: pd.DataFrame) -> pd.DataFrame:
         "unit (pairs)": "—" if not isinstance(r["unit"], str) else f"{r['unit']} ({int(r['n_pairs'])})",
         "p / Holm": "—" if r["p_value"] != r["p_value"] else f"{r['p_value']:.3g} / {r['p_holm']:.3g}"}
         for _, r in verdict.iterrows()])
+
+
+RECONSTRUCTIONS_CAPTION = ("one line per task, protocol, k and reconstruction (built-in or from outside): that "
+                           "reconstruction's clean row chosen on validation against the same picture row as the "
+                           "verdict, paired on the same splits; `coef_width`: the length of its input vector; "
+                           "Holm over this table's lines.")
+
+
+def reconstructions_display(rec: pd.DataFrame) -> pd.DataFrame:
+    """:func:`reconstructions_table` for reading: the verdict's display with the reconstruction and its width."""
+    d = verdict_display(rec.assign(coef_backend=rec["reconstruction"]))
+    d.insert(3, "reconstruction", rec["reconstruction"].to_numpy())
+    d.insert(4, "width", rec["coef_width"].to_numpy())
+    return d
