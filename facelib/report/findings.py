@@ -10,25 +10,16 @@ lines is below 0.05 and the interval excludes 0.
 from __future__ import annotations
 
 import html
-import math
 
 import pandas as pd
 
 from .figures import INPUT_WORDS, MODEL_WORDS, PROTOCOL_WORDS
 from .tables import PAPER_DATASET, PAPER_IMAGE_SIZE, PAPER_TABLE1
-from .verdict import ARMS, arm  # noqa: F401 — arm is this module's public helper too
+from .verdict import ARMS, arm, number as _num  # noqa: F401 — arm is this module's public helper too
 
 # The set size of each of the paper's figures: its identity coefficients on 3-picture sets, everything else on
 # single pictures (as ``tables.paper_figure`` reads it).
 PAPER_K = {"identity": {"coefficients": 3, "pictures": 1}}
-
-
-def _num(v) -> float | None:
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(v) else v
 
 
 def _flag(v) -> bool:

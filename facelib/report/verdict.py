@@ -134,12 +134,16 @@ def paired(coef: dict, pic: dict, seed: int = 0) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- the table
-def _num(v) -> float | None:
+def number(v) -> float | None:
+    """A table cell as a float, or None when it is empty, NaN or not a number."""
     try:
         v = float(v)
     except (TypeError, ValueError):
         return None
     return None if math.isnan(v) else v
+
+
+_num = number
 
 
 def _group_key(row) -> tuple:
