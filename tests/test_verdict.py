@@ -161,3 +161,12 @@ def test_a_single_picture_model_is_one_row_whatever_the_aggregator():
         return r
     t1 = tables.table1([res("mean"), res("cnet")])
     assert sorted(zip(t1["k"], t1["aggregator"].fillna(""))) == [(1, ""), (3, "cnet"), (3, "mean")]
+
+
+def test_ties_on_validation_keep_the_first_listed_and_are_counted():
+    res = [made_up_result("identity", "cross_angle", "alpha", "logreg", person_hits(rates(0.3)), 0.6),
+           made_up_result("identity", "cross_angle", "hog", "linsvm", person_hits(rates(0.4)), 1.0),
+           made_up_result("identity", "cross_angle", "image", "resnet34", person_hits(rates(0.6)), 1.0)]
+    line, = V.verdict_table(res).to_dict("records")
+    assert (line["pic_input"], line["pic_val_ties"], line["coef_val_ties"]) == ("hog", 2, 1)
+    assert "tied with 1 other there (the first listed is taken)" in findings.sentence(pd.Series(line))

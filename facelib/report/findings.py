@@ -51,9 +51,11 @@ def describe(line, prefix: str) -> str:
 
 def _arm_text(line, prefix: str, name: str) -> str:
     n = int(line.get(f"{prefix}_candidates") or 0)
-    return (f"{name} row {describe(line, prefix)} — chosen on validation ({_pct(line[f'{prefix}_val_accuracy'])}) "
-            f"among {n} clean {name} row{'s' if n != 1 else ''} — scores {_pct(line[f'{prefix}_test_accuracy'])} "
-            "on test")
+    ties = int(_num(line.get(f"{prefix}_val_ties")) or 1)
+    tied = f", tied with {ties - 1} other{'s' if ties > 2 else ''} there (the first listed is taken)" if ties > 1 else ""
+    return (f"{name} row {describe(line, prefix)} — chosen on validation ({_pct(line[f'{prefix}_val_accuracy'])}"
+            f"{tied}) among {n} clean {name} row{'s' if n != 1 else ''} — scores "
+            f"{_pct(line[f'{prefix}_test_accuracy'])} on test")
 
 
 def _head(line) -> str:

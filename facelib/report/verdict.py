@@ -6,7 +6,8 @@ pictures? One line each in ``tables/verdict.csv`` (:data:`VERDICT_COLUMNS`), cho
    not tuned on test, no exposure; on the paper's leaking protocols the protocol's own leak, shared by both arms,
    is allowed and the line says ``protocol_leak_free`` False — :func:`candidate`) with the best validation
    accuracy (``val_accuracy``: the scored model on its
-   inner validation split, mean over splits). Ties keep the row listed first. The number of candidates of each
+   inner validation split, mean over splits). Ties keep the row listed first (Table 1's order) and are counted
+   (``*_val_ties``: rows at the chosen validation accuracy, the chosen one included). The number of candidates of each
    arm is recorded; a best-on-test view (``tables.table1_best``) is exploration and never feeds this table.
 2. **Paired comparison.** Both rows were scored on the same splits and the same test samples. With people known
    (a ``subject`` column), each person's correct answers are summed over every split for both rows; the
@@ -40,6 +41,7 @@ ROW_FIELDS = ("backend", "input", "model", "aggregator")
 VERDICT_COLUMNS = (["task", "protocol", "k", "dataset", "protocol_leak_free"]
                    + [f"coef_{f}" for f in ROW_FIELDS] + ["coef_candidates"]
                    + [f"pic_{f}" for f in ROW_FIELDS] + ["pic_candidates", "pic_pretrained", "selected_on",
+                                                        "coef_val_ties", "pic_val_ties",
                                                         "coef_val_accuracy", "pic_val_accuracy",
                                                         "coef_test_accuracy", "pic_test_accuracy", "difference",
                                                         "ci_low", "ci_high", "unit", "n_pairs", "p_value", "p_holm",
@@ -202,6 +204,7 @@ def _line(key: tuple, g: dict, seed: int, coefficient_rows=None) -> dict:
         chosen[a] = pick
         row = pick[0]
         line["dataset"] = line.get("dataset") or row.get("dataset")
+        line[f"{pre}_val_ties"] = sum(_num(r.get("val_accuracy")) == _num(row["val_accuracy"]) for r, _ in clean)
         line.update({f"{pre}_{f}": row.get(f) for f in ROW_FIELDS})
         line[f"{pre}_val_accuracy"] = _num(row["val_accuracy"])
         line[f"{pre}_test_accuracy"] = _num(row["accuracy_mean"])
