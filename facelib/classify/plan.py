@@ -16,6 +16,9 @@ from .images import FEATURE_INPUTS
 from .experiment import _column_note, _task_table, finish_cell, prepare_cell, run_split, run_task
 from .results import save_result
 
+
+PICTURE_INPUTS = ("image", *FEATURE_INPUTS)  # computed from the picture itself: one table suffices, no 3DMM
+
 # One row per Table-1 line: (dataset, task, protocol, coefficient input). Each runs with every model in
 # ``models`` and, with ``image_baseline``, with every image model in ``IMAGE_MODELS`` on the same splits.
 STUDY_ROWS = (
@@ -116,7 +119,7 @@ def run_plan(coeffs: dict[str, pd.DataFrame | list[pd.DataFrame]], plan: list[di
     for entry in plan:
         tables = coeffs[entry["dataset"]]
         tables = tables if isinstance(tables, (list, tuple)) else [tables]
-        per_picture = entry["input"] in ("image", "hog", "pixels", "dlib")
+        per_picture = entry["input"] in PICTURE_INPUTS
         for df in (tables[:1] if per_picture else tables):
             lacking = [c for c in ("alpha", "beta") if not per_picture and c in entry["input"]
                        and (c not in df.columns or df[c].isna().all())]
@@ -161,7 +164,6 @@ def run_plan(coeffs: dict[str, pd.DataFrame | list[pd.DataFrame]], plan: list[di
         results = (kwargs if isinstance(kwargs, str) else _run_here(df, kwargs)
                    for _, df, kwargs in tqdm(runs, desc="classification runs", disable=not progress))
     rows = []
-    PICTURE_INPUTS = ("image", *FEATURE_INPUTS)
     for (entry, _, _), result in zip(runs, results):
         shown = {**entry, "backend": PICTURE_BACKEND} if entry["input"] in PICTURE_INPUTS else entry  # no 3DMM
         if isinstance(result, str):
