@@ -7,8 +7,11 @@
   this environment (facelib importable, the same versions) and the run's files at the same paths — the dataset
   folders, ``FACELIB_ASSETS``, ``FACELIB_CACHE``: a shared filesystem (docs/cluster.md).
 
-What is distributed: notebook 04's splits — each repeat / fold of each Table-1 cell is one task
-(:func:`facelib.classify.experiment.run_split`). Each task is seeded by its split. What is tested: for the
+What is distributed: notebook 02's per-picture stages — reconstruction, the landmark and full fits (BFM and ICT),
+the dlib targets and the person-consistent refit — one task per batch of pictures (:func:`run_batches`: each
+worker builds its model once from a :class:`Recipe`, the notebook writes each finished batch atomically into the
+stage's cache, so an interrupted run resumes where it stopped); and notebook 04's splits — each repeat / fold of
+each Table-1 cell is one task (:func:`facelib.classify.experiment.run_split`). Each split is seeded by its split. What is tested: for the
 scikit-learn models (logistic regression, SVM) a 2-worker run gives the serial run's Table 1 bit for bit
 (tests/test_executor.py). The torch networks are seeded the same way but run on a 1-thread worker, where the
 reduction order of a multi-threaded serial run need not be repeated: expect the same results within float
@@ -117,8 +120,8 @@ class Executor:
             return _Done(fn, args)
         return self.client.submit(_in_worker, fn, *args, pure=False, retries=RETRIES)
 
-    def tracker(self, desc: str, progress: bool = True) -> "Tracker":
-        return Tracker(self, desc, progress)
+    def tracker(self, desc: str, progress: bool = True, unit: str = "task") -> "Tracker":
+        return Tracker(self, desc, progress, unit)
 
     def map(self, fn, items, desc: str = "tasks", progress: bool = True) -> list:
         """``[fn(item) for item in items]``, the tasks spread over the workers, results in the items' order."""
@@ -146,19 +149,22 @@ class Tracker:
     """Tasks in flight, gathered as they finish (``finished``), with a bar of done / total and an ETA on stderr (the
     terminal of ``make reproduce``: papermill streams it). Tasks may be added while earlier ones run."""
 
-    def __init__(self, ex: Executor, desc: str, progress: bool = True):
-        self.ex, self.total = ex, 0
+    def __init__(self, ex: Executor, desc: str, progress: bool = True, unit: str = "task"):
+        self.ex, self.total, self.sizes = ex, 0, {}
         where = "" if ex.local else f" on {ex.n_workers} Dask workers"
-        self.bar = tqdm(total=0, desc=desc + where, disable=not progress, unit="task")
+        self.bar = tqdm(total=0, desc=desc + where, disable=not progress, unit=unit)
         if ex.local:
             self.queue = deque()
         else:
             from distributed import as_completed
             self.queue = as_completed(with_results=False)
 
-    def add(self, futures) -> None:
+    def add(self, futures, sizes=None) -> None:
+        """Track ``futures``; ``sizes``: what each counts for on the bar (e.g. its pictures; default 1)."""
         futures = list(futures)
-        self.total += len(futures)
+        sizes = [1] * len(futures) if sizes is None else list(sizes)
+        self.sizes.update({id(f): n for f, n in zip(futures, sizes)})
+        self.total += sum(sizes)
         self.bar.total = self.total
         self.bar.refresh()
         if self.ex.local:
@@ -180,7 +186,7 @@ class Tracker:
                 return
             for future in batch:
                 value = future.result()
-                self.bar.update(1)
+                self.bar.update(self.sizes.pop(id(future), 1))
                 yield future, value
 
     def __enter__(self):
@@ -192,6 +198,68 @@ class Tracker:
 
 def _same(obj):
     return obj
+
+
+# ------------------------------------------------------------------------------------ per-picture batches
+_BUILT: dict = {}   # this process's worker objects, by recipe key (the few newest kept)
+_KEEP = 4
+
+
+class Recipe:
+    """How a worker gets the object a stage needs (a backend, a fitter with its landmarker): ``fn(**kwargs)``, built
+    once per process and kept under ``key`` (the stage's cache key: the same key, the same object). ``fn`` is a
+    module-level function and ``kwargs`` picklable (paths, settings, small tables), so a worker builds its own copy
+    instead of receiving a model. ``built``: the object already made in this process (the notebook's), never
+    sent."""
+
+    def __init__(self, key: str, fn, built=None, **kwargs):
+        self.key, self.fn, self.kwargs = str(key), fn, kwargs
+        if built is not None:
+            _remember(self.key, built)
+
+    @classmethod
+    def of(cls, obj, key: str) -> "Recipe":
+        """A recipe that sends ``obj`` itself (pickled once per task graph) — for objects no function rebuilds."""
+        return cls(f"{key}-{id(obj)}", _same, built=obj, obj=obj)
+
+    def __call__(self):
+        if self.key not in _BUILT:
+            _remember(self.key, self.fn(**self.kwargs))
+        return _BUILT[self.key]
+
+    def __repr__(self) -> str:
+        return f"Recipe({self.key}, {getattr(self.fn, '__qualname__', self.fn)})"
+
+
+def _remember(key: str, obj) -> None:
+    _BUILT.pop(key, None)
+    _BUILT[key] = obj
+    while len(_BUILT) > _KEEP:
+        _BUILT.pop(next(iter(_BUILT)))
+
+
+def run_batches(work, recipe: Recipe, batches: list, write, executor: Executor | None = None, desc: str = "batches",
+                progress: bool = True, unit: str = "img") -> int:
+    """``work(recipe, batch)`` for every batch (a list or table of pictures), on ``executor`` (None: here, in
+    order); ``write(result)`` runs here, in the notebook's process, as each batch finishes (in any order on Dask),
+    and is where the stage appends the batch to its cache atomically. A worker killed mid-batch costs that batch
+    only: the scheduler runs it again elsewhere; an interrupted run keeps every batch written. The bar counts
+    pictures (``len(batch)``) with an ETA. Returns the number of batches."""
+    ex = executor or Executor()
+    if not batches:
+        return 0
+    with ex.tracker(desc, progress, unit) as track:
+        shared = ex.put(recipe)
+        if ex.local:  # one batch, then its write: an interruption loses at most the batch in hand
+            for batch in batches:
+                track.add([ex.submit(work, shared, batch)], [len(batch)])
+                for _, result in track.finished():
+                    write(result)
+        else:  # every batch queued on the scheduler; each written as it comes back
+            track.add([ex.submit(work, shared, b) for b in batches], [len(b) for b in batches])
+            for _, result in track.finished():
+                write(result)
+    return len(batches)
 
 
 def _in_worker(fn, *args):

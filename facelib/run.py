@@ -246,7 +246,7 @@ def provenance(run: Run, coeffs: dict) -> dict:
         "facelib": __version__,
         "git_commit": commit,
         "parameters": run.params,
-        "executor": run.params.get("executor") or "local",  # where notebook 04's runs ran (facelib.executor)
+        "executor": run.params.get("executor") or "local",  # where notebooks 02 and 04 ran their batches and splits (facelib.executor)
         # coefficients from outside: method, version, format, group sizes, coverage, file checksums per dataset
         "external": json.loads(ext.read_text()) if (ext := run.dir / "coeffs" / "external.json").exists() else {},
         "coefficient_seconds_per_picture": coefficient_cost(

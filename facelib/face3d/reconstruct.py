@@ -1,7 +1,8 @@
 """Manifest → coefficient table: detect the face, crop/align it, regress 3DMM coefficients; batched and cached.
 
 The cache lives in ``<cache>/reconstruct/<backend>-<key>/`` as parquet shards, one per finished batch, keyed by
-the image's sha256. The key covers the backend, its settings and the checksums of every asset it uses, so a new
+the image's sha256. Batches run here or on the study's ``executor`` (:func:`facelib.executor.run_batches`: each
+worker builds the backend once, the shards are written here as batches finish). The key covers the backend, its settings and the checksums of every asset it uses, so a new
 weight file never reuses stale coefficients. An interrupted run keeps its finished shards and resumes; a rerun
 with nothing new only reads the shards.
 """
@@ -18,10 +19,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from .. import assets, config
 from ..errors import FacelibError
+from ..executor import Executor, Recipe, run_batches
 from ..io import append_shard, atomic_write_table, read_image, read_shards, save_figure
 from ..vocab import ANGLES
 from .deep3d import Deep3DRegressor
@@ -131,6 +132,30 @@ def cache_key(backend, assets_dir=None) -> tuple[str, dict]:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16], sums
 
 
+def _reconstruct_batch(recipe: Recipe, items: list[tuple[str, str]]) -> pd.DataFrame:
+    """One batch's shard (a task of :func:`reconstruct_manifest`): decode, detect, regress; ``recon_seconds`` is
+    the batch's wall time shared by its pictures."""
+    backend = recipe()
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=2) as pool, torch.inference_mode():
+        rows = _process_batch(backend, items, pool)
+    for row in rows:
+        row["recon_seconds"] = (time.perf_counter() - t0) / len(items)
+    return pd.DataFrame(rows)
+
+
+def backend_recipe(backend, key: str, device: str, assets_dir=None, landmark_source: str = "model",
+                   fallback: bool = True) -> Recipe:
+    """How a worker builds ``backend`` (already built here): by name for the known backends, else the object itself
+    is sent."""
+    name = getattr(backend, "name", None)
+    if name in BACKENDS and type(backend).__module__.startswith("facelib.") and \
+            getattr(backend, "settings", {}).get("landmarks") == landmark_source:
+        return Recipe(f"reconstruct-{name}-{key}-{device}", make_backend, built=backend, name=name, device=device,
+                      assets_dir=assets_dir, landmark_source=landmark_source, fallback=fallback)
+    return Recipe.of(backend, f"reconstruct-{name}-{key}")
+
+
 def _process_batch(backend, items: list[tuple[str, str]], pool) -> list[dict]:
     """items: (sha256, path). Returns one result dict per item; never raises for a bad image."""
     images = list(pool.map(read_image, [p for _, p in items]))
@@ -157,14 +182,17 @@ def _process_batch(backend, items: list[tuple[str, str]], pool) -> list[dict]:
 def reconstruct_manifest(manifest: pd.DataFrame, backend: str | object = "tddfa", out: str | Path | None = None,
                          cache_dir: str | Path | None = None, batch_size: int = 32, device: str | None = None,
                          assets_dir=None, landmark_source: str = "model", fallback: bool = True,
-                         progress: bool = True, limit: int | None = None) -> pd.DataFrame:
+                         progress: bool = True, limit: int | None = None, executor: Executor | None = None
+                         ) -> pd.DataFrame:
     """Coefficient table for every decodable image of a manifest (see docs/ARCHITECTURE.md for columns).
 
     Images the manifest could not decode keep the manifest's reason as ``status``. ``limit`` processes at most that
-    many new images (used by tests to simulate an interrupted run).
+    many new images (used by tests to simulate an interrupted run). ``executor``: where the batches run
+    (:mod:`facelib.executor`; None: here).
     """
+    dev = config.resolve_device(device)
     if isinstance(backend, str):
-        backend = make_backend(backend, config.resolve_device(device), assets_dir, landmark_source, fallback)
+        backend = make_backend(backend, dev, assets_dir, landmark_source, fallback)
     key, sums = cache_key(backend, assets_dir)
     folder = Path(cache_dir or config.cache_dir() / "reconstruct") / f"{backend.name}-{key}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -177,19 +205,16 @@ def reconstruct_manifest(manifest: pd.DataFrame, backend: str | object = "tddfa"
     if limit is not None:
         todo = todo.iloc[:limit]
     items = list(zip(todo["sha256"], todo["path"]))
-    with ThreadPoolExecutor(max_workers=2) as pool, torch.inference_mode():
-        bar = tqdm(total=len(items), desc=f"reconstruct ({backend.name})", disable=not progress, unit="img")
-        for start in range(0, len(items), batch_size):
-            batch = items[start:start + batch_size]
-            t0 = time.perf_counter()
-            rows = _process_batch(backend, batch, pool)
-            for row in rows:  # the batch's wall time (decode, detect, regress) shared by its pictures
-                row["recon_seconds"] = (time.perf_counter() - t0) / len(batch)
-            shard = pd.DataFrame(rows)
-            append_shard(folder, shard)
-            done = pd.concat([done, shard], ignore_index=True)
-            bar.update(len(batch))
-        bar.close()
+    batches = [items[start:start + batch_size] for start in range(0, len(items), batch_size)]
+    shards = [done]
+
+    def write(shard: pd.DataFrame) -> None:
+        append_shard(folder, shard)
+        shards.append(shard)
+
+    run_batches(_reconstruct_batch, backend_recipe(backend, key, dev, assets_dir, landmark_source, fallback),
+                batches, write, executor, desc=f"reconstruct ({backend.name})", progress=progress)
+    done = pd.concat(shards, ignore_index=True) if len(shards) > 1 else done
 
     table = manifest.merge(done.drop_duplicates("sha256"), on="sha256", how="left", suffixes=("", "_recon"))
     undecodable = table["status"].isna()

@@ -32,10 +32,11 @@ from ..face3d.cameras import crop_box, crop_rgb, crop_to_image, image_to_crop
 from ..face3d.ict import bfm_similarity, load_model, pose_from_3ddfa
 from ..face3d.morphable import MorphableModel
 from ..face3d.reconstruct import TDDFABackend, register_backend
+from ..executor import Executor, Recipe
 from ..io import atomic_write_table
 from .fitter import Fitter
 from .skin import skin_model_for_table
-from .table import DlibTargets, cached_fits, fit_records, landmark_targets, merge_fits
+from .table import DlibTargets, cached_fits, fit_key, fit_records, landmark_targets, merge_fits
 from .texture import load_texture_basis, with_texture
 from .texture_basis import build_from_table
 
@@ -90,37 +91,13 @@ class ICTFitter:
         return res, first
 
 
-def fit_ict_table(coeff_table: pd.DataFrame, mode: str = "landmarks", iterations: int | None = None,
-                  batch_size: int = 8, device: str | None = None, weights: Mapping[str, float | None] | None = None,
-                  target_landmarks: str = "dlib", texture=None, skin_model=None, embedder: Callable | None = None,
-                  image_size: int = 160, assets_dir=None, ict_source=None, cache_dir=None, progress: bool = True,
-                  limit: int | None = None, out=None) -> pd.DataFrame:
-    """ICT coefficients for every ``ok`` row of a tddfa coefficient table (or, for ``mode="full"``, continuing an
-    ``ict`` table); returns a table in the same schema with backend :func:`backend_name` (see the module docstring).
-    ``target_landmarks``: ``"dlib"`` or ``"table"`` (the tddfa table's own landmarks)."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    backends = {str(b) for b in coeff_table["backend"].dropna()}
-    if backends and not (all(b.startswith("tddfa") for b in backends) or backends == {"ict"}):
-        raise ValueError(f"fit_ict_table starts from a tddfa table (or an ict table for full mode); got {backends}")
-    from_ict = backends == {"ict"}
-    if from_ict and mode != "full":
-        raise ValueError("an ict table is already landmark-fitted; use mode='full' to refine it")
-    name = backend_name(mode)
-    if mode == "full" and skin_model is None:
-        skin_model = skin_model_for_table(coeff_table, cache_dir=cache_dir)
-    icf = ICTFitter(device=device, assets_dir=assets_dir, ict_source=ict_source,
-                    texture=texture if mode == "full" else None, skin_model=(skin_model or None) if mode == "full"
-                    else None, embedder=embedder if mode == "full" else None, image_size=image_size)
-    if target_landmarks not in ("dlib", "table"):
-        raise ValueError("target_landmarks must be 'dlib' or 'table'")
+def ict_fit_batch(mode: str, iterations, weights, target_landmarks: str, from_ict: bool, device, assets_dir,
+                  ict_source, texture, skin_model, embedder, image_size: int) -> Callable:
+    """:func:`fit_ict_table`'s batch function ``(rows, images_bgr, rois) -> records`` with its own
+    :class:`ICTFitter` (``.icf``) and landmarker (what a worker builds from the :class:`facelib.executor.Recipe`)."""
+    icf = ICTFitter(device=device, assets_dir=assets_dir, ict_source=ict_source, texture=texture,
+                    skin_model=skin_model, embedder=embedder, image_size=image_size)
     landmarker = DlibTargets() if target_landmarks == "dlib" else None
-    settings = {"v": VERSION, "mode": mode, "iterations": iterations, "weights": dict(weights or {}),
-                "target": target_landmarks, "texture": icf.texture_sha, "size": image_size, "model": icf.model.key,
-                "area": icf.model.provenance["area"],
-                "from": "ict" if from_ict else "tddfa",
-                "skin": skin_model.fingerprint() if skin_model else False, "embedder": None if embedder is None
-                else getattr(embedder, "name", type(embedder).__name__)}
 
     def fit_batch(rows, images, rois):
         lm_img, sources = landmark_targets(rows, images, target_landmarks, landmarker, rois)
@@ -135,8 +112,47 @@ def fit_ict_table(coeff_table: pd.DataFrame, mode: str = "landmarks", iterations
         return fit_records(res, rows["sha256"], lm_fit, sources, secs,
                            extra_losses=[{"_lm_px": float(e)} for e in err])
 
-    done = cached_fits(coeff_table, name, settings, fit_batch, cache_dir=cache_dir, limit=limit,
-                       batch_size=batch_size, progress=progress, desc=f"ict ({mode})")
+    fit_batch.icf = icf
+    return fit_batch
+
+
+def fit_ict_table(coeff_table: pd.DataFrame, mode: str = "landmarks", iterations: int | None = None,
+                  batch_size: int = 8, device: str | None = None, weights: Mapping[str, float | None] | None = None,
+                  target_landmarks: str = "dlib", texture=None, skin_model=None, embedder: Callable | None = None,
+                  image_size: int = 160, assets_dir=None, ict_source=None, cache_dir=None, progress: bool = True,
+                  limit: int | None = None, out=None, executor: Executor | None = None) -> pd.DataFrame:
+    """ICT coefficients for every ``ok`` row of a tddfa coefficient table (or, for ``mode="full"``, continuing an
+    ``ict`` table); returns a table in the same schema with backend :func:`backend_name` (see the module docstring).
+    ``target_landmarks``: ``"dlib"`` or ``"table"`` (the tddfa table's own landmarks). ``executor``: where the
+    batches run (:mod:`facelib.executor`; None: here)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    backends = {str(b) for b in coeff_table["backend"].dropna()}
+    if backends and not (all(b.startswith("tddfa") for b in backends) or backends == {"ict"}):
+        raise ValueError(f"fit_ict_table starts from a tddfa table (or an ict table for full mode); got {backends}")
+    from_ict = backends == {"ict"}
+    if from_ict and mode != "full":
+        raise ValueError("an ict table is already landmark-fitted; use mode='full' to refine it")
+    name = backend_name(mode)
+    if mode == "full" and skin_model is None:
+        skin_model = skin_model_for_table(coeff_table, cache_dir=cache_dir)
+    if target_landmarks not in ("dlib", "table"):
+        raise ValueError("target_landmarks must be 'dlib' or 'table'")
+    build = dict(mode=mode, iterations=iterations, weights=weights, target_landmarks=target_landmarks,
+                 from_ict=from_ict, device=device, assets_dir=assets_dir, ict_source=ict_source,
+                 texture=texture if mode == "full" else None, skin_model=(skin_model or None) if mode == "full"
+                 else None, embedder=embedder if mode == "full" else None, image_size=image_size)
+    fit_batch = ict_fit_batch(**build)
+    icf = fit_batch.icf
+    settings = {"v": VERSION, "mode": mode, "iterations": iterations, "weights": dict(weights or {}),
+                "target": target_landmarks, "texture": icf.texture_sha, "size": image_size, "model": icf.model.key,
+                "area": icf.model.provenance["area"],
+                "from": "ict" if from_ict else "tddfa",
+                "skin": skin_model.fingerprint() if skin_model else False, "embedder": None if embedder is None
+                else getattr(embedder, "name", type(embedder).__name__)}
+    recipe = Recipe(f"fit-{name}-{fit_key(settings)}-{device}", ict_fit_batch, built=fit_batch, **build)
+    done = cached_fits(coeff_table, name, settings, recipe, cache_dir=cache_dir, limit=limit,
+                       batch_size=batch_size, progress=progress, desc=f"ict ({mode})", executor=executor)
     table = coeff_table.copy()
     table["backend"] = name
     by = done.drop_duplicates("sha256", keep="last").set_index("sha256") if len(done) else None
@@ -206,13 +222,15 @@ def build_ict_texture(ict_table: pd.DataFrame, out=None, angle: str | None = "S"
 
 
 def study_variants(run, coeffs: dict[str, pd.DataFrame], modes, device: str | None = None, assets_dir=None,
-                   progress: bool = True, texture: bool = True) -> dict[tuple[str, str], pd.DataFrame]:
+                   progress: bool = True, texture: bool = True, executor: Executor | None = None
+                   ) -> dict[tuple[str, str], pd.DataFrame]:
     """The ICT coefficient tables of a study run (:meth:`facelib.run.Run.ict_coeffs`) for every dataset of
     ``coeffs`` (tddfa tables) and every mode in ``modes`` (``landmarks`` → ``ict``, ``full`` → ``ict+fit_full``,
     which continues from the landmark fit; that one is computed, and written, whenever ``full`` is asked).
     Full mode uses a texture basis over the ICT vertices built from KDEF's frontal pictures
     (``<run>/coeffs/texture_ict_kdef_S.npz``, :func:`build_ict_texture`; the first dataset's when there is no KDEF)
-    unless ``texture`` is False (grey albedo + gain)."""
+    unless ``texture`` is False (grey albedo + gain). ``executor``: where the fits' batches run (the texture basis
+    is built here)."""
     out: dict[tuple[str, str], pd.DataFrame] = {}
     modes = list(modes or [])
     unknown = set(modes) - set(MODES)
@@ -221,7 +239,8 @@ def study_variants(run, coeffs: dict[str, pd.DataFrame], modes, device: str | No
     if not modes:
         return out
     lms = {name: fit_ict_table(table, "landmarks", device=device, assets_dir=assets_dir, progress=progress,
-                               out=run.ict_coeffs(name, "landmarks")) for name, table in coeffs.items()}
+                               out=run.ict_coeffs(name, "landmarks"), executor=executor)
+           for name, table in coeffs.items()}
     tex = None
     if "full" in modes and texture:
         src = "kdef" if "kdef" in lms else next(iter(lms))
@@ -233,7 +252,8 @@ def study_variants(run, coeffs: dict[str, pd.DataFrame], modes, device: str | No
             out[(name, "landmarks")] = lm
         if "full" in modes:
             out[(name, "full")] = fit_ict_table(lm, "full", device=device, assets_dir=assets_dir, texture=tex,
-                                                progress=progress, out=run.ict_coeffs(name, "full"))
+                                                progress=progress, out=run.ict_coeffs(name, "full"),
+                                                executor=executor)
     return out
 
 

@@ -41,9 +41,10 @@ import torch
 from .. import config
 from ..data import labels
 from ..face3d.cameras import crop_box, crop_to_image, image_to_crop
+from ..executor import Executor, Recipe
 from ..io import append_shard, atomic_write_table, read_shards
 from .fitter import Fitter
-from .table import DlibTargets, cached_fits, fit_records, landmark_targets, merge_fits
+from .table import DlibTargets, cached_fits, fit_key, fit_records, landmark_targets, merge_fits
 
 VERSION = 1
 PERSON_NOTE = "identity α from the person's other pictures (leave-one-out mean of their per-picture fits)"
@@ -82,10 +83,8 @@ def loo_mean(values: np.ndarray, groups) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def target_table(coeff_table: pd.DataFrame, target_landmarks: str = "dlib", cache_dir=None,
-                 progress: bool = False, batch_size: int = 16) -> pd.DataFrame:
-    """The 68 target points of every ``ok`` picture (the per-picture fits' targets, see module docstring):
-    columns ``sha256``, ``target`` (136: x0..x67, y0..y67, image pixels), ``source`` (dlib / table). Cached."""
+def targets_batch(target_landmarks: str):
+    """:func:`target_table`'s batch function ``(rows, images_bgr, rois) -> records`` with its own landmarker."""
     landmarker = DlibTargets() if target_landmarks == "dlib" else None
 
     def batch(rows, images, rois):
@@ -93,8 +92,18 @@ def target_table(coeff_table: pd.DataFrame, target_landmarks: str = "dlib", cach
         return [{"sha256": s, "target": np.concatenate([lm[j, :, 0], lm[j, :, 1]]).astype(np.float32).tolist(),
                  "source": src[j]} for j, s in enumerate(rows["sha256"])]
 
-    done = cached_fits(coeff_table, "targets", {"v": VERSION, "target": target_landmarks}, batch,
-                       cache_dir=cache_dir, batch_size=batch_size, progress=progress, desc="targets")
+    return batch
+
+
+def target_table(coeff_table: pd.DataFrame, target_landmarks: str = "dlib", cache_dir=None,
+                 progress: bool = False, batch_size: int = 16, executor: Executor | None = None) -> pd.DataFrame:
+    """The 68 target points of every ``ok`` picture (the per-picture fits' targets, see module docstring):
+    columns ``sha256``, ``target`` (136: x0..x67, y0..y67, image pixels), ``source`` (dlib / table), in the
+    table's order. Cached; ``executor``: where the batches run."""
+    settings = {"v": VERSION, "target": target_landmarks}
+    recipe = Recipe(f"fit-targets-{fit_key(settings)}", targets_batch, target_landmarks=target_landmarks)
+    done = cached_fits(coeff_table, "targets", settings, recipe, cache_dir=cache_dir, batch_size=batch_size,
+                       progress=progress, desc="targets", executor=executor)
     return done.drop_duplicates("sha256", keep="last").reset_index(drop=True)
 
 
@@ -142,18 +151,55 @@ def person_centred(table: pd.DataFrame, column: str = "beta", person: str = "sub
 
 
 # ------------------------------------------------------------------------------- the person-consistent β
+def person_fit_batch(fitter, init_of: Mapping, targets: pd.DataFrame, start_beta: str, iterations: int,
+                     image_size: int):
+    """:func:`person_consistent_table`'s batch function ``(rows, images_bgr, rois) -> records``: β and pose
+    refitted from each picture's start ``init_of[sha256]`` = (leave-one-out α, β, pose) to its ``targets``."""
+    fitter = fitter() if isinstance(fitter, Recipe) else fitter
+    src_of = targets.set_index("sha256")["source"]
+
+    def fit_batch(batch_rows, images, rois):
+        shas = list(batch_rows["sha256"])
+        a, b, p = (np.stack([init_of[s][i] for s in shas]) for i in range(3))
+        if start_beta == "zero":
+            b = np.zeros_like(b)
+        tgt = _targets_of(targets, shas)
+        res = fitter.fit({"alpha": a, "beta": b, "pose": p}, rois, image_to_crop(tgt, rois, image_size),
+                         mode="landmarks", iterations=iterations, optimize=("beta", "pose"))
+        lm_fit = crop_to_image(res.landmarks, rois, image_size)
+        err = np.linalg.norm(lm_fit - tgt, axis=-1).mean(-1)
+        return fit_records(res, shas, lm_fit, [src_of[s] for s in shas], res.seconds / len(shas),
+                           extra_losses=[{"_lm_px": float(e)} for e in err])
+
+    return fit_batch
+
+
+def bfm_fitter(device, assets_dir) -> Fitter:
+    """The BFM (3DDFA) landmark :class:`Fitter` the person-consistent refit of ``tddfa`` uses."""
+    return Fitter(device=device, assets_dir=assets_dir)
+
+
+def ict_fitter(device, assets_dir) -> Fitter:
+    """The ICT landmark :class:`Fitter` the person-consistent refit of ``ict`` uses."""
+    from .ict_fit import ICTFitter
+
+    return ICTFitter(device=device, assets_dir=assets_dir).fitter
+
+
 def person_consistent_table(fit_table_: pd.DataFrame, fitter: Fitter, targets: pd.DataFrame,
                             alpha_source: str = "loo_mean", person: str = "subject", iterations: int = 60,
                             start_beta: str = "fit", batch_size: int = 64, image_size: int = 160,
-                            cache_dir=None, progress: bool = False, out=None, backend: str | None = None
-                            ) -> pd.DataFrame:
+                            cache_dir=None, progress: bool = False, out=None, backend: str | None = None,
+                            executor: Executor | None = None) -> pd.DataFrame:
     """β (and pose) refitted with α held at the person's leave-one-out mean (module docstring).
 
     ``fit_table_``: a per-picture landmark fit (``tddfa+fit_landmarks`` with a BFM :class:`Fitter`, ``ict`` with
     :class:`facelib.fitting.ict_fit.ICTFitter`'s ``.fitter``): its α give the identities, its β / pose the start
     (``start_beta="zero"``: β from 0, the mean expression). ``targets``: :func:`target_table`. Pictures whose
     person has no other fitted picture get status ``no_person_alpha``. Returns a table in the same schema, backend
-    :data:`BACKENDS` [input's] (or ``backend``), column ``person_grouped`` set; cached and resumable."""
+    :data:`BACKENDS` [input's] (or ``backend``), column ``person_grouped`` set; cached and resumable.
+    ``fitter``: the :class:`Fitter`, or a :class:`facelib.executor.Recipe` that builds it (how the workers of
+    ``executor`` get theirs without receiving it)."""
     if alpha_source != "loo_mean":
         raise ValueError("alpha_source must be 'loo_mean'")
     if start_beta not in ("fit", "zero"):
@@ -176,22 +222,11 @@ def person_consistent_table(fit_table_: pd.DataFrame, fitter: Fitter, targets: p
                                      .to_numpy().astype("S64")),
                 "targets": _fingerprint(_stack(targets["target"]))}
 
-    def fit_batch(batch_rows, images, rois):
-        shas = list(batch_rows["sha256"])
-        a, b, p = (np.stack([init_of[s][i] for s in shas]) for i in range(3))
-        if start_beta == "zero":
-            b = np.zeros_like(b)
-        tgt = _targets_of(targets, shas)
-        res = fitter.fit({"alpha": a, "beta": b, "pose": p}, rois, image_to_crop(tgt, rois, image_size),
-                         mode="landmarks", iterations=iterations, optimize=("beta", "pose"))
-        lm_fit = crop_to_image(res.landmarks, rois, image_size)
-        err = np.linalg.norm(lm_fit - tgt, axis=-1).mean(-1)
-        src_of = targets.set_index("sha256")["source"]
-        return fit_records(res, shas, lm_fit, [src_of[s] for s in shas], res.seconds / len(shas),
-                           extra_losses=[{"_lm_px": float(e)} for e in err])
-
-    done = cached_fits(usable, name, settings, fit_batch, cache_dir=cache_dir, batch_size=batch_size,
-                       progress=progress, desc=f"{name}")
+    build = dict(fitter=fitter, init_of=init_of, targets=targets, start_beta=start_beta, iterations=iterations,
+                 image_size=image_size)
+    recipe = Recipe(f"fit-{name}-{fit_key(settings)}", person_fit_batch, **build)
+    done = cached_fits(usable, name, settings, recipe, cache_dir=cache_dir, batch_size=batch_size,
+                       progress=progress, desc=f"{name}", executor=executor)
     table = fit_table_.copy()
     table["backend"] = name
     merge_fits(table, done, ("alpha", "beta", "pose", "landmarks", "fit_losses", "fit_seconds"),
@@ -354,30 +389,27 @@ def scored_on_beta(name: str, table: pd.DataFrame) -> bool:
 
 
 def study_variants(run, coeffs: Mapping[str, pd.DataFrame], person_fits, device: str | None = None,
-                   assets_dir=None, progress: bool = True, cache_dir=None) -> dict[tuple[str, str], pd.DataFrame]:
+                   assets_dir=None, progress: bool = True, cache_dir=None, executor: Executor | None = None
+                   ) -> dict[tuple[str, str], pd.DataFrame]:
     """Notebook 02's person-consistent tables: for every ``person_fits`` value (:data:`PERSON_FITS`) and every
     dataset of ``coeffs`` (raw backend tables) with a Table-1 line on β (expression), :func:`person_consistent_table`
     of the run's per-picture landmark fit (``ict`` → ``ict+fit_person``, ``tddfa`` → ``tddfa+fit_person``), written
     to :meth:`facelib.run.Run.person_coeffs`. Targets: :func:`target_table` of the raw table (dlib, as the
     per-picture fits). ``prior_fit_seconds`` keeps the per-picture fit's time (the refit needs it first: Table 2's
-    cost adds both)."""
+    cost adds both). ``executor``: where the targets' and the refits' batches run."""
     values = check_person_fits({**run.params, "person_fits": person_fits})
     out: dict[tuple[str, str], pd.DataFrame] = {}
     for name, raw in coeffs.items():
         if not values or not scored_on_beta(name, raw):
             continue
-        targets = target_table(raw, "dlib", cache_dir=cache_dir, progress=progress)
+        targets = target_table(raw, "dlib", cache_dir=cache_dir, progress=progress, executor=executor)
         for v in values:
             _, mode, _, iterations = PERSON_FITS[v]
-            if v == "ict":
-                from .ict_fit import ICTFitter
-                base = pd.read_parquet(run.ict_coeffs(name, mode))
-                fitter = ICTFitter(device=device, assets_dir=assets_dir).fitter
-            else:
-                base = pd.read_parquet(run.coeffs(name, mode))
-                fitter = Fitter(device=device, assets_dir=assets_dir)
+            base = pd.read_parquet(run.ict_coeffs(name, mode) if v == "ict" else run.coeffs(name, mode))
+            fitter = Recipe(f"fitter-{v}-{device}", ict_fitter if v == "ict" else bfm_fitter, device=device,
+                            assets_dir=assets_dir)
             t = person_consistent_table(base, fitter, targets, iterations=iterations, batch_size=8,
-                                        cache_dir=cache_dir, progress=progress)
+                                        cache_dir=cache_dir, progress=progress, executor=executor)
             t["prior_fit_seconds"] = base["fit_seconds"] if "fit_seconds" in base.columns else np.nan
             atomic_write_table(t, run.person_coeffs(name, v))
             out[(name, v)] = t

@@ -19,13 +19,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from .. import config
 from ..face3d.cameras import crop_box, crop_image, crop_rgb, crop_to_image, image_to_crop, landmarks_136_to_68, pose_yaw
 from ..face3d.landmarks import DlibLandmarker
 from ..face3d.morphable import MorphableModel
 from ..face3d.reconstruct import read_image
+from ..executor import Executor, Recipe, run_batches
 from ..io import append_shard, atomic_write_table, read_shards, save_figure
 from . import face_embedding
 from .fitter import MODES, Fitter
@@ -114,7 +114,8 @@ def fit_table(coeff_table: pd.DataFrame, mode: str = "landmarks", iterations: in
               target_landmarks: str = "dlib", texture: str | Path | None = None, skin_model=None,
               embedder: Callable | None = None, image_size: int = 160, assets_dir=None,
               cache_dir: str | Path | None = None, progress: bool = True, limit: int | None = None,
-              optimize: tuple[str, ...] | None = None, out: str | Path | None = None) -> pd.DataFrame:
+              optimize: tuple[str, ...] | None = None, out: str | Path | None = None,
+              executor: Executor | None = None) -> pd.DataFrame:
     """Fit every ``ok`` row of a tddfa coefficient table; returns a table in the same schema.
 
     ``alpha``, ``beta``, ``pose`` hold the fitted coefficients, ``landmarks`` the fitted model's 68 points (image
@@ -126,7 +127,8 @@ def fit_table(coeff_table: pd.DataFrame, mode: str = "landmarks", iterations: in
     for 3DDFA those are its model's, so the landmark loss starts at 0). ``texture``: a texture .npz
     (:mod:`facelib.fitting.texture`) used in full mode. ``skin_model``: SkinModel, None → trained on the table
     (:func:`skin_model_for_table`, cached), False → no attention. Resumable: finished batches are cached in
-    ``<cache>/fitting/<key>/`` as parquet shards keyed by the image sha256.
+    ``<cache>/fitting/<key>/`` as parquet shards keyed by the image sha256. ``executor``: where the batches run
+    (:mod:`facelib.executor`; None: here).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -135,38 +137,24 @@ def fit_table(coeff_table: pd.DataFrame, mode: str = "landmarks", iterations: in
         raise ValueError(f"fit_table fits 3DDFA coefficients; table backend is {backends}")
     base = str(next(iter(backends))) if backends else "tddfa"
     name = f"{base}+fit_{mode}"
-    model = MorphableModel.from_3ddfa(assets_dir)
+    if target_landmarks not in ("dlib", "table"):
+        raise ValueError("target_landmarks must be 'dlib' or 'table'")
     tex_sha = None
     if mode == "full" and texture is not None:
         tb = load_texture_basis(texture)
-        model = with_texture(model, tb)
         tex_sha = tb["provenance"].get("sha256") or hashlib.sha256(Path(texture).read_bytes()).hexdigest()
     if mode == "full" and skin_model is None:
         skin_model = skin_model_for_table(coeff_table, cache_dir=cache_dir)
-    fitter = Fitter(model, device=device, assets_dir=assets_dir, skin_model=skin_model or None,
-                    embedder=embedder, image_size=image_size)
-    landmarker = None
-    if target_landmarks == "dlib":
-        landmarker = DlibTargets()
-    elif target_landmarks != "table":
-        raise ValueError("target_landmarks must be 'dlib' or 'table'")
-
     settings = {"v": FIT_VERSION, "mode": mode, "iterations": iterations, "weights": dict(weights or {}),
                 "target": target_landmarks, "texture": tex_sha, "size": image_size, "optimize": optimize,
                 "embedder": None if embedder is None else getattr(embedder, "name", type(embedder).__name__),
                 "skin": skin_model.fingerprint() if skin_model else False}  # which skin model, not just one
-
-    def fit_batch(rows, images, rois):
-        lm_img, sources = landmark_targets(rows, images, target_landmarks, landmarker, rois)
-        init = {k: np.stack([np.asarray(v, np.float32) for v in rows[k]]) for k in ("alpha", "beta", "pose")}
-        crops = np.stack([crop_rgb(im, r, image_size) for im, r in zip(images, rois)]) if mode == "full" else None
-        res = fitter.fit(init, rois, image_to_crop(lm_img, rois, image_size), crops, mode=mode,
-                         iterations=iterations, weights=weights, optimize=optimize)
-        lm_fit = crop_to_image(res.landmarks, rois, image_size)
-        return fit_records(res, rows["sha256"], lm_fit, sources, res.seconds / len(rows))
-
-    done = cached_fits(coeff_table, name, settings, fit_batch, cache_dir=cache_dir, limit=limit,
-                       batch_size=batch_size, progress=progress, desc=f"fit ({mode})")
+    build = dict(mode=mode, iterations=iterations, weights=weights, target_landmarks=target_landmarks,
+                 texture=texture if mode == "full" else None, skin_model=skin_model or None, embedder=embedder,
+                 image_size=image_size, optimize=optimize, device=device, assets_dir=assets_dir)
+    recipe = Recipe(f"fit-{name}-{fit_key(settings)}-{device}", bfm_fit_batch, built=bfm_fit_batch(**build), **build)
+    done = cached_fits(coeff_table, name, settings, recipe, cache_dir=cache_dir, limit=limit,
+                       batch_size=batch_size, progress=progress, desc=f"fit ({mode})", executor=executor)
     table = coeff_table.copy()
     table["backend"] = name
     if "fit_losses" not in table.columns:
@@ -179,14 +167,44 @@ def fit_table(coeff_table: pd.DataFrame, mode: str = "landmarks", iterations: in
     return table
 
 
-def cached_fits(coeff_table: pd.DataFrame, name: str, settings: dict, fit_batch: Callable, *, cache_dir=None,
-                limit: int | None = None, batch_size: int = 8, progress: bool = True, desc: str = "fit"
-                ) -> pd.DataFrame:
+def bfm_fit_batch(mode: str, iterations, weights, target_landmarks: str, texture, skin_model, embedder,
+                  image_size: int, optimize, device, assets_dir) -> Callable:
+    """:func:`fit_table`'s batch function ``(rows, images_bgr, rois) -> records``, with its own 3DDFA model,
+    :class:`Fitter` and landmarker (what a worker builds from the :class:`facelib.executor.Recipe`)."""
+    model = MorphableModel.from_3ddfa(assets_dir)
+    if mode == "full" and texture is not None:
+        model = with_texture(model, load_texture_basis(texture))
+    fitter = Fitter(model, device=device, assets_dir=assets_dir, skin_model=skin_model, embedder=embedder,
+                    image_size=image_size)
+    landmarker = DlibTargets() if target_landmarks == "dlib" else None
+
+    def fit_batch(rows, images, rois):
+        lm_img, sources = landmark_targets(rows, images, target_landmarks, landmarker, rois)
+        init = {k: np.stack([np.asarray(v, np.float32) for v in rows[k]]) for k in ("alpha", "beta", "pose")}
+        crops = np.stack([crop_rgb(im, r, image_size) for im, r in zip(images, rois)]) if mode == "full" else None
+        res = fitter.fit(init, rois, image_to_crop(lm_img, rois, image_size), crops, mode=mode,
+                         iterations=iterations, weights=weights, optimize=optimize)
+        lm_fit = crop_to_image(res.landmarks, rois, image_size)
+        return fit_records(res, rows["sha256"], lm_fit, sources, res.seconds / len(rows))
+
+    return fit_batch
+
+
+def fit_key(settings: dict) -> str:
+    """The fitting cache's key of ``settings`` (its folder ``<cache>/fitting/<name>-<key>/``)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cached_fits(coeff_table: pd.DataFrame, name: str, settings: dict, fit_batch, *, cache_dir=None,
+                limit: int | None = None, batch_size: int = 8, progress: bool = True, desc: str = "fit",
+                executor: Executor | None = None) -> pd.DataFrame:
     """The resumable loop every per-picture fit shares: pictures are fitted in batches by
     ``fit_batch(rows, images_bgr, rois) -> records`` (:func:`fit_records`), each batch appended as a shard to a
     cache folder keyed by ``settings``; pictures already there are skipped (an interrupted run resumes).
-    Returns every cached record (one row per fitted picture; the latest wins on repeats)."""
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    ``fit_batch`` is a :class:`facelib.executor.Recipe` that builds that function (how a worker of ``executor``
+    gets its own fitter), or the function itself (sent as it is). Returns every cached record (one row per fitted
+    picture; the latest wins on repeats)."""
+    key = fit_key(settings)
     folder = Path(cache_dir or config.cache_dir() / "fitting") / f"{name}-{key}"
     folder.mkdir(parents=True, exist_ok=True)
     done = read_shards(folder)
@@ -194,17 +212,26 @@ def cached_fits(coeff_table: pd.DataFrame, name: str, settings: dict, fit_batch:
     todo = ok[~ok["sha256"].isin(set(done["sha256"]))]
     if limit is not None:
         todo = todo.iloc[:limit]
-    bar = tqdm(total=len(todo), desc=desc, disable=not progress, unit="img")
-    for start in range(0, len(todo), batch_size):
-        rows = todo.iloc[start:start + batch_size]
-        images = [read_image(p) for p in rows["path"]]
-        rois = np.stack([crop_box(b) for b in rows["box"]])
-        shard = pd.DataFrame(fit_batch(rows, images, rois))
+    recipe = fit_batch if isinstance(fit_batch, Recipe) else Recipe.of(fit_batch, f"fit-{name}-{key}")
+    shards = [done]
+
+    def write(shard: pd.DataFrame) -> None:
         append_shard(folder, shard)
-        done = pd.concat([done, shard], ignore_index=True)
-        bar.update(len(rows))
-    bar.close()
-    return done
+        shards.append(shard)
+
+    run_batches(_fit_batch, recipe, [todo.iloc[start:start + batch_size] for start in range(0, len(todo), batch_size)],
+                write, executor, desc=desc, progress=progress)
+    done = pd.concat(shards, ignore_index=True).drop_duplicates("sha256", keep="last")
+    # the table's order, whatever order the batches finished in (fingerprints of the result stay the same)
+    order = done["sha256"].map({s: i for i, s in enumerate(ok["sha256"])})
+    return done.iloc[np.argsort(order.fillna(len(ok)).to_numpy(), kind="stable")].reset_index(drop=True)
+
+
+def _fit_batch(recipe: Recipe, rows: pd.DataFrame) -> pd.DataFrame:
+    """One batch's shard (a task of :func:`cached_fits`): read the pictures, crop boxes, fit."""
+    images = [read_image(p) for p in rows["path"]]
+    rois = np.stack([crop_box(b) for b in rows["box"]])
+    return pd.DataFrame(recipe()(rows, images, rois))
 
 
 def fit_records(res, shas, lm_fit: np.ndarray, sources, seconds: float, extra_losses=None) -> list[dict]:
