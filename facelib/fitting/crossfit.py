@@ -8,7 +8,9 @@
    training pictures (R-Net frozen) and gives part p's confidences.
 3. Trained weights are cached in ``<cache>/rnet/<key>.pt``; the key (:func:`weights_key`) covers the sha256 of
    every training picture, every setting and the checksums of every asset (weights, bases, texture basis, skin
-   model) — a change to any of them trains anew; anything else reuses the file.
+   model) — a change to any of them trains anew; anything else reuses the file. ``processes`` (how many
+   processes train each network, :mod:`facelib.fitting.distributed`) is not in the key: the same global batches
+   give the same network up to floating-point rounding.
 4. Each person is coded by one network, and the networks leave a per-network offset in α: :func:`part_probe`
    measures it (a linear probe predicting ``rnet_part`` on people it never saw; chance 50 % with two parts) and
    :func:`center_parts` removes it per classification split, with means over the split's fit pictures only
@@ -43,6 +45,7 @@ from ..face3d.morphable import MorphableModel
 from ..face3d.reconstruct import read_image
 from ..face3d.tddfa import BFMKeypoints, roi_to_image
 from ..io import atomic_path, atomic_write_table, save_figure
+from . import distributed as D
 from . import rnet_train as T
 from .cnet import CNet, confidences
 from .fitter import Fitter
@@ -58,7 +61,7 @@ ASSET_NAMES = ("mb05", "param_mean_std", "bfm_u_shp", "bfm_u_exp", "bfm_w_shp", 
 
 @dataclass
 class RNetSettings:
-    """Everything that changes a trained network (all enter the cache key)."""
+    """Everything that changes a trained network (all but ``processes`` enter the cache key)."""
 
     backbone: str = "mobilenet"
     image_size: int = 120          # render / target resolution of the 3DDFA crop
@@ -81,10 +84,14 @@ class RNetSettings:
     cnet_steps: int = 150
     cnet_sets_per_step: int = 4
     cnet_lr: float = 1e-3
+    processes: int = 1             # processes training each R-Net / C-Net together (fitting.distributed; cpu: gloo,
+    #                                cuda: nccl, one GPU each); not in the cache key: same batches, same network
 
     def key_dict(self, cnet: bool = True) -> dict:
-        """Settings entering a cache key (R-Net's leave the C-Net settings out; ``max_seconds`` only when set)."""
+        """Settings entering a cache key (R-Net's leave the C-Net settings out; ``max_seconds`` only when set;
+        never ``processes``: a network trained on several processes is the one trained on one)."""
         d = asdict(self)
+        d.pop("processes")
         if d["max_seconds"] is None:
             d.pop("max_seconds")
         if d["schedule"] == "constant":  # the default before the setting existed: earlier caches stay valid
@@ -164,6 +171,7 @@ def rnet_tables(tables: dict[str, pd.DataFrame], k: int = 2, settings: RNetSetti
     (training history summary, seconds, cache hit)."""
     s = settings if isinstance(settings, RNetSettings) else make_settings(settings)
     dev = config.resolve_device(device)
+    D.backend_for(dev, s.processes)  # several processes need cpu (gloo) or cuda (nccl): fail before any work
     ok = pd.concat([t[t["status"] == "ok"].assign(_table=name) for name, t in tables.items()], ignore_index=True)
     ok = ok.drop_duplicates("sha256")
     if not len(ok):
@@ -171,10 +179,9 @@ def rnet_tables(tables: dict[str, pd.DataFrame], k: int = 2, settings: RNetSetti
     parts = assign_parts(ok["subject"], k, s.seed, strata=ok["_table"])
     per_part_skin = skin_model is None
     skin_dir = None if cache_dir is None else Path(cache_dir) / "fitting"
-    model = MorphableModel.from_3ddfa(assets_dir)
+    model = _model(assets_dir, texture)
     sums = assets.checksums(list(ASSET_NAMES), assets_dir)
     if texture is not None:
-        model = with_texture(model, load_texture_basis(texture))
         sums["texture"] = assets.sha256_file(texture)
     if s.init not in (None, "released"):  # a user's checkpoint (resnet50: Deep3DFaceRecon's epoch_20.pth)
         sums["init"] = assets.sha256_file(s.init)
@@ -183,8 +190,7 @@ def rnet_tables(tables: dict[str, pd.DataFrame], k: int = 2, settings: RNetSetti
     elif per_part_skin:
         sums["skin"] = "per-part"  # each part's key adds its own skin model's fingerprint below
     embedder = dlib_embedder() if s.perceptual else None
-    fitter = Fitter(model, device=dev, assets_dir=assets_dir, image_size=s.image_size)
-    composer = T.Composer(fitter, s.weights, embedder=embedder, mesh_vertices=s.mesh_vertices)
+    composer = _composer(model, s, dev, assets_dir, embedder)
     n_tex = model.n_tex
     bfm = BFMKeypoints(assets_dir)
     folder = Path(cache_dir or config.cache_dir() / "rnet")
@@ -224,13 +230,22 @@ def rnet_tables(tables: dict[str, pd.DataFrame], k: int = 2, settings: RNetSetti
             torch.manual_seed(s.seed)
             net = R.build_rnet(s.backbone, n_tex, assets_dir, init=s.init).to(dev)
             before = T.evaluate_loss(net, composer, train)
-            hist = T.train_rnet(net, composer, train, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr,
-                                head_lr=s.head_lr, seed=s.seed + p, max_seconds=s.max_seconds,
-                                schedule=s.schedule, identity_weight=s.identity_weight,
-                                per_person=s.identity_per_person, progress=progress)
+            kw = dict(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, head_lr=s.head_lr, seed=s.seed + p,
+                      max_seconds=s.max_seconds, schedule=s.schedule, identity_weight=s.identity_weight,
+                      per_person=s.identity_per_person, progress=progress)
+            if s.processes > 1:  # the same training on several processes; their weights come back here
+                state, hist, rng = D.launch(_train_rnet_part, s.processes, _cpu_state(net), s, n_tex, train, kw,
+                                            texture, assets_dir, dev, device=dev)
+                net.load_state_dict(state)
+                torch.set_rng_state(rng)  # as if trained here: C-Net's initial weights are drawn from it
+                net.eval()
+            else:
+                hist = T.train_rnet(net, composer, train, **kw)
             after = T.evaluate_loss(net, composer, train)
             summary = {"epochs_done": hist["epochs_done"], "seconds": hist["seconds"], "steps": hist["steps"],
                        "loss_before": before, "loss_after": after, "stopped_early": hist["stopped_early"]}
+            if s.processes > 1:
+                summary["processes"] = s.processes
             if s.identity_weight:  # the weighted identity term, mean over the first and the last epoch's steps
                 ep = np.asarray(hist["epoch"])
                 ident = np.array([t["identity"] for t in hist["terms"]])
@@ -255,9 +270,16 @@ def rnet_tables(tables: dict[str, pd.DataFrame], k: int = 2, settings: RNetSetti
                 tr = R.predict(net, train.crops, device=dev, features=True)
                 tf = tr.pop("features")
                 torch.manual_seed(s.seed)
-                ch = T.train_cnet(cnet, composer, train, tr, tf, k=s.cnet_k, steps=s.cnet_steps,
-                                  sets_per_step=s.cnet_sets_per_step, lr=s.cnet_lr, seed=s.seed + p,
-                                  max_seconds=s.max_seconds, progress=progress)
+                kw = dict(k=s.cnet_k, steps=s.cnet_steps, sets_per_step=s.cnet_sets_per_step, lr=s.cnet_lr,
+                          seed=s.seed + p, max_seconds=s.max_seconds, progress=progress)
+                if s.processes > 1:
+                    state, ch, rng = D.launch(_train_cnet_part, s.processes, _cpu_state(cnet), s, model.n_id,
+                                              train, tr, tf, kw, texture, assets_dir, dev, device=dev)
+                    cnet.load_state_dict(state)
+                    torch.set_rng_state(rng)
+                    cnet.eval()
+                else:
+                    ch = T.train_cnet(cnet, composer, train, tr, tf, **kw)
                 with atomic_path(cpath) as tmp:
                     torch.save(cnet.state_dict(), tmp)
                 record.update(cnet_cached=False, cnet_seconds=ch["seconds"], cnet_loss_first=ch["total"][:10],
@@ -291,6 +313,47 @@ def rnet_tables(tables: dict[str, pd.DataFrame], k: int = 2, settings: RNetSetti
         t["rnet_part"] = t["rnet_part"].astype("Int64")
         out[name] = t
     return out
+
+
+def _model(assets_dir, texture) -> MorphableModel:
+    """The 3DDFA morphable model, with the texture basis ``texture`` when given."""
+    model = MorphableModel.from_3ddfa(assets_dir)
+    return model if texture is None else with_texture(model, load_texture_basis(texture))
+
+
+def _composer(model: MorphableModel, s: RNetSettings, device, assets_dir, embedder=None) -> T.Composer:
+    """The training loss of settings ``s`` (the hybrid loss through the coarse mesh's rendering)."""
+    fitter = Fitter(model, device=device, assets_dir=assets_dir, image_size=s.image_size)
+    return T.Composer(fitter, s.weights, embedder=embedder, mesh_vertices=s.mesh_vertices)
+
+
+def _cpu_state(net: torch.nn.Module) -> dict:
+    return {k: v.detach().cpu() for k, v in net.state_dict().items()}
+
+
+def _rank_composer(s: RNetSettings, texture, assets_dir, device) -> T.Composer:
+    """One training process's own copy of the training loss (rebuilt there, on the process's device)."""
+    return _composer(_model(assets_dir, texture), s, device, assets_dir, dlib_embedder() if s.perceptual else None)
+
+
+def _train_rnet_part(state: dict, s: RNetSettings, n_tex: int, train: T.TrainData, kw: dict, texture, assets_dir,
+                     device) -> tuple[dict, dict, torch.Tensor]:
+    """One process of a several-process R-Net training (:func:`facelib.fitting.distributed.launch`): the network
+    from ``state``, :func:`facelib.fitting.rnet_train.train_rnet` on ``train``; (trained weights, history, torch's
+    random state after the training, which the calling process takes over to continue as a one-process run)."""
+    net = R.RNet(s.backbone, n_tex)
+    net.load_state_dict(state)
+    hist = T.train_rnet(net, _rank_composer(s, texture, assets_dir, device), train, **kw)
+    return _cpu_state(net), hist, torch.get_rng_state()
+
+
+def _train_cnet_part(state: dict, s: RNetSettings, n_alpha: int, train: T.TrainData, coeffs: dict, features,
+                     kw: dict, texture, assets_dir, device) -> tuple[dict, dict, torch.Tensor]:
+    """One process of a several-process C-Net training: (trained weights, history, torch's random state)."""
+    cnet = CNet(features.shape[1], n_alpha)
+    cnet.load_state_dict(state)
+    hist = T.train_cnet(cnet, _rank_composer(s, texture, assets_dir, device), train, coeffs, features, **kw)
+    return _cpu_state(cnet), hist, torch.get_rng_state()
 
 
 # ----------------------------------------------------------------------------------------------- identity signal

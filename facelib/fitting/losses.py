@@ -95,6 +95,15 @@ def sparsity_loss(beta: torch.Tensor) -> torch.Tensor:
     return beta.abs().sum() / beta.shape[0]
 
 
+def photometric_weights(mask: torch.Tensor, attention: torch.Tensor | None = None) -> torch.Tensor:
+    """m = mask·attention (mask detached): the per-pixel weights of :func:`photometric_loss`, whose sum over the
+    batch (at least 1) is its denominator — a ratio of sums over the batch, not a mean over pictures."""
+    m = mask.detach()
+    if attention is not None:
+        m = m * attention
+    return m
+
+
 def photometric_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                      attention: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
     """Robust L2 image loss: Σ √(ε + Σ_c (pred − target)²)·m / max(Σ m, 1), m = mask·attention.
@@ -102,9 +111,7 @@ def photometric_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
     pred, target (B, 3, H, W) RGB 0–1; mask (B, 1, H, W) (detached: coverage has no gradient); attention
     (B, 1, H, W) skin probability (Deep3D: A = 1 where P(skin) > 0.5, else P) or None (= 1).
     """
-    m = mask.detach()
-    if attention is not None:
-        m = m * attention
+    m = photometric_weights(mask, attention)
     d = torch.sqrt(eps + ((pred - target) ** 2).sum(dim=1, keepdim=True))
     return (d * m).sum() / torch.clamp(m.sum(), min=1.0)
 

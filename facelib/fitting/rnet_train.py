@@ -21,6 +21,20 @@ pictures must not re-estimate them), mini-batches of pictures, the loss above on
 C-Net (:func:`train_cnet`): R-Net frozen; sets of k pictures of one person; every picture of the set is rendered
 with α_agg (C-Net's confidence-weighted mean) plus its own β, pose, texture and lighting; the hybrid loss over
 the set trains C-Net only (gradients flow through the aggregation).
+
+Several processes (:mod:`facelib.fitting.distributed`; inside a process group of W > 1 processes, e.g. from
+:func:`~facelib.fitting.distributed.launch` or ``torchrun``): the network is wrapped in DistributedDataParallel;
+every process draws the same global batches (same seed), computes the loss on its part of each (contiguous rows;
+whole people with the identity term; whole sets for C-Net) and weights each loss term by its part of the global
+batch's term (:func:`_descend_share`), so the gradient DDP averages is the global batch's. Most terms are means
+over pictures (landmark, perceptual, reg, texture, lighting, sparsity: weight W·n_r/N for n_r of N pictures).
+Two are not, and are weighted exactly instead: the photometric term is a ratio of sums over the batch
+(Σ d·m / Σ m), so a process's part is its own Σ d·m over the global Σ m (one extra all-reduce of Σ m per step);
+the identity term is a mean over the batch's *people* with ≥ 2 pictures, so its weight is the process's share of
+those people (a person is never split between processes). The loss is thus the global batch's up to
+floating-point rounding (summation order), which training amplifies slowly (the tests bound it). The history holds
+the global batch's loss and terms (summed over the processes), the same on every process; ``max_seconds`` is
+rank 0's clock (broadcast); the progress bar is rank 0's. One process: exactly the single-process code.
 """
 from __future__ import annotations
 
@@ -37,9 +51,11 @@ from tqdm.auto import tqdm
 from ..face3d.cameras import crop_box, crop_image, image_to_crop
 from ..face3d.reconstruct import read_image
 from ..io import atomic_path
+from . import distributed as D
 from .cnet import aggregate_torch
 from .fitter import FitBatch, Fitter, restrict_model
 from .identity import PER_PERSON, identity_spread, person_batches
+from .losses import photometric_weights
 from .table import DlibTargets, landmark_targets
 
 TARGETS = ("table", "dlib")
@@ -219,19 +235,24 @@ class Composer:
 
 
 # ----------------------------------------------------------------------------------------------- R-Net
-def rnet_step(net, composer: Composer, data: TrainData, idx, opt=None,
-              identity_weight: float = 0.0) -> tuple[float, dict[str, float]]:
+def rnet_step(net, composer: Composer, data: TrainData, idx, opt=None, identity_weight: float = 0.0,
+              share: D.Share | None = None) -> tuple[float, dict[str, float]]:
     """One training step on rows ``idx`` (no update when ``opt`` is None); returns (total, weighted terms).
     ``identity_weight`` > 0 adds that weight × :func:`facelib.fitting.identity.identity_spread` of the batch's
-    whitened α over ``data.subject`` (term ``identity``)."""
-    b = composer.batch(data, idx)
-    x = net.preprocess(data.crops[idx]).to(composer.f.device)
-    coeffs = net.decode(net(x))
+    whitened α over ``data.subject`` (term ``identity``). ``share`` (several processes, ``net`` DDP-wrapped):
+    ``idx`` is the global batch, this process computes ``share.rows``; returns the global batch's loss."""
+    rows = idx if share is None else share.rows
+    module = _module(net)
+    b = composer.batch(data, rows)
+    x = module.preprocess(data.crops[rows]).to(composer.f.device)
+    coeffs = module.decode(net(x))
     rendered, fb = composer.forward(coeffs, b)
     total, terms = composer.losses(rendered, fb)
     if identity_weight:
-        term = identity_weight * identity_spread(rendered["alpha_z"], data.subject[idx])
+        term = identity_weight * identity_spread(rendered["alpha_z"], data.subject[rows])
         total, terms = total + term, {**terms, "identity": term}
+    if share is not None:
+        return _descend_share(terms, opt, share, rendered, fb)
     return _descend(total, terms, opt)
 
 
@@ -262,10 +283,15 @@ def train_rnet(net, composer: Composer, data: TrainData, epochs: int = 4, batch_
     the rates, "cosine" lowers them to zero by the last step. ``max_seconds`` stops after the step that passes
     it. ``identity_weight`` > 0: each epoch's batches come from :func:`facelib.fitting.identity.person_batches`
     (``per_person`` pictures of one person per group, drawn with ``seed``) and the loss adds the identity term.
-    Returns a history: per-step total/terms, epochs done, seconds."""
+    Returns a history: per-step total/terms, epochs done, seconds.
+
+    In a process group of W > 1 processes (:mod:`facelib.fitting.distributed`): ``batch_size`` is the global
+    batch, every process trains its part of it (see the module docstring); the history and the weights are the
+    same on every process."""
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     dev = composer.f.device
+    rank, W = D.world(dev)
     net.to(dev).train()  # BatchNorm statistics stay frozen (RNet.freeze_bn)
     heads = [p for n, p in net.named_parameters() if n.startswith(("fc_tex", "fc_gamma"))]
     rest = [p for n, p in net.named_parameters() if not n.startswith(("fc_tex", "fc_gamma"))]
@@ -280,26 +306,31 @@ def train_rnet(net, composer: Composer, data: TrainData, epochs: int = 4, batch_
     t0 = time.perf_counter()
     done = 0
     stop = False
-    bar = tqdm(total=epochs * len(data), disable=not progress, desc="R-Net", unit="img")
-    for ep in range(epochs):
-        if plans:
-            batches = plans[ep]
-        else:
-            order = rng.permutation(len(data))
-            batches = [np.sort(order[start:start + batch_size]) for start in range(0, len(order), batch_size)]
-        for idx in batches:
-            total, terms = rnet_step(net, composer, data, idx, opt, identity_weight)
-            sched.step()
-            hist["total"].append(total)
-            hist["terms"].append(terms)
-            hist["epoch"].append(ep)
-            bar.update(len(idx))
-            if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
-                stop = True
+    model, idle = (net, []) if W == 1 else D.data_parallel(net, dev, net.preprocess(data.crops[:1]).to(dev))
+    bar = tqdm(total=epochs * len(data), disable=not progress or rank != 0, desc="R-Net", unit="img")
+    try:
+        for ep in range(epochs):
+            if plans:
+                batches = plans[ep]
+            else:
+                order = rng.permutation(len(data))
+                batches = [np.sort(order[start:start + batch_size]) for start in range(0, len(order), batch_size)]
+            for idx in batches:
+                share = None if W == 1 else D.Share.of(idx, rank, W, data.subject if identity_weight else None)
+                total, terms = rnet_step(model, composer, data, idx, opt, identity_weight, share)
+                sched.step()
+                hist["total"].append(total)
+                hist["terms"].append(terms)
+                hist["epoch"].append(ep)
+                bar.update(len(idx))
+                if max_seconds is not None and D.agree(time.perf_counter() - t0 > max_seconds, W):
+                    stop = True
+                    break
+            done = ep + 1
+            if stop:
                 break
-        done = ep + 1
-        if stop:
-            break
+    finally:
+        D.release(idle)
     bar.close()
     net.eval()
     hist.update(epochs_done=done, seconds=time.perf_counter() - t0, steps=len(hist["total"]),
@@ -323,10 +354,13 @@ def sample_sets(subject: np.ndarray, k: int, n_sets: int, seed: int = 0) -> np.n
 
 
 def cnet_step(cnet, composer: Composer, data: TrainData, coeffs: dict[str, np.ndarray], features: np.ndarray,
-              sets: np.ndarray, opt=None) -> tuple[float, dict[str, float]]:
+              sets: np.ndarray, opt=None, share: D.Share | None = None) -> tuple[float, dict[str, float]]:
     """One C-Net step on ``sets`` (S, k): every picture of a set rendered with the set's α_agg and its own other
-    coefficients (``coeffs`` from the frozen R-Net); hybrid loss over all S·k renderings."""
+    coefficients (``coeffs`` from the frozen R-Net); hybrid loss over all S·k renderings. ``share`` (several
+    processes, ``cnet`` DDP-wrapped): rows of ``sets`` this process computes; returns the global loss."""
     dev = composer.f.device
+    if share is not None:
+        sets = sets[share.rows]
     S, k = sets.shape
     flat = sets.reshape(-1)
     t = {n: torch.from_numpy(np.asarray(v[flat], np.float32)).to(dev) for n, v in coeffs.items()}
@@ -335,27 +369,37 @@ def cnet_step(cnet, composer: Composer, data: TrainData, coeffs: dict[str, np.nd
     t["alpha"] = agg.repeat_interleave(k, dim=0)
     b = composer.batch(data, flat)
     rendered, fb = composer.forward(t, b)
+    if share is not None:
+        return _descend_share(composer.losses(rendered, fb)[1], opt, share, rendered, fb)
     return _descend(*composer.losses(rendered, fb), opt)
 
 
 def train_cnet(cnet, composer: Composer, data: TrainData, coeffs: dict[str, np.ndarray], features: np.ndarray,
                k: int = 3, steps: int = 100, sets_per_step: int = 4, lr: float = 1e-3, seed: int = 0,
                max_seconds: float | None = None, progress: bool = False) -> dict:
-    """Train C-Net in place (R-Net frozen: ``coeffs``/``features`` are its outputs on ``data``)."""
+    """Train C-Net in place (R-Net frozen: ``coeffs``/``features`` are its outputs on ``data``). In a process
+    group of W > 1 processes each step's ``sets_per_step`` sets are split between the processes (whole sets)."""
     dev = composer.f.device
+    rank, W = D.world(dev)
     cnet.to(dev).train()
     opt = torch.optim.Adam(cnet.parameters(), lr=lr)
     sets = sample_sets(data.subject, k, steps * sets_per_step, seed)
     torch.manual_seed(seed)
     hist = {"total": [], "terms": []}
     t0 = time.perf_counter()
-    for s in tqdm(range(steps), disable=not progress, desc="C-Net"):
-        total, terms = cnet_step(cnet, composer, data, coeffs, features,
-                                 sets[s * sets_per_step:(s + 1) * sets_per_step], opt)
-        hist["total"].append(total)
-        hist["terms"].append(terms)
-        if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
-            break
+    model, idle = (cnet, []) if W == 1 else D.data_parallel(
+        cnet, dev, torch.from_numpy(np.asarray(features[:1], np.float32)).to(dev))
+    try:
+        for s in tqdm(range(steps), disable=not progress or rank != 0, desc="C-Net"):
+            step_sets = sets[s * sets_per_step:(s + 1) * sets_per_step]
+            share = None if W == 1 else D.Share.of(np.arange(len(step_sets)), rank, W)
+            total, terms = cnet_step(model, composer, data, coeffs, features, step_sets, opt, share)
+            hist["total"].append(total)
+            hist["terms"].append(terms)
+            if max_seconds is not None and D.agree(time.perf_counter() - t0 > max_seconds, W):
+                break
+    finally:
+        D.release(idle)
     cnet.eval()
     hist.update(steps=len(hist["total"]), seconds=time.perf_counter() - t0)
     return hist
@@ -400,6 +444,33 @@ def decimate_mesh(mesh, target_vertices: int = 8000, keep=None) -> tuple[np.ndar
     remap = -np.ones(len(v), np.int64)
     remap[ids] = np.arange(len(ids))
     return ids, remap[t]
+
+
+def _module(net):
+    """The network inside a DistributedDataParallel wrapper (else ``net``)."""
+    return net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
+
+
+def _descend_share(terms: dict, opt, share: D.Share, rendered: dict, fb: FitBatch) -> tuple[float, dict[str, float]]:
+    """One optimiser step of one of W processes on its ``share`` of a global batch. Each weighted term is scaled
+    to this process's part of the global batch's term — n_r/N for the means over pictures; Σ_r d·m / Σ_all m
+    for the photometric ratio of sums (Σ m all-reduced); its share of the people for ``identity`` — so the parts
+    sum over the processes to the global batch's loss; the objective is W × the parts, whose gradient DDP
+    averages into the global batch's gradient. Returns the global batch's loss and terms (all-reduced)."""
+    scale = {name: share.weight for name in terms}
+    if "photo" in terms:
+        own = float(photometric_weights(rendered["mask"], fb.attention).sum()) if share.n else 0.0
+        every = float(D.all_sum([own])[0])
+        scale["photo"] = max(own, 1.0) / max(every, 1.0) if share.n else 0.0
+    if "identity" in terms:
+        scale["identity"] = share.people / share.people_total if share.people_total and share.n else 0.0
+    parts = {name: value * scale[name] for name, value in terms.items()}
+    if opt is not None:
+        opt.zero_grad(set_to_none=True)
+        (torch.stack(list(parts.values())).sum() * share.world).backward()
+        opt.step()
+    glob = D.all_sum([float(v.detach()) for v in parts.values()])
+    return float(glob.sum()), {name: float(v) for name, v in zip(parts, glob)}
 
 
 def _descend(total, terms, opt) -> tuple[float, dict[str, float]]:
