@@ -131,8 +131,15 @@ def run_02(run: Run, p: dict, spec: str, cache: Path, limit: int | None = None, 
                     stage(f"fit_landmarks {name}", lambda: fit.fit_table(
                         raw, "landmarks", device=dev, assets_dir=assets, cache_dir=cache / "fitting", executor=ex))
                 if p.get("ict_modes") or "ict" in (p.get("person_fits") or []):
-                    stage(f"ict_landmarks {name}", lambda: ict_fit.fit_ict_table(
+                    lm = stage(f"ict_landmarks {name}", lambda: ict_fit.fit_ict_table(
                         raw, "landmarks", device=dev, assets_dir=assets, cache_dir=cache / "fitting", executor=ex))
+                    if "full" in (p.get("ict_modes") or []):  # grey albedo + gain: the run's texture basis aside
+                        try:
+                            stage(f"ict_full {name}", lambda: ict_fit.fit_ict_table(
+                                lm, "full", device=dev, assets_dir=assets, cache_dir=cache / "fitting",
+                                executor=ex))
+                        except ValueError as exc:  # e.g. a skin model without background pixels (tight crops)
+                            print(f"[bench 02] ict_full {name}: not timed ({exc})", flush=True)
                 values = p.get("person_fits") or []
                 if values and person_fit.scored_on_beta(name, raw):
                     targets = stage(f"targets {name}", lambda: person_fit.target_table(
@@ -203,21 +210,29 @@ def bench_02(run: Run, p: dict, folder: Path, executors: list[str], limit: int |
             same &= said == "identical"
     n_pics = {name: int((t["status"] == "ok").sum()) if "status" in t.columns else len(t)
               for name, t in tabs[ref].items()}
-    for stage_name, secs in stages.get("local", {}).items():
-        n = sum(v for k, v in n_pics.items() if k.split(" ")[0] == stage_name)
-        if n:
-            print(f"[bench 02] local {stage_name}: {secs / n * 1e3:.0f} ms per picture ({n} pictures, "
-                  f"{torch.get_num_threads()} torch threads)")
+    for spec in executors:  # dask:1 is one single-threaded worker: the cost on one core
+        for stage_name, secs in stages[spec].items():
+            n = sum(v for k, v in n_pics.items() if k.split(" ")[0] == stage_name)
+            if n:
+                how = f"{torch.get_num_threads()} torch threads" if spec == "local" else \
+                    f"{spec.split(':')[1] if ':' in spec else '?'} one-thread workers"
+                print(f"[bench 02] {spec} {stage_name}: {secs / n * 1e3:.0f} ms per picture, wall ({n} pictures, "
+                      f"{how})")
     if batches and "local" in walls:
         W, n, longest = sum(batches), len(batches), max(batches)
         S = max(walls["local"] - W, 0.0)
         print(f"[bench 02] local: {n} batches, work W = {W:.1f} s (longest {longest:.2f} s), serial S = {S:.1f} s "
               f"(model building, reading the tables, writing shards: {100 * S / walls['local']:.0f} %)")
+        W1 = sum(stages["dask:1"].values()) if "dask:1" in stages else None  # the work on one core
+        if W1:
+            print(f"[bench 02] dask:1 (one single-threaded worker): the stages' work on one core W1 = {W1:.1f} s "
+                  f"(the local run's torch threads already use several cores: W = {W:.1f} s)")
         for spec in walls:
             if spec.startswith("dask:"):
                 k = int(spec.split(":")[1])
-                print(f"[bench 02] {spec}: measured {walls[spec]:.1f} s, Amdahl S + W/{k} = {S + W / k:.1f} s, "
-                      f"speed-up {walls['local'] / walls[spec]:.2f}×")
+                amdahl = f", Amdahl S + W1/{k} = {S + W1 / k:.1f} s" if W1 else ""
+                print(f"[bench 02] {spec}: measured {walls[spec]:.1f} s (cluster start included){amdahl}, "
+                      f"speed-up against local {walls['local'] / walls[spec]:.2f}×")
         share = notebook_02_share(folder)
         if share:
             total, per_picture = share

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from facelib.errors import FacelibError
-from facelib.fitting import crossfit
+from facelib.fitting import crossfit, part_training
 from facelib.fitting import distributed as D
 from facelib.fitting import rnet_train as T
 
@@ -66,7 +66,7 @@ def _start(assets_dir):
     cnet = CNet(net.feature_channels, 40)
     with torch.no_grad():  # a C-Net that already answers (zero last layer: its first step moves only that layer)
         cnet.out.weight.normal_(0, 0.01)
-    return s, crossfit._cpu_state(net), crossfit._cpu_state(cnet), data, coeffs, feats
+    return s, part_training.cpu_state(net), part_training.cpu_state(cnet), data, coeffs, feats
 
 
 def _step_grads(net, composer, data, share=None, identity_weight=0.0):
@@ -85,7 +85,7 @@ def _checks(s, rstate, cstate, data, coeffs, feats, assets_dir):
 
     torch.set_num_threads(1)  # as the 1-process reference (launch gives each process cpu_count // 2)
     rank, world = D.world()
-    composer = crossfit._rank_composer(s, None, assets_dir, "cpu")
+    composer = part_training.rank_composer(s, None, assets_dir, "cpu")
     out = {"world": world}
     for name, weight in (("plain", 0.0), ("identity", 0.5)):
         net = R.RNet("mobilenet", 0)
@@ -98,10 +98,10 @@ def _checks(s, rstate, cstate, data, coeffs, feats, assets_dir):
         out[name] = (total, terms, _grads(net))
     net = R.RNet("mobilenet", 0)
     net.load_state_dict(rstate)
-    out["rnet"] = (T.train_rnet(net, composer, data, **RNET_KW), crossfit._cpu_state(net))
+    out["rnet"] = (T.train_rnet(net, composer, data, **RNET_KW), part_training.cpu_state(net))
     cnet = CNet(feats.shape[1], 40)
     cnet.load_state_dict(cstate)
-    out["cnet"] = (T.train_cnet(cnet, composer, data, coeffs, feats, **CNET_KW), crossfit._cpu_state(cnet))
+    out["cnet"] = (T.train_cnet(cnet, composer, data, coeffs, feats, **CNET_KW), part_training.cpu_state(cnet))
     return out
 
 
@@ -116,7 +116,7 @@ def runs(assets_dir):
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        composer = crossfit._rank_composer(s, None, assets_dir, "cpu")
+        composer = part_training.rank_composer(s, None, assets_dir, "cpu")
         one = {"world": 1}
         for name, weight in (("plain", 0.0), ("identity", 0.5)):
             net = R.RNet("mobilenet", 0)
@@ -126,10 +126,10 @@ def runs(assets_dir):
             one[name] = (total, terms, _grads(net))
         net = R.RNet("mobilenet", 0)
         net.load_state_dict(rstate)
-        one["rnet"] = (T.train_rnet(net, composer, data, **RNET_KW), crossfit._cpu_state(net))
+        one["rnet"] = (T.train_rnet(net, composer, data, **RNET_KW), part_training.cpu_state(net))
         cnet = CNet(feats.shape[1], 40)
         cnet.load_state_dict(cstate)
-        one["cnet"] = (T.train_cnet(cnet, composer, data, coeffs, feats, **CNET_KW), crossfit._cpu_state(cnet))
+        one["cnet"] = (T.train_cnet(cnet, composer, data, coeffs, feats, **CNET_KW), part_training.cpu_state(cnet))
     finally:
         torch.set_num_threads(old)
     two = D.launch(_checks, 2, *start, assets_dir, device="cpu")

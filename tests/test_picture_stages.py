@@ -92,20 +92,26 @@ def test_dask_gives_the_local_tables(manifest, local_tables, dask2, assets_dir, 
         assert list(local_tables[name]["status"]) == list(spread[name]["status"])
 
 
-def test_dask_reconstruction_is_bit_for_bit_at_the_same_thread_count(manifest, dask2, assets_dir, tmp_path):
-    """Inference is deterministic: with this process on 1 torch thread, as a worker, the tables are equal to the
-    last bit."""
+def test_dask_is_bit_for_bit_at_the_same_thread_count(manifest, dask2, assets_dir, tmp_path):
+    """Inference and the fits are deterministic: with this process on 1 torch thread, as a worker is, the
+    reconstruction and the landmark fit equal the workers' to the last bit."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         here = reconstruct.reconstruct_manifest(manifest, "tddfa", cache_dir=tmp_path / "here", batch_size=BATCH,
                                                 assets_dir=assets_dir, progress=False)
+        fit_here = table.fit_table(here, "landmarks", iterations=15, batch_size=BATCH, assets_dir=assets_dir,
+                                   cache_dir=tmp_path / "here", progress=False)
     finally:
         torch.set_num_threads(threads)
     there = reconstruct.reconstruct_manifest(manifest, "tddfa", cache_dir=tmp_path / "there", batch_size=BATCH,
                                              assets_dir=assets_dir, progress=False, executor=dask2)
+    fit_there = table.fit_table(there, "landmarks", iterations=15, batch_size=BATCH, assets_dir=assets_dir,
+                                cache_dir=tmp_path / "there", progress=False, executor=dask2)
     for col in COEFFS:
         assert np.array_equal(_stack(here, col), _stack(there, col)), col
+    for col in ("alpha", "beta", "pose", "landmarks"):
+        assert np.array_equal(_stack(fit_here, col), _stack(fit_there, col)), f"fit {col}"
 
 
 def test_a_worker_killed_mid_stage_loses_nothing(manifest, local_tables, dask2, assets_dir, tmp_path):

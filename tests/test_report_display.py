@@ -154,13 +154,13 @@ def test_run_page_has_banner_findings_glossary_and_table3_source(tmp_path, resul
 
 def test_readme_is_a_short_front_door_whose_links_resolve():
     """The README stays short (what the study is, the two commands, where to look, your own data and your own
-    reconstruction, where to go next, in that order) and every page it links exists."""
+    reconstruction, on a cluster, where to go next, in that order) and every page it links exists."""
     import re
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= 100
     heads = [h for h in re.findall(r"^## (.+)$", readme, flags=re.M)]
-    assert heads[:5] == ["The two commands", "Where to look after a run", "Your own data", "Your own reconstruction",
-                         "Where to go next"]
+    assert heads[:6] == ["The two commands", "Where to look after a run", "Your own data", "Your own reconstruction",
+                         "On a cluster", "Where to go next"]
     links = set(re.findall(r"\]\(([^)#]+)\)", readme))
     assert {"docs/reading.md", "docs/profiles.md", "docs/run_page.png"} <= links
     assert [link for link in links if not (ROOT / link).exists()] == []

@@ -46,6 +46,7 @@ from ..face3d.reconstruct import read_image
 from ..face3d.tddfa import BFMKeypoints, roi_to_image
 from ..io import atomic_path, atomic_write_table, save_figure
 from . import distributed as D
+from . import part_training as PT
 from . import rnet_train as T
 from .cnet import CNet, confidences
 from .fitter import Fitter
@@ -179,7 +180,7 @@ def rnet_tables(tables: dict[str, pd.DataFrame], k: int = 2, settings: RNetSetti
     parts = assign_parts(ok["subject"], k, s.seed, strata=ok["_table"])
     per_part_skin = skin_model is None
     skin_dir = None if cache_dir is None else Path(cache_dir) / "fitting"
-    model = _model(assets_dir, texture)
+    model = PT.morphable(assets_dir, texture)
     sums = assets.checksums(list(ASSET_NAMES), assets_dir)
     if texture is not None:
         sums["texture"] = assets.sha256_file(texture)
@@ -190,7 +191,7 @@ def rnet_tables(tables: dict[str, pd.DataFrame], k: int = 2, settings: RNetSetti
     elif per_part_skin:
         sums["skin"] = "per-part"  # each part's key adds its own skin model's fingerprint below
     embedder = dlib_embedder() if s.perceptual else None
-    composer = _composer(model, s, dev, assets_dir, embedder)
+    composer = PT.composer(model, s, dev, assets_dir, embedder)
     n_tex = model.n_tex
     bfm = BFMKeypoints(assets_dir)
     folder = Path(cache_dir or config.cache_dir() / "rnet")
@@ -234,7 +235,7 @@ def rnet_tables(tables: dict[str, pd.DataFrame], k: int = 2, settings: RNetSetti
                       max_seconds=s.max_seconds, schedule=s.schedule, identity_weight=s.identity_weight,
                       per_person=s.identity_per_person, progress=progress)
             if s.processes > 1:  # the same training on several processes; their weights come back here
-                state, hist, rng = D.launch(_train_rnet_part, s.processes, _cpu_state(net), s, n_tex, train, kw,
+                state, hist, rng = D.launch(PT.train_rnet_part, s.processes, PT.cpu_state(net), s, n_tex, train, kw,
                                             texture, assets_dir, dev, device=dev)
                 net.load_state_dict(state)
                 torch.set_rng_state(rng)  # as if trained here: C-Net's initial weights are drawn from it
@@ -273,7 +274,7 @@ def rnet_tables(tables: dict[str, pd.DataFrame], k: int = 2, settings: RNetSetti
                 kw = dict(k=s.cnet_k, steps=s.cnet_steps, sets_per_step=s.cnet_sets_per_step, lr=s.cnet_lr,
                           seed=s.seed + p, max_seconds=s.max_seconds, progress=progress)
                 if s.processes > 1:
-                    state, ch, rng = D.launch(_train_cnet_part, s.processes, _cpu_state(cnet), s, model.n_id,
+                    state, ch, rng = D.launch(PT.train_cnet_part, s.processes, PT.cpu_state(cnet), s, model.n_id,
                                               train, tr, tf, kw, texture, assets_dir, dev, device=dev)
                     cnet.load_state_dict(state)
                     torch.set_rng_state(rng)
@@ -313,47 +314,6 @@ def rnet_tables(tables: dict[str, pd.DataFrame], k: int = 2, settings: RNetSetti
         t["rnet_part"] = t["rnet_part"].astype("Int64")
         out[name] = t
     return out
-
-
-def _model(assets_dir, texture) -> MorphableModel:
-    """The 3DDFA morphable model, with the texture basis ``texture`` when given."""
-    model = MorphableModel.from_3ddfa(assets_dir)
-    return model if texture is None else with_texture(model, load_texture_basis(texture))
-
-
-def _composer(model: MorphableModel, s: RNetSettings, device, assets_dir, embedder=None) -> T.Composer:
-    """The training loss of settings ``s`` (the hybrid loss through the coarse mesh's rendering)."""
-    fitter = Fitter(model, device=device, assets_dir=assets_dir, image_size=s.image_size)
-    return T.Composer(fitter, s.weights, embedder=embedder, mesh_vertices=s.mesh_vertices)
-
-
-def _cpu_state(net: torch.nn.Module) -> dict:
-    return {k: v.detach().cpu() for k, v in net.state_dict().items()}
-
-
-def _rank_composer(s: RNetSettings, texture, assets_dir, device) -> T.Composer:
-    """One training process's own copy of the training loss (rebuilt there, on the process's device)."""
-    return _composer(_model(assets_dir, texture), s, device, assets_dir, dlib_embedder() if s.perceptual else None)
-
-
-def _train_rnet_part(state: dict, s: RNetSettings, n_tex: int, train: T.TrainData, kw: dict, texture, assets_dir,
-                     device) -> tuple[dict, dict, torch.Tensor]:
-    """One process of a several-process R-Net training (:func:`facelib.fitting.distributed.launch`): the network
-    from ``state``, :func:`facelib.fitting.rnet_train.train_rnet` on ``train``; (trained weights, history, torch's
-    random state after the training, which the calling process takes over to continue as a one-process run)."""
-    net = R.RNet(s.backbone, n_tex)
-    net.load_state_dict(state)
-    hist = T.train_rnet(net, _rank_composer(s, texture, assets_dir, device), train, **kw)
-    return _cpu_state(net), hist, torch.get_rng_state()
-
-
-def _train_cnet_part(state: dict, s: RNetSettings, n_alpha: int, train: T.TrainData, coeffs: dict, features,
-                     kw: dict, texture, assets_dir, device) -> tuple[dict, dict, torch.Tensor]:
-    """One process of a several-process C-Net training: (trained weights, history, torch's random state)."""
-    cnet = CNet(features.shape[1], n_alpha)
-    cnet.load_state_dict(state)
-    hist = T.train_cnet(cnet, _rank_composer(s, texture, assets_dir, device), train, coeffs, features, **kw)
-    return _cpu_state(cnet), hist, torch.get_rng_state()
 
 
 # ----------------------------------------------------------------------------------------------- identity signal

@@ -21,7 +21,13 @@ calls the training functions directly: :func:`world` finds the group (or starts 
 
 Agreement with one process, measured on the CPU (tests/test_distributed.py, one torch thread everywhere): step
 gradient ~1e-6 relative, loss curve over 8 Adam steps ~4e-6, C-Net curve ~1e-7 — the size of float32 summation
-order; a different torch thread count alone moves them more (~4e-5 in the gradient).
+order; a different torch thread count alone moves them more (~4e-5 in the gradient). Over a whole training these
+rounding differences grow (Adam moves a weight whose gradient is rounding noise by about the learning rate, in the
+noise's sign): on the dev data's ci cross-fit (35 R-Net steps, 40 C-Net steps per part) two processes and one
+process on another thread count both end at the same loss (0.563 and 0.564 against 0.571) with coefficients that
+differ from the one-process run's by up to 10–20 % of their range. Neither is the "right" one: the processes, like
+the thread count, are left out of the cache key, and a network is reproducible bit for bit only on the same
+process and thread counts.
 """
 from __future__ import annotations
 
