@@ -81,7 +81,6 @@ def _checks(s, rstate, cstate, data, coeffs, feats, assets_dir):
     """What each of 2 processes computes (rank 0's result comes back): the step gradient without and with the
     identity term, a short R-Net training and a short C-Net training."""
     from facelib.face3d import rnet as R
-    from facelib.fitting.cnet import CNet
 
     torch.set_num_threads(1)  # as the 1-process reference (launch gives each process cpu_count // 2)
     rank, world = D.world()
@@ -96,20 +95,27 @@ def _checks(s, rstate, cstate, data, coeffs, feats, assets_dir):
         total, terms = _step_grads(model, composer, data, share, weight)
         D.release(idle)
         out[name] = (total, terms, _grads(net))
+    out["rnet"], out["cnet"] = _train_both(composer, rstate, cstate, data, coeffs, feats)
+    return out
+
+
+def _train_both(composer, rstate, cstate, data, coeffs, feats):
+    """(R-Net, C-Net) trainings from the same start: each (history, trained weights)."""
+    from facelib.face3d import rnet as R
+    from facelib.fitting.cnet import CNet
+
     net = R.RNet("mobilenet", 0)
     net.load_state_dict(rstate)
-    out["rnet"] = (T.train_rnet(net, composer, data, **RNET_KW), part_training.cpu_state(net))
+    rnet = (T.train_rnet(net, composer, data, **RNET_KW), part_training.cpu_state(net))
     cnet = CNet(feats.shape[1], 40)
     cnet.load_state_dict(cstate)
-    out["cnet"] = (T.train_cnet(cnet, composer, data, coeffs, feats, **CNET_KW), part_training.cpu_state(cnet))
-    return out
+    return rnet, (T.train_cnet(cnet, composer, data, coeffs, feats, **CNET_KW), part_training.cpu_state(cnet))
 
 
 @pytest.fixture(scope="module")
 def runs(assets_dir):
     """(one process, two processes): the same computations."""
     from facelib.face3d import rnet as R
-    from facelib.fitting.cnet import CNet
 
     start = _start(assets_dir)
     s, rstate, cstate, data, coeffs, feats = start
@@ -124,12 +130,7 @@ def runs(assets_dir):
             net.train()
             total, terms = _step_grads(net, composer, data, identity_weight=weight)
             one[name] = (total, terms, _grads(net))
-        net = R.RNet("mobilenet", 0)
-        net.load_state_dict(rstate)
-        one["rnet"] = (T.train_rnet(net, composer, data, **RNET_KW), part_training.cpu_state(net))
-        cnet = CNet(feats.shape[1], 40)
-        cnet.load_state_dict(cstate)
-        one["cnet"] = (T.train_cnet(cnet, composer, data, coeffs, feats, **CNET_KW), part_training.cpu_state(cnet))
+        one["rnet"], one["cnet"] = _train_both(composer, rstate, cstate, data, coeffs, feats)
     finally:
         torch.set_num_threads(old)
     two = D.launch(_checks, 2, *start, assets_dir, device="cpu")
